@@ -1,0 +1,5 @@
+"""(A) plain Django: no OpenTelemetry at all."""
+
+from __future__ import annotations
+
+from .settings_base import *  # noqa: F401,F403

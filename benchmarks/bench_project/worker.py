@@ -1,0 +1,241 @@
+"""One long-lived benchmark worker: one configuration, driven by ``overhead.py`` over a pipe.
+
+Run as ``python -m bench_project.worker CONFIG`` from ``benchmarks/``. The process builds Django's
+WSGI handler once and then calls it in-process for every measured request (no sockets, no HTTP
+parsing, no test-client bookkeeping), timing each call with ``time.perf_counter_ns``. Tracing
+globals (tracer provider, instrumentors, e2e-otel runtime) are per process, which is why each
+configuration gets its own worker.
+
+Protocol: one JSON object per line on stdin, one JSON answer per line on the original stdout
+(anything else the process prints goes to stderr). Runs on the worker's main thread only.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import gc
+import io
+import json
+import os
+import pstats
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+SETTINGS = {
+    "plain": "bench_project.settings_plain",
+    "otel": "bench_project.settings_otel",
+    "e2e": "bench_project.settings_e2e",
+    "e2e_stalled": "bench_project.settings_e2e_stalled",
+}
+
+PATHS = {"one": "/one/", "heavy": "/heavy/"}
+
+
+def _environ(path: str) -> dict[str, Any]:
+    """A WSGI environ like the one gunicorn builds for ``GET path`` from a browser on loopback."""
+    return {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "50000",
+        "HTTP_HOST": "127.0.0.1:8000",
+        "HTTP_USER_AGENT": "Mozilla/5.0 (X11; Linux x86_64) bench",
+        "HTTP_ACCEPT": "application/json",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+
+
+class Worker:
+    """Owns the WSGI application and the tracing objects of one configuration (main thread)."""
+
+    def __init__(self, config: str) -> None:
+        if config not in SETTINGS:
+            raise ValueError(f"unknown configuration {config!r}; expected one of {sorted(SETTINGS)}")
+        self.config = config
+        os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS[config]
+        self.stock_provider = None
+        if config == "otel":
+            from bench_project import stock_otel
+            from bench_project.settings_base import OTLP_ENDPOINT
+
+            self.stock_provider = stock_otel.install(OTLP_ENDPOINT)
+        from django.core.wsgi import get_wsgi_application
+
+        self.application = get_wsgi_application()  # runs django.setup(): e2e-otel installs here
+        self.environs = {view: _environ(path) for view, path in PATHS.items()}
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    @property
+    def runtime(self) -> Any:
+        if not self.config.startswith("e2e"):
+            return None
+        from e2e_otel.bootstrap import get_runtime
+
+        return get_runtime()
+
+    def _call(self, view: str) -> int:
+        """One request through the full WSGI handler; returns its duration in ns."""
+        environ = dict(self.environs[view])
+        environ["wsgi.input"] = io.BytesIO(b"")
+        status: list[str] = []
+        start = time.perf_counter_ns()
+        result: Iterable[bytes] = self.application(environ, lambda s, h, e=None: status.append(s))
+        try:
+            for _chunk in result:
+                pass
+        finally:
+            close: Callable[[], None] | None = getattr(result, "close", None)
+            if close is not None:
+                close()  # request_finished: Django's own end-of-request work is part of the cost
+        elapsed = time.perf_counter_ns() - start
+        if not status or not status[0].startswith("200"):
+            raise RuntimeError(f"{self.config}: GET {PATHS[view]} answered {status!r}")
+        return elapsed
+
+    def _flush_export(self, timeout_s: float = 10.0) -> None:
+        """Push the SDK's span batch out so one batch's export work doesn't spill into the next."""
+        if self.stock_provider is not None:
+            self.stock_provider.force_flush(int(timeout_s * 1000))
+        runtime = self.runtime
+        if runtime is not None and runtime.export_processor is not None:
+            runtime.export_processor.force_flush(int(timeout_s * 1000))
+
+    def _flush_records(self, timeout_s: float) -> bool:
+        from bench_project import records
+
+        return records.flush(self.runtime, timeout_s)
+
+    # --- operations ------------------------------------------------------------------------
+
+    def op_check(self, view: str) -> dict[str, Any]:
+        """Run the view once and count its SQL queries (the driver checks them against QUERIES)."""
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+
+        with CaptureQueriesContext(connection) as queries:
+            self._call(view)
+        return {"queries": len(queries.captured_queries)}
+
+    def op_batch(self, view: str, n: int) -> dict[str, Any]:
+        """``n`` timed requests, then an export flush; CPU time covers both, on all threads."""
+        latencies = []
+        cpu0 = time.process_time_ns()
+        wall0 = time.perf_counter_ns()
+        for _ in range(n):
+            latencies.append(self._call(view))
+        wall = time.perf_counter_ns() - wall0
+        self._flush_export()
+        if self.config == "e2e":
+            self._flush_records(10.0)
+        cpu = time.process_time_ns() - cpu0
+        return {"lat_ns": latencies, "wall_ns": wall, "cpu_ns": cpu}
+
+    def op_warmup(self, view: str, n: int) -> dict[str, Any]:
+        for _ in range(n):
+            self._call(view)
+        self._flush_export()
+        gc.collect()
+        return {"ok": True}
+
+    def op_stats(self) -> dict[str, Any]:
+        from bench_project import records
+
+        return {"records": records.stats(self.runtime), "pid": os.getpid()}
+
+    def op_profile(self, view: str, n: int, top: int = 30) -> dict[str, Any]:
+        """cProfile ``n`` requests; top functions by own time and e2e-otel's share of the total."""
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(n):
+            self._call(view)
+        profiler.disable()
+        self._flush_export()
+        stats = pstats.Stats(profiler)
+        total = stats.total_tt  # type: ignore[attr-defined]
+        rows = []
+        for (filename, line, func), (_cc, calls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+            rows.append({"where": f"{_short(filename)}:{line}:{func}", "calls": calls,
+                         "tottime_us_per_req": tottime / n * 1e6, "cumtime_us_per_req": cumtime / n * 1e6})
+        by_own = sorted(rows, key=lambda r: r["tottime_us_per_req"], reverse=True)[:top]
+        ours = [r for r in rows if "e2e_otel/" in r["where"]]
+        ours_by_cum = sorted(ours, key=lambda r: r["cumtime_us_per_req"], reverse=True)[:top]
+        areas: dict[str, float] = {}
+        for row in rows:
+            area = _area(row["where"])
+            areas[area] = areas.get(area, 0.0) + row["tottime_us_per_req"]
+        return {"total_us_per_req": total / n * 1e6, "top_own": by_own, "e2e_otel_by_cum": ours_by_cum,
+                "own_time_by_area_us_per_req": dict(sorted(areas.items(), key=lambda kv: -kv[1]))}
+
+    def op_writer_load(self, rate: float, seconds: float, steps_per_trace: int) -> dict[str, Any]:
+        from bench_project import records
+
+        return records.offer_load(self.runtime, rate=rate, seconds=seconds, steps_per_trace=steps_per_trace)
+
+
+def _short(filename: str) -> str:
+    for marker in ("site-packages/", "/work/main/"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return filename
+
+
+def _area(where: str) -> str:
+    if where.startswith("e2e_otel/"):
+        return "e2e_otel/" + where.split("/")[1].split(":")[0]
+    if where.startswith("opentelemetry/"):
+        parts = where.split("/")
+        return "/".join(parts[:3]) if parts[1] == "instrumentation" else "/".join(parts[:2])
+    if where.startswith("django/"):
+        return "/".join(where.split("/")[:2])
+    if where.startswith(("pymysql/", "MySQLdb")):
+        return "pymysql"
+    if where.startswith("~") or where.startswith("<"):
+        return "builtins"
+    return where.split("/")[0].split(":")[0]
+
+
+def main() -> None:
+    config = sys.argv[1]
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # stray prints must not corrupt the protocol stream
+    sys.stdout = sys.stderr
+    try:
+        worker = Worker(config)
+    except Exception as exc:  # noqa: BLE001 - report to the driver, which shows it
+        out.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")
+        raise
+    out.write(json.dumps({"ready": config, "pid": os.getpid()}) + "\n")
+    for line in sys.stdin:
+        message = json.loads(line)
+        op = message.pop("op")
+        if op == "quit":
+            runtime = worker.runtime
+            if runtime is not None:
+                runtime.shutdown(2.0)
+            out.write(json.dumps({"bye": config}) + "\n")
+            return
+        try:
+            answer = getattr(worker, f"op_{op}")(**message)
+        except Exception as exc:  # noqa: BLE001
+            import traceback
+
+            traceback.print_exc()
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        out.write(json.dumps(answer) + "\n")
+
+
+if __name__ == "__main__":
+    main()

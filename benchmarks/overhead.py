@@ -1,0 +1,361 @@
+#!/usr/bin/env python
+"""Per-request overhead of e2e-otel versus stock OpenTelemetry versus plain Django.
+
+    python benchmarks/overhead.py --requests 2000 --rounds 10 --json results.json
+    python benchmarks/overhead.py --quick          # a few requests: checks that everything runs
+
+One long-lived worker process per configuration (tracer providers and instrumentors are per
+process) runs the same Django app in-process through its WSGI handler; this driver sends them
+interleaved batches (A B C C' | B C C' A | ...) so drift on a shared machine hits all of them
+alike. A sidecar process hosts the OTLP receiver and the stalling MariaDB proxy, off the measured
+processes' GIL. See benchmarks/README.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+
+LABELS = {
+    "plain": "A  plain Django",
+    "otel": "B  stock OpenTelemetry",
+    "e2e": "C  e2e-otel (all on)",
+    "e2e_stalled": "C' e2e-otel, record DB stalled",
+}
+EXPECTED_QUERIES = {"one": 1, "heavy": 10}
+
+
+class Proc:
+    """A child process spoken to in JSON lines (a worker or the sidecar)."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: IO[str]) -> None:
+        self.name = name
+        self.popen = subprocess.Popen(argv, cwd=BENCH_DIR, env=env, stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
+
+    def read(self) -> dict[str, Any]:
+        assert self.popen.stdout is not None
+        line = self.popen.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.name} exited (code {self.popen.poll()}); see its log")
+        answer = json.loads(line)
+        if isinstance(answer, dict) and "error" in answer:
+            raise RuntimeError(f"{self.name}: {answer['error']}")
+        return answer
+
+    def send(self, message: dict[str, Any] | str) -> dict[str, Any]:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write((message if isinstance(message, str) else json.dumps(message)) + "\n")
+        self.popen.stdin.flush()
+        return self.read()
+
+    def stop(self, message: dict[str, Any] | str) -> None:
+        try:
+            if self.popen.poll() is None:
+                self.send(message)
+        except (OSError, RuntimeError, ValueError):
+            pass
+        try:
+            self.popen.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
+# --- database ---------------------------------------------------------------------------------
+
+
+def _mysql(args: argparse.Namespace) -> Any:
+    import pymysql
+
+    return pymysql.connect(host=args.db_host, port=args.db_port, user="root", password="", autocommit=True)
+
+
+def create_database(args: argparse.Namespace) -> None:
+    with _mysql(args) as conn, conn.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS `{args.db_name}`")
+        cursor.execute(f"CREATE DATABASE `{args.db_name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+
+
+def drop_database(args: argparse.Namespace) -> None:
+    with _mysql(args) as conn, conn.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS `{args.db_name}`")
+
+
+def server_version(args: argparse.Namespace) -> str:
+    with _mysql(args) as conn:
+        return str(conn.get_server_info())
+
+
+# --- statistics -------------------------------------------------------------------------------
+
+
+def percentile(values: list[int], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def summarize(batches: list[dict[str, Any]]) -> dict[str, Any]:
+    latencies = [v for b in batches for v in b["lat_ns"]]
+    n = len(latencies)
+    return {
+        "requests": n,
+        "median_us": percentile(latencies, 0.5) / 1000,
+        "p90_us": percentile(latencies, 0.9) / 1000,
+        "mean_us": statistics.fmean(latencies) / 1000 if latencies else float("nan"),
+        "cpu_us_per_request": sum(b["cpu_ns"] for b in batches) / max(n, 1) / 1000,
+        "round_medians_us": [percentile(b["lat_ns"], 0.5) / 1000 for b in batches],
+    }
+
+
+def ratios(results: dict[str, dict[str, Any]], view: str, num: str, den: str) -> dict[str, float] | None:
+    if num not in results or den not in results:
+        return None
+    a, b = results[num][view], results[den][view]
+    per_round = [x / y for x, y in zip(a["round_medians_us"], b["round_medians_us"]) if y]
+    return {
+        "median": a["median_us"] / b["median_us"],
+        "p90": a["p90_us"] / b["p90_us"],
+        "cpu": a["cpu_us_per_request"] / b["cpu_us_per_request"],
+        "round_min": min(per_round) if per_round else float("nan"),
+        "round_max": max(per_round) if per_round else float("nan"),
+    }
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    configs = [c for c in args.configs.split(",") if c]
+    views = [v for v in args.views.split(",") if v]
+    per_batch = max(1, args.requests // args.rounds)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(BENCH_DIR), str(REPO_DIR), env.get("PYTHONPATH", "")])
+    env["BENCH_DB_NAME"], env["BENCH_DB_HOST"] = args.db_name, args.db_host
+    env["BENCH_DB_PORT"] = str(args.db_port)
+    for key in [k for k in env if k.startswith("OTEL_")]:
+        del env[key]  # every configuration is defined by its settings module, nothing else
+    env["PYTHONHASHSEED"] = "0"
+    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="e2e-otel-bench-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    say = (lambda *a: None) if args.json_only else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    say(f"logs: {log_dir}")
+
+    started = dt.datetime.now(dt.timezone.utc)
+    create_database(args)
+    procs: dict[str, Proc] = {}
+    sidecar: Proc | None = None
+    try:
+        seed = subprocess.run([sys.executable, "-m", "bench_project.seed"], cwd=BENCH_DIR, env=env,
+                              capture_output=True, text=True, check=False)
+        if seed.returncode != 0:
+            raise RuntimeError(f"seeding failed:\n{seed.stderr[-4000:]}")
+        seeded = json.loads(seed.stdout.strip().splitlines()[-1])
+        say(f"seeded: {seeded}")
+
+        sidecar = Proc("sidecar", [sys.executable, "-m", "bench_project.sidecar",
+                                   "--proxy-delay", str(args.proxy_delay)], env,
+                       open(log_dir / "sidecar.log", "w"))
+        endpoints = sidecar.read()
+        env["BENCH_OTLP_ENDPOINT"] = endpoints["grpc_endpoint"]
+        env["BENCH_RECORDS_PROXY_PORT"] = str(endpoints["proxy_port"])
+
+        for config in configs:
+            procs[config] = Proc(config, [sys.executable, "-m", "bench_project.worker", config], env,
+                                 open(log_dir / f"worker-{config}.log", "w"))
+        for config in configs:
+            procs[config].read()  # "ready"
+            for view in views:
+                queries = procs[config].send({"op": "check", "view": view})["queries"]
+                if queries != EXPECTED_QUERIES[view]:
+                    raise RuntimeError(f"{config}: /{view}/ ran {queries} queries, "
+                                       f"expected {EXPECTED_QUERIES[view]}")
+                procs[config].send({"op": "warmup", "view": view, "n": args.warmup})
+        say(f"workers ready: {', '.join(configs)}; {args.rounds} rounds x {per_batch} requests "
+            f"per configuration and view")
+
+        batches: dict[str, dict[str, list[dict[str, Any]]]] = {c: {v: [] for v in views} for c in configs}
+        for round_no in range(args.rounds):
+            order = configs[round_no % len(configs):] + configs[:round_no % len(configs)]
+            for view in views:
+                for config in order:
+                    batches[config][view].append(
+                        procs[config].send({"op": "batch", "view": view, "n": per_batch}))
+            say(f"round {round_no + 1}/{args.rounds} done")
+
+        results = {c: {v: summarize(batches[c][v]) for v in views} for c in configs}
+        report: dict[str, Any] = {
+            "started_utc": started.isoformat(timespec="seconds"),
+            "machine": machine(args),
+            "parameters": {"requests_per_config_and_view": per_batch * args.rounds, "rounds": args.rounds,
+                           "batch": per_batch, "warmup": args.warmup, "proxy_delay_s": args.proxy_delay},
+            "seed": seeded,
+            "latency": results,
+            "ratios": {view: {name: ratios(results, view, num, den) for name, (num, den) in RATIO_PAIRS.items()}
+                       for view in views},
+        }
+        report["spans_received"] = sidecar.send("counts")
+        report["record_writer"] = {c: procs[c].send({"op": "stats"})["records"]
+                                   for c in configs if c.startswith("e2e")}
+
+        if "e2e" in procs and args.writer_seconds > 0:
+            report["writer_load"] = []
+            for rate in [float(r) for r in args.writer_rates.split(",") if r]:
+                say(f"record writer: offering {rate:.0f} spans/s for {args.writer_seconds}s")
+                report["writer_load"].append(procs["e2e"].send(
+                    {"op": "writer_load", "rate": rate, "seconds": args.writer_seconds,
+                     "steps_per_trace": 10}))
+        if "e2e" in procs and args.profile_requests > 0:
+            say("profiling config C")
+            report["profile"] = {view: procs["e2e"].send({"op": "profile", "view": view,
+                                                          "n": args.profile_requests}) for view in views}
+        report["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        return report
+    finally:
+        for proc in procs.values():
+            proc.stop({"op": "quit"})
+        if sidecar is not None:
+            sidecar.stop("quit")
+        if not args.keep_db:
+            drop_database(args)
+
+
+RATIO_PAIRS = {
+    "e2e-otel / stock OTel": ("e2e", "otel"),
+    "e2e-otel / plain": ("e2e", "plain"),
+    "stock OTel / plain": ("otel", "plain"),
+    "stalled record DB / e2e-otel": ("e2e_stalled", "e2e"),
+}
+
+
+def machine(args: argparse.Namespace) -> dict[str, Any]:
+    from importlib.metadata import version
+
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "python": platform.python_version(),
+        "django": version("django"),
+        "opentelemetry_sdk": version("opentelemetry-sdk"),
+        "instrumentation": version("opentelemetry-instrumentation-django"),
+        "pymysql": version("pymysql"),
+        "mariadb": server_version(args),
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def format_report(report: dict[str, Any]) -> str:
+    m, p = report["machine"], report["parameters"]
+    lines = [
+        f"e2e-otel overhead benchmark, {report['started_utc']} (UTC)",
+        f"machine: {m['cpus']} CPUs ({m['cpu_model']}), load avg at start {m['load_average_at_start'][0]:.2f}; "
+        f"Python {m['python']}, Django {m['django']}, OTel SDK {m['opentelemetry_sdk']} / "
+        f"instrumentation {m['instrumentation']}, PyMySQL {m['pymysql']}, MariaDB {m['mariadb']}",
+        f"{p['requests_per_config_and_view']} requests per configuration and view, {p['rounds']} interleaved "
+        f"rounds of {p['batch']}, after {p['warmup']} warm-up requests; in-process WSGI calls",
+        "",
+        f"{'view':<7}{'configuration':<34}{'median us':>10}{'p90 us':>10}{'mean us':>10}{'CPU us/req':>12}",
+    ]
+    for view in next(iter(report["latency"].values())):
+        for config, by_view in report["latency"].items():
+            r = by_view[view]
+            lines.append(f"{'/' + view + '/':<7}{LABELS[config]:<34}{r['median_us']:>10.0f}{r['p90_us']:>10.0f}"
+                         f"{r['mean_us']:>10.0f}{r['cpu_us_per_request']:>12.0f}")
+    lines += ["", f"{'ratio':<32}{'view':<9}{'median':>8}{'p90':>8}{'CPU':>8}   per-round medians"]
+    for view, pairs in report["ratios"].items():
+        for name, r in pairs.items():
+            if r is None:
+                continue
+            lines.append(f"{name:<32}{'/' + view + '/':<9}{r['median']:>8.3f}{r['p90']:>8.3f}{r['cpu']:>8.3f}"
+                         f"   {r['round_min']:.3f} .. {r['round_max']:.3f}")
+    target = [pairs.get("e2e-otel / stock OTel") for pairs in report["ratios"].values()]
+    if all(target):
+        worst = max(r["median"] for r in target if r)
+        verdict = "MET" if worst <= 1.05 else "NOT MET"
+        lines.append(f"target e2e-otel / stock OTel <= 1.05 (median latency): {verdict} (worst view {worst:.3f})")
+    lines += ["", f"spans received by the OTLP receiver: {report['spans_received']}"]
+    for config, stats in report.get("record_writer", {}).items():
+        lines.append(f"record writer after the rounds [{config}]: {json.dumps(stats, sort_keys=True)}")
+    for load in report.get("writer_load", []):
+        lines.append(format_load(load))
+    return "\n".join(lines)
+
+
+def format_load(load: dict[str, Any]) -> str:
+    if "unavailable" in load:
+        return f"writer load: {load['unavailable']}"
+    return (f"writer load: offered {load['offered_spans']} spans ({load['offered_rate']:.0f}/s target, "
+            f"{load['achieved_offer_rate']:.0f}/s achieved) for {load['offer_seconds']:.1f}s -> "
+            f"{load['steps_written']} TraceSteps written ({load['step_rows_added']} rows counted), "
+            f"{load['write_rate_steps_per_s']:.0f} steps/s sustained until drained at "
+            f"{load['drain_seconds']:.1f}s; dropped {load['dropped']}; max queue depth "
+            f"{load['max_queue_depth']}/{load['queue_capacity']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000, help="per configuration and view (all rounds)")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=200, help="untimed requests per worker and view")
+    parser.add_argument("--configs", default="plain,otel,e2e,e2e_stalled")
+    parser.add_argument("--views", default="one,heavy")
+    parser.add_argument("--writer-rates", default="2000,20000", help="offered spans/s for the writer test")
+    parser.add_argument("--writer-seconds", type=float, default=5.0, help="0 skips the writer test")
+    parser.add_argument("--profile-requests", type=int, default=0, help="cProfile N requests of config C")
+    parser.add_argument("--proxy-delay", type=float, default=0.25,
+                        help="seconds the stalling proxy holds each packet (config C')")
+    parser.add_argument("--db-host", default="127.0.0.1")
+    parser.add_argument("--db-port", type=int, default=3306)
+    parser.add_argument("--db-name", default="e2e_otel_bench")
+    parser.add_argument("--keep-db", action="store_true", help="do not drop the database at the end")
+    parser.add_argument("--json", metavar="PATH", help="also write the full results as JSON")
+    parser.add_argument("--json-only", action="store_true", help="no progress output")
+    parser.add_argument("--log-dir", help="worker/sidecar stderr logs (default: a temp dir)")
+    parser.add_argument("--quick", action="store_true", help="tiny run that only checks the benchmark works")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.requests, args.rounds, args.warmup = 20, 2, 5
+        args.writer_rates, args.writer_seconds = "500", 0.5
+        args.profile_requests = min(args.profile_requests, 10)
+    if args.rounds < 1 or args.requests < args.rounds:
+        parser.error("need --rounds >= 1 and --requests >= --rounds")
+    report = run(args)
+    text = format_report(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps({**report, "table": text}, indent=2) + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The ``e2e-otel`` command line (console script and ``python -m e2e_otel``).
+
+``e2e-otel demo`` migrates, seeds thresholds and demo data, serves the demo shop on 127.0.0.1, drives
+the four seed workflows through it over real HTTP and prints what e2e-otel recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="e2e-otel", description="e2e-otel command line tools.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo", help="run the demo shop with traffic and print what e2e-otel recorded",
+        description="Migrate, seed, serve the demo shop, drive the login / product fetch / cart update / "
+                    "checkout workflows through it and print a summary. SQLite by default; set "
+                    "DATABASE_URL=mysql://user:pass@host:port/db for MySQL. Traces are exported only when "
+                    "OTEL_EXPORTER_OTLP_ENDPOINT or E2E_OTEL_OTLP_ENDPOINT is set.",
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    demo.add_argument("--workflows", type=int, default=40, metavar="N",
+                      help="workflows to drive before the summary (default 40; 0 = none)")
+    demo.add_argument("--no-serve", action="store_true", help="exit after the summary instead of serving")
+    demo.add_argument("--db", metavar="PATH", help="SQLite file (default ~/.cache/e2e-otel/demo.sqlite3); "
+                                                   "ignored when DATABASE_URL is set")
+    demo.add_argument("--faults", default=os.environ.get("E2E_DEMO_FAULTS", "all"), metavar="SPEC",
+                      help="all | none | comma list of n_plus_one, slow_checkout[=rate], "
+                           "payment_failure[=rate], invalid_payload (default all)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        return run_demo(args)
+    parser.print_help()
+    return 2
+
+
+def _configure_environment(args: argparse.Namespace) -> None:
+    """Settings of the demo come from the environment; fill it before ``django.setup()``."""
+    from .demo.shop.faults import parse_faults
+
+    try:
+        parse_faults(args.faults)
+    except ValueError as exc:
+        raise SystemExit(f"e2e-otel demo: --faults: {exc}") from None
+    if args.workflows < 0:
+        raise SystemExit("e2e-otel demo: --workflows must be >= 0")
+    # The demo always uses its own settings, even inside a shell set up for another project.
+    os.environ["DJANGO_SETTINGS_MODULE"] = "e2e_otel.demo.settings"
+    os.environ["E2E_DEMO_FAULTS"] = args.faults
+    os.environ["E2E_DEMO_HOST"] = args.host
+    if args.db:
+        os.environ["E2E_DEMO_DB"] = str(Path(args.db).expanduser().resolve())
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    _configure_environment(args)
+    import django
+
+    django.setup()
+
+    from django.conf import settings
+    from django.core.management import call_command, get_commands
+    from django.db import connection
+    from django.utils import timezone
+
+    from .bootstrap import get_runtime
+    from .conf import get_config
+    from .demo.seed import seed
+    from .demo.server import DemoServer
+    from .demo.shop.faults import get_faults
+    from .demo.summary import Links, build_summary, scrape_metrics, wait_for_sessions
+    from .demo.traffic import ProgressBar, TrafficDriver
+
+    out = sys.stdout
+    db = settings.DATABASES["default"]
+    database = (f"MySQL {db['NAME']} on {db['HOST']}:{db['PORT']}" if connection.vendor == "mysql"
+                else f"SQLite {db['NAME']}")
+    print(f"e2e-otel demo: preparing {database}", file=out, flush=True)
+    call_command("migrate", interactive=False, verbosity=0)
+    if "setup_debugging_defaults" in get_commands():
+        call_command("setup_debugging_defaults", verbosity=0)
+    else:
+        print("  note: setup_debugging_defaults is not available; built-in threshold defaults apply", file=out)
+    seeded = seed()
+    config = get_config()
+
+    try:
+        server = DemoServer(args.host, args.port).start()
+    except OSError as exc:
+        print(f"e2e-otel demo: cannot listen on {args.host}:{args.port}: {exc} (try --port 0)", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    print(f"Demo shop listening on {server.url}  (faults: {', '.join(get_faults().enabled) or 'none'})",
+          file=out, flush=True)
+    try:
+        runs = []
+        started = timezone.now()
+        began = time.perf_counter()
+        if args.workflows:
+            driver = TrafficDriver(
+                server.url, ingest_key=config.INGEST_KEY, customers=seeded.customers,
+                password=seeded.customer_password, product_ids=seeded.product_ids,
+                category_slugs=seeded.category_slugs, invalid_payload=get_faults().invalid_payload,
+            )
+            print(f"Driving {args.workflows} workflows (login, product_fetch, cart_update, checkout) ...",
+                  file=out, flush=True)
+            runs = driver.run(args.workflows, ProgressBar(args.workflows))
+            wait_for_sessions([r.correlation_id for r in runs])
+        elapsed = time.perf_counter() - began
+        runtime = get_runtime()
+        links = Links(
+            base_url=server.url, api_key=config.API_KEY, admin_username=seeded.admin_username,
+            admin_password=seeded.admin_password, customers=seeded.customers,
+            customer_password=seeded.customer_password, database=database,
+            otlp_endpoint=(config.OTLP_ENDPOINT or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+            if runtime is not None and runtime.exporter is not None else None,
+        )
+        metrics_text = scrape_metrics(server.url, config.METRICS_KEY)
+        print(build_summary(runs, started=started, elapsed=elapsed, links=links, metrics_text=metrics_text),
+              file=out, flush=True)
+        if not args.no_serve:
+            print(f"Serving on {server.url} until Ctrl-C ...", file=out, flush=True)
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\nStopping.", file=out, flush=True)
+    finally:
+        server.stop()
+        runtime = get_runtime()
+        if runtime is not None:
+            runtime.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

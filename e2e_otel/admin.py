@@ -1,0 +1,191 @@
+"""Django admin for the six record models, with a timing waterfall on each workflow session.
+
+Span-derived rows (sessions, steps, errors, snapshots) are read-only here: they mirror what the
+spans said. Only user-owned fields are editable (error resolution, thresholds, configurations).
+Request thread.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+
+from .conf import get_config
+from .models import (
+    DebugConfiguration,
+    ErrorLog,
+    Layer,
+    PerformanceSnapshot,
+    PerformanceThreshold,
+    TraceStep,
+    WorkflowSession,
+)
+from .propagation import parse_correlation_id
+
+#: bar colour per layer in the waterfall (also used for the legend)
+LAYER_COLOURS: dict[str, str] = {
+    Layer.FRONTEND: "#8e44ad",
+    Layer.API: "#2e86de",
+    Layer.DATABASE: "#e67e22",
+    Layer.CACHE: "#16a085",
+    Layer.EXTERNAL: "#c0392b",
+    Layer.INTERNAL: "#7f8c8d",
+    Layer.SYSTEM: "#34495e",
+}
+MAX_WATERFALL_STEPS = 500
+MIN_BAR_PERCENT = 0.4
+
+
+class CorrelationSearchMixin:
+    """Search by correlation id in any form (UUID with dashes or 32 hex digits) as an exact match."""
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Any],
+                           search_term: str) -> tuple[QuerySet[Any], bool]:
+        trace_id = parse_correlation_id(search_term.strip())
+        if trace_id is not None:
+            return queryset.filter(correlation_id=uuid.UUID(int=trace_id)), False
+        return super().get_search_results(request, queryset, search_term)  # type: ignore[misc]
+
+
+class ReadOnlyRecordAdmin(CorrelationSearchMixin, admin.ModelAdmin):
+    """Rows written by the record writer: viewable and deletable, never added or edited by hand."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+def waterfall(session: WorkflowSession, steps: list[TraceStep]) -> dict[str, Any]:
+    """Bars positioned by start offset and duration as percentages of the session's time span."""
+    starts = [step.start_time for step in steps] + [session.start_time]
+    t0 = min(starts)
+    ends = [step.end_time or step.start_time for step in steps]
+    if session.end_time:
+        ends.append(session.end_time)
+    t_end = max([*ends, t0])
+    total_ms = max((t_end - t0).total_seconds() * 1000, 0.001)
+    depth_of: dict[str, int] = {}
+    rows = []
+    for step in steps:
+        depth = depth_of.get(step.parent_span_id, -1) + 1 if step.parent_span_id else 0
+        depth_of[step.span_id] = depth
+        offset_ms = (step.start_time - t0).total_seconds() * 1000
+        duration_ms = step.duration_ms
+        if duration_ms is None:
+            duration_ms = ((step.end_time - step.start_time).total_seconds() * 1000) if step.end_time else 0.0
+        left = min(100.0, max(0.0, offset_ms / total_ms * 100))
+        width = max(MIN_BAR_PERCENT, min(100.0 - left, duration_ms / total_ms * 100))
+        rows.append({
+            "step": step,
+            "offset_ms": round(offset_ms, 3),
+            "duration_ms": round(duration_ms, 3),
+            "left": f"{left:.3f}",
+            "width": f"{width:.3f}",
+            "indent": min(depth, 8) * 12,
+            "colour": LAYER_COLOURS.get(step.layer, "#95a5a6"),
+        })
+    return {
+        "rows": rows,
+        "total_ms": round(total_ms, 3),
+        "legend": [(label, LAYER_COLOURS[value]) for value, label in Layer.choices if value in LAYER_COLOURS],
+    }
+
+
+def trace_link(session: WorkflowSession) -> str | None:
+    template = get_config().TRACE_URL_TEMPLATE
+    return template.replace("{trace_id}", session.trace_id) if template else None
+
+
+@admin.register(WorkflowSession)
+class WorkflowSessionAdmin(ReadOnlyRecordAdmin):
+    change_form_template = "admin/e2e_otel/workflowsession/change_form.html"
+    list_display = ("correlation_id", "workflow_type", "status", "user_id", "service", "start_time",
+                    "duration_ms", "step_count", "error_count")
+    list_filter = ("status", "workflow_type_source", "service", "environment", "start_time")
+    search_fields = ("workflow_type", "user_id")
+    date_hierarchy = "start_time"
+    ordering = ("-start_time",)
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
+                    extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        context = dict(extra_context or {})
+        session = self.get_object(request, object_id)
+        if session is not None:
+            steps = list(session.steps.order_by("start_time", "id")[:MAX_WATERFALL_STEPS])
+            context["waterfall"] = waterfall(session, steps)
+            context["trace_url"] = trace_link(session)
+            context["steps_truncated"] = session.steps.count() > MAX_WATERFALL_STEPS
+        return super().change_view(request, object_id, form_url, extra_context=context)
+
+
+@admin.register(TraceStep)
+class TraceStepAdmin(ReadOnlyRecordAdmin):
+    list_display = ("name", "layer", "component", "operation", "status", "start_time", "duration_ms",
+                    "workflow_session")
+    list_filter = ("layer", "status", "start_time")
+    search_fields = ("component", "operation", "name", "span_id")
+    list_select_related = ("workflow_session",)
+    raw_id_fields = ("workflow_session",)
+
+
+@admin.register(ErrorLog)
+class ErrorLogAdmin(CorrelationSearchMixin, admin.ModelAdmin):
+    list_display = ("error_type", "layer", "component", "severity", "occurrences", "resolved", "last_seen",
+                    "correlation_id")
+    list_filter = ("resolved", "severity", "layer", "category", "last_seen")
+    search_fields = ("error_type", "error_message", "fingerprint", "component")
+    actions = ["mark_resolved"]
+    fields = ("correlation_id", "span_id", "timestamp", "last_seen", "layer", "component", "error_type",
+              "error_message", "stack_trace", "fingerprint", "occurrences", "severity", "category", "user_id",
+              "metadata", "resolved", "resolved_at", "resolved_by", "resolution_notes")
+    readonly_fields = tuple(f for f in fields if f not in ("resolved", "resolution_notes"))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: ErrorLog, form: Any, change: bool) -> None:
+        if obj.resolved and not obj.resolved_at:
+            obj.resolved_at = timezone.now()
+            obj.resolved_by = request.user.get_username()[:150]
+        elif not obj.resolved:
+            obj.resolved_at, obj.resolved_by = None, ""
+        super().save_model(request, obj, form, change)
+
+    @admin.action(description="Mark selected errors resolved")
+    def mark_resolved(self, request: HttpRequest, queryset: QuerySet[ErrorLog]) -> None:
+        updated = queryset.filter(resolved=False).update(
+            resolved=True, resolved_at=timezone.now(), resolved_by=request.user.get_username()[:150]
+        )
+        self.message_user(request, f"{updated} error group(s) marked resolved.", messages.SUCCESS)
+
+
+@admin.register(PerformanceSnapshot)
+class PerformanceSnapshotAdmin(ReadOnlyRecordAdmin):
+    list_display = ("timestamp", "layer", "component", "metric_name", "metric_value", "unit",
+                    "threshold_status", "correlation_id")
+    list_filter = ("threshold_status", "layer", "metric_name", "timestamp")
+    search_fields = ("component", "metric_name")
+    date_hierarchy = "timestamp"
+
+
+@admin.register(DebugConfiguration)
+class DebugConfigurationAdmin(admin.ModelAdmin):
+    list_display = ("name", "enabled", "description", "updated_at")
+    list_filter = ("enabled",)
+    search_fields = ("name", "description")
+
+
+@admin.register(PerformanceThreshold)
+class PerformanceThresholdAdmin(admin.ModelAdmin):
+    list_display = ("metric_name", "layer", "component", "warning_threshold", "critical_threshold",
+                    "direction", "unit", "enabled")
+    list_filter = ("layer", "direction", "enabled")
+    list_editable = ("enabled",)
+    search_fields = ("metric_name", "component", "description")

@@ -1,0 +1,40 @@
+"""Routes of the debugging API, relative to ``api/v1/debugging/`` (see ``e2e_otel.urls``)."""
+
+from __future__ import annotations
+
+from django.urls import URLPattern, URLResolver, include, path
+from drf_spectacular.views import SpectacularAPIView
+from rest_framework.routers import SimpleRouter
+
+from . import views
+from .permissions import AUTHENTICATION_CLASSES, IsStaffOrApiKey
+
+API_PREFIX = "api/v1/debugging/"
+
+router = SimpleRouter()
+router.register("workflow-sessions", views.WorkflowSessionViewSet, basename="workflow-session")
+router.register("trace-steps", views.TraceStepViewSet, basename="trace-step")
+router.register("performance-snapshots", views.PerformanceSnapshotViewSet, basename="performance-snapshot")
+router.register("error-logs", views.ErrorLogViewSet, basename="error-log")
+router.register("debug-configurations", views.DebugConfigurationViewSet, basename="debug-configuration")
+router.register("performance-thresholds", views.PerformanceThresholdViewSet, basename="performance-threshold")
+
+api_patterns: list[URLPattern | URLResolver] = [
+    path("system-health/", views.SystemHealthView.as_view(), name="system-health"),
+    *router.urls,
+]
+
+
+class DebuggingSchemaView(SpectacularAPIView):
+    """OpenAPI 3 schema of the debugging API only (paths shown as if mounted at the site root)."""
+
+    authentication_classes = AUTHENTICATION_CLASSES
+    permission_classes = [IsStaffOrApiKey]
+    patterns = [path(API_PREFIX, include(api_patterns))]
+    custom_settings = {"TITLE": "e2e-otel debugging API", "VERSION": "1"}
+
+
+urlpatterns: list[URLPattern | URLResolver] = [
+    path("schema/", DebuggingSchemaView.as_view(), name="schema"),
+    *api_patterns,
+]

@@ -1,0 +1,85 @@
+"""Correlation IDs are W3C trace ids.
+
+``X-Correlation-ID`` is the request's 128-bit trace id written as a UUID; ``traceparent`` carries the
+same id. Incoming values are parsed by ``propagation`` (strictly validated, never echoed); this
+module exposes the id to views, outgoing calls and responses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.http import HttpRequest, HttpResponseBase
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanContext
+
+from .conf import get_config
+from .propagation import format_correlation_id
+
+__all__ = ["get_correlation_id", "inject_headers", "CorrelationMiddleware", "traceresponse_value"]
+
+
+def get_correlation_id(span: Span | None = None) -> str | None:
+    """The current trace id in UUID form, or ``None`` outside a trace."""
+    context = (span or trace.get_current_span()).get_span_context()
+    return format_correlation_id(context.trace_id) if context.is_valid else None
+
+
+def inject_headers(headers: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
+    """Add ``traceparent``/``tracestate``/``baggage`` and the correlation header for an outgoing call."""
+    headers = {} if headers is None else headers
+    propagate.inject(headers)
+    correlation_id = get_correlation_id()
+    if correlation_id:
+        headers[get_config().CORRELATION_HEADER] = correlation_id
+    return headers
+
+
+def traceresponse_value(context: SpanContext) -> str:
+    """W3C Trace Context Level 2 ``traceresponse``: the server span as the caller's child."""
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+class CorrelationMiddleware:
+    """Sets ``request.correlation_id`` and the response headers. Inserted right after the OTel
+    middleware by ``AppConfig.ready()``; runs on the request thread and does O(1) work."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.header = get_config().CORRELATION_HEADER
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        context = self._before(request)
+        return self._after(self.get_response(request), context)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        context = self._before(request)
+        return self._after(await self.get_response(request), context)
+
+    def _before(self, request: HttpRequest) -> SpanContext:
+        context = trace.get_current_span().get_span_context()
+        request.correlation_id = (  # type: ignore[attr-defined]
+            format_correlation_id(context.trace_id) if context.is_valid else None
+        )
+        return context
+
+    def _after(self, response: HttpResponseBase, context: SpanContext) -> HttpResponseBase:
+        if context.is_valid:
+            response[self.header] = format_correlation_id(context.trace_id)
+            response["traceresponse"] = traceresponse_value(context)
+            exposed = response.get("Access-Control-Expose-Headers", "")
+            names = [n.strip() for n in exposed.split(",") if n.strip()]
+            for name in (self.header, "traceresponse"):
+                if name.lower() not in (n.lower() for n in names):
+                    names.append(name)
+            response["Access-Control-Expose-Headers"] = ", ".join(names)
+        return response

@@ -1,0 +1,177 @@
+"""Django settings for the demo shop (``DJANGO_SETTINGS_MODULE=e2e_otel.demo.settings``).
+
+Everything variable comes from the environment, which ``e2e-otel demo`` fills from its options
+before ``django.setup()``:
+
+- ``DATABASE_URL=mysql://user:pass@host:port/db`` selects MySQL/MariaDB (PyMySQL); otherwise SQLite at
+  ``E2E_DEMO_DB`` (default ``~/.cache/e2e-otel/demo.sqlite3``).
+- ``E2E_DEMO_FAULTS``: which faults the shop injects (see ``shop/faults.py``).
+- Traces leave the process only when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``E2E_OTEL_OTLP_ENDPOINT``
+  is set; otherwise the exporter is ``none`` and everything stays in the local records.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent
+
+
+def default_sqlite_path() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "e2e-otel" / "demo.sqlite3"
+
+
+def database_from_url(url: str) -> dict[str, object]:
+    """``mysql://user:pass@host:port/name`` as a Django DATABASES entry (PyMySQL as MySQLdb)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mysql", "mariadb", "mysql+pymysql"):
+        raise ImproperlyConfigured(f"DATABASE_URL: only mysql:// is supported, got scheme {parts.scheme!r}")
+    name = parts.path.lstrip("/")
+    if not name:
+        raise ImproperlyConfigured("DATABASE_URL: the database name is missing (mysql://user:pass@host:port/NAME)")
+    import pymysql
+
+    pymysql.install_as_MySQLdb()
+    return {
+        "ENGINE": "django.db.backends.mysql",
+        "NAME": unquote(name),
+        "USER": unquote(parts.username or "root"),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": parts.hostname or "127.0.0.1",
+        "PORT": str(parts.port or 3306),
+        "OPTIONS": {"charset": "utf8mb4"},
+    }
+
+
+def sqlite_database(path: Path) -> dict[str, object]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(path),
+        # WAL + IMMEDIATE transactions: the request threads and the record writer thread write
+        # concurrently; without these SQLite answers "database is locked" under the demo's load.
+        "OPTIONS": {
+            "timeout": 30,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        },
+    }
+
+
+_database_url = os.environ.get("DATABASE_URL", "").strip()
+DATABASES = {
+    "default": database_from_url(_database_url) if _database_url
+    else sqlite_database(Path(os.environ.get("E2E_DEMO_DB") or default_sqlite_path()))
+}
+
+# A fresh key per process: the demo keeps no sessions worth preserving across restarts.
+SECRET_KEY = os.environ.get("E2E_DEMO_SECRET_KEY") or secrets.token_urlsafe(50)
+DEBUG = False
+_host = os.environ.get("E2E_DEMO_HOST", "127.0.0.1")
+ALLOWED_HOSTS = sorted({"127.0.0.1", "localhost", "[::1]", _host})
+USE_TZ = True
+TIME_ZONE = "UTC"
+ROOT_URLCONF = "e2e_otel.demo.urls"
+WSGI_APPLICATION = "e2e_otel.demo.wsgi.application"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "e2e_otel.demo.shop",
+    "e2e_otel",  # the settings hook
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+STATIC_URL = "/static/"
+
+# Demo-only: a cheaper PBKDF2 so a login costs ~0.1 s instead of ~1 s on a small machine; the
+# passwords are random per run and the server listens on 127.0.0.1 by default.
+PASSWORD_HASHERS = ["e2e_otel.demo.shop.hashers.DemoPBKDF2PasswordHasher"]
+
+REST_FRAMEWORK = {
+    # Token first: a request carrying a token is not held to the session's CSRF check.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+}
+
+DEMO_FAULTS = os.environ.get("E2E_DEMO_FAULTS", "all")
+
+_otlp_endpoint = os.environ.get("E2E_OTEL_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+
+# The four seed workflows, by route: baggage (e2e.workflow) and e2e_otel.workflow() name them too.
+E2E_OTEL: dict[str, object] = {
+    "SERVICE_NAME": os.environ.get("OTEL_SERVICE_NAME") or "e2e-otel-demo-shop",
+    "ENVIRONMENT": "development",
+    "API_KEY": os.environ.get("E2E_OTEL_API_KEY") or secrets.token_urlsafe(24),
+    "INGEST_KEY": os.environ.get("E2E_OTEL_INGEST_KEY") or secrets.token_urlsafe(24),
+    "INGEST_RATE_LIMIT": 100_000,  # the traffic driver is one client posting every workflow
+    "RECORD_FLUSH_INTERVAL": 0.2,
+    "WORKFLOW_IDLE_TIMEOUT": 30,
+    "TRACE_URL_TEMPLATE": "http://localhost:16686/trace/{trace_id}",
+    "WORKFLOWS": {
+        "login": ["POST /api/shop/auth/login/*", "POST /api/shop/auth/token/*"],
+        "product_fetch": ["GET /api/shop/products/*", "GET /api/shop/categories/*"],
+        "cart_update": ["POST /api/shop/cart/items/*", "DELETE /api/shop/cart/items/*"],
+        "checkout": ["POST /api/shop/checkout/*"],
+    },
+}
+if _otlp_endpoint:
+    if os.environ.get("E2E_OTEL_OTLP_ENDPOINT"):
+        E2E_OTEL["OTLP_ENDPOINT"] = os.environ["E2E_OTEL_OTLP_ENDPOINT"]
+else:
+    E2E_OTEL["TRACES_EXPORTER"] = "none"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler", "level": "WARNING"},
+        "null": {"class": "logging.NullHandler"},
+    },
+    "loggers": {
+        # Request lines and the demo's deliberate 4xx/5xx would drown the summary.
+        "django.server": {"handlers": ["null"], "propagate": False},
+        "django.request": {"handlers": ["null"], "propagate": False},
+    },
+    "root": {"handlers": ["stderr"], "level": "WARNING"},
+}

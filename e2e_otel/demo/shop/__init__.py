@@ -1,0 +1,1 @@
+"""The demo shop app: catalogue, cart, checkout."""

@@ -1,0 +1,42 @@
+"""A pretend payment gateway: a remote call with latency that declines at the configured rate."""
+
+from __future__ import annotations
+
+import random
+import time
+from decimal import Decimal
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from rest_framework import status
+from rest_framework.exceptions import APIException
+
+from .faults import get_faults
+
+tracer = trace.get_tracer("e2e_otel.demo.shop")
+
+
+class PaymentDeclined(APIException):
+    """The gateway refused the charge; the API answers 502 because the fault is upstream."""
+
+    status_code = status.HTTP_502_BAD_GATEWAY
+    default_detail = "The payment provider declined the charge."
+    default_code = "payment_declined"
+
+
+def charge(amount: Decimal, method: str) -> str:
+    """Charge ``amount``; returns a payment reference or raises :class:`PaymentDeclined`.
+
+    The span is a CLIENT span with ``peer.service`` like a real HTTP call to a provider would be, so
+    it lands on the external layer; the exception is recorded on it before it propagates.
+    """
+    with tracer.start_as_current_span(
+        "payment.charge",
+        kind=SpanKind.CLIENT,
+        attributes={"peer.service": "demo-payments", "payment.method": method, "payment.amount": float(amount)},
+    ):
+        time.sleep(random.uniform(0.02, 0.06))
+        schedule = get_faults().payment_failure
+        if schedule is not None and schedule.fire():
+            raise PaymentDeclined(f"card issuer declined the charge of {amount} EUR (do_not_honor)")
+        return f"pay_{random.getrandbits(48):012x}"

@@ -1,0 +1,213 @@
+"""The summary ``e2e-otel demo`` prints: read back from the records and metrics, never from the driver.
+
+What the driver saw is only used to pick this run's workflows (by correlation id) and to flag
+disagreements, so the summary shows what e2e-otel itself recorded. Runs on the CLI's main thread
+after ``Runtime.force_flush()``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.error import URLError
+from urllib.request import Request, urlopen
+
+from .traffic import WORKFLOW_TYPES, WorkflowRun
+
+LAYERS = ("frontend", "api", "database", "external", "internal", "cache")
+_SAMPLE_RE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)')
+_LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+@dataclass(frozen=True)
+class Links:
+    base_url: str
+    api_key: str | None
+    admin_username: str
+    admin_password: str
+    customers: Sequence[str]
+    customer_password: str
+    database: str
+    otlp_endpoint: str | None
+
+
+def parse_prometheus_text(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """``(name, labels, value)`` for each sample of a text exposition (enough for our counters)."""
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE_RE.match(line)
+        if match is None:
+            continue
+        try:
+            value = float(match.group("value"))
+        except ValueError:
+            continue
+        samples.append((match.group("name"), dict(_LABEL_RE.findall(match.group("labels") or "")), value))
+    return samples
+
+
+def scrape_metrics(base_url: str, key: str | None = None, timeout: float = 10.0) -> str | None:
+    request = Request(base_url.rstrip("/") + "/metrics")
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urlopen(request, timeout=timeout) as response:  # noqa: S310 (our own local server)
+            return response.read().decode("utf-8", "replace")
+    except (URLError, OSError):
+        return None
+
+
+def wait_for_sessions(correlation_ids: Iterable[str], timeout: float = 15.0) -> int:
+    """Flush the runtime and wait until the record writer has stored a session per workflow."""
+    from e2e_otel.bootstrap import get_runtime
+    from e2e_otel.models import WorkflowSession
+
+    wanted = set(correlation_ids)
+    deadline = time.monotonic() + timeout
+    found = 0
+    while True:
+        runtime = get_runtime()
+        if runtime is not None:
+            runtime.force_flush(timeout=5)
+        found = WorkflowSession.objects.filter(correlation_id__in=wanted).exclude(status="in_progress").count()
+        if found >= len(wanted) or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.25)
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str], indent: str = "  ") -> list[str]:
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append(indent + "  ".join(c.ljust(w) if i == 0 or not _numeric(c) else c.rjust(w)
+                                        for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+        if n == 0:
+            lines.append(indent + "  ".join("-" * w for w in widths))
+    return lines
+
+
+def _numeric(text: str) -> bool:
+    return text.replace(".", "", 1).replace("-", "", 1).isdigit()
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def build_summary(runs: Sequence[WorkflowRun], *, started: datetime, elapsed: float, links: Links,
+                  metrics_text: str | None) -> str:
+    from e2e_otel.models import ErrorLog, PerformanceSnapshot, TraceStep, WorkflowSession
+
+    ids = [r.correlation_id for r in runs]
+    sessions = list(WorkflowSession.objects.filter(correlation_id__in=ids))
+    out: list[str] = []
+    failed_driver = sum(r.failed for r in runs)
+    out.append("")
+    out.append(f"e2e-otel demo: {len(runs)} workflows in {elapsed:.1f} s against {links.base_url} "
+               f"({links.database}); {failed_driver} failed as seen by the client")
+
+    # --- workflows by type and status
+    out.append("")
+    out.append(f"Workflows by type and status ({len(sessions)} WorkflowSession rows for {len(runs)} workflows)")
+    by_type: dict[str, Counter[str]] = defaultdict(Counter)
+    durations: dict[str, list[float]] = defaultdict(list)
+    for s in sessions:
+        by_type[s.workflow_type][s.status] += 1
+        if s.duration_ms is not None:
+            durations[s.workflow_type].append(s.duration_ms)
+    order = [t for t in WORKFLOW_TYPES if t in by_type] + sorted(t for t in by_type if t not in WORKFLOW_TYPES)
+    rows = []
+    for wtype in order:
+        counts, spent = by_type[wtype], durations[wtype]
+        rows.append([wtype, counts["completed"], counts["failed"], counts["in_progress"],
+                     _ms(sum(spent) / len(spent) if spent else None), _ms(max(spent) if spent else None)])
+    out.extend(_table(rows, ["workflow type", "completed", "failed", "in progress", "avg ms", "max ms"])
+               if rows else ["  (no workflow sessions recorded: is the record writer running?)"])
+    missing = len(runs) - len(sessions)
+    if missing > 0:
+        out.append(f"  note: {missing} workflow(s) have no session yet (records still queued or dropped)")
+
+    # --- slowest steps per layer
+    out.append("")
+    out.append("Slowest steps per layer")
+    steps = TraceStep.objects.filter(correlation_id__in=ids, duration_ms__isnull=False)
+    session_types = {str(s.correlation_id): s.workflow_type for s in sessions}
+    rows = []
+    for layer in LAYERS:
+        for step in steps.filter(layer=layer).order_by("-duration_ms")[:3]:
+            rows.append([layer, step.component[:48], step.operation[:40], _ms(step.duration_ms), step.status,
+                         session_types.get(str(step.correlation_id), "?"), step.correlation_id])
+    out.extend(_table(rows, ["layer", "component", "operation", "ms", "status", "workflow", "correlation id"])
+               if rows else ["  (no steps recorded)"])
+
+    # --- threshold breaches
+    out.append("")
+    out.append("Threshold breaches")
+    breaches = PerformanceSnapshot.objects.filter(timestamp__gte=started).exclude(threshold_status="ok")
+    grouped: dict[tuple[str, str, str, str], list[Any]] = defaultdict(list)
+    for snap in breaches.order_by("-metric_value"):
+        grouped[(snap.layer, snap.metric_name, snap.threshold_status, snap.component)].append(snap)
+    rows = [[layer, metric, severity, component[:40] or "-", len(snaps), f"{snaps[0].metric_value:.1f}{snaps[0].unit}",
+             snaps[0].correlation_id or "-"]
+            for (layer, metric, severity, component), snaps in sorted(grouped.items(), key=lambda kv: -len(kv[1]))]
+    if rows:
+        out.extend(_table(rows[:12], ["layer", "metric", "severity", "component", "count", "worst",
+                                      "worst correlation id"]))
+    counters = [(labels, value) for name, labels, value in parse_prometheus_text(metrics_text or "")
+                if name == "e2e_otel_threshold_breaches_total" and value > 0]
+    if counters:
+        out.append("  e2e_otel_threshold_breaches_total (this process, from /metrics):")
+        for labels, value in sorted(counters, key=lambda lv: -lv[1]):
+            label_text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+            out.append(f"    {{{label_text}}} {value:g}")
+    if not rows and not counters:
+        out.append("  (none recorded)")
+
+    # --- grouped errors
+    out.append("")
+    out.append("Grouped errors")
+    errors = list(ErrorLog.objects.filter(last_seen__gte=started).order_by("-occurrences", "-last_seen")[:10])
+    for error in errors:
+        seen_in = sorted({str(c) for c in TraceStep.objects.filter(
+            correlation_id__in=ids, status="error", component=error.component, layer=error.layer,
+        ).values_list("correlation_id", flat=True)})
+        if error.correlation_id and str(error.correlation_id) not in seen_in:
+            seen_in.insert(0, str(error.correlation_id))
+        message = " ".join((error.error_message or "").split())[:100]
+        out.append(f"  {error.error_type} x{error.occurrences}  [{error.layer}:{error.component}] "
+                   f"severity={error.severity} category={error.category or '-'}")
+        if message:
+            out.append(f"    {message}")
+        out.append(f"    correlation ids: {', '.join(seen_in[:6]) or '-'}{' ...' if len(seen_in) > 6 else ''}")
+    if not errors:
+        out.append("  (no errors recorded)")
+
+    # --- where to look next
+    base = links.base_url
+    out.append("")
+    out.append("Where to look next")
+    out.append(f"  Admin (workflow waterfalls): {base}/admin/   user {links.admin_username!r}, "
+               f"password {links.admin_password!r} (random, printed once)")
+    out.append(f"  Shop customers: {', '.join(links.customers)} / password {links.customer_password!r}")
+    out.append(f"  Debugging API: {base}/api/v1/debugging/")
+    out.append(f"    failed checkouts: {base}/api/v1/debugging/workflows/?workflow_type=checkout&status=failed")
+    out.append(f"    errors:           {base}/api/v1/debugging/errors/")
+    if links.api_key:
+        out.append(f"    (send 'Authorization: Bearer {links.api_key}', or log in to the admin first)")
+    out.append(f"  Prometheus metrics: {base}/metrics")
+    if links.otlp_endpoint:
+        out.append(f"  Traces exported over OTLP to {links.otlp_endpoint}")
+        out.append("  With the compose stack: Grafana http://localhost:3000  Jaeger http://localhost:16686")
+    else:
+        out.append("  Traces stayed local (no OTLP endpoint set). Run `docker compose up` and set "
+                   "OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4317")
+        out.append("  to see them in Grafana http://localhost:3000 and Jaeger http://localhost:16686")
+    return "\n".join(out) + "\n"

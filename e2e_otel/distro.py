@@ -1,0 +1,41 @@
+"""Entry points for ``opentelemetry-instrument`` users.
+
+The distro sets our defaults for the SDK's environment; the configurator builds the same runtime the
+Django app would (from ``OTEL_*`` variables, before Django settings exist). When Django then starts,
+``AppConfig.ready()`` finds that provider and reuses it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from opentelemetry.instrumentation.distro import BaseDistro
+from opentelemetry.sdk._configuration import _BaseConfigurator
+
+
+class E2EOtelDistro(BaseDistro):
+    def _configure(self, **kwargs: Any) -> None:
+        os.environ.setdefault("OTEL_TRACES_EXPORTER", "otlp")
+        os.environ.setdefault("OTEL_PROPAGATORS", "e2e_tracecontext,baggage,e2e_correlation")
+
+
+class E2EOtelConfigurator(_BaseConfigurator):
+    def _configure(self, **kwargs: Any) -> None:
+        import atexit
+
+        from opentelemetry import trace
+        from opentelemetry.propagate import set_global_textmap
+
+        from .bootstrap import build_runtime
+        from .conf import resolve
+        from .propagation import default_propagator
+
+        config = resolve(None)
+        if not config.is_active:
+            return
+        runtime = build_runtime(config, with_derived=False)
+        trace.set_tracer_provider(runtime.provider)
+        atexit.register(runtime.shutdown)
+        if os.environ.get("OTEL_PROPAGATORS") in (None, "", "e2e_tracecontext,baggage,e2e_correlation"):
+            set_global_textmap(default_propagator())

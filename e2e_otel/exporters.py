@@ -1,0 +1,156 @@
+"""Span exporters: which one the settings ask for, made fork-safe and privacy-safe.
+
+Both wrappers run on the SDK's export thread, never on the request path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from urllib.parse import urlsplit
+
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, SpanExportResult
+
+from .conf import Config
+from .sanitize import MASK, Sanitizer
+
+logger = logging.getLogger(__name__)
+
+
+class PerProcessExporter(SpanExporter):
+    """Builds the real exporter lazily in the process that exports.
+
+    A gRPC channel created before ``fork()`` (``gunicorn --preload``) is unusable in the child, so
+    each worker makes its own on its first export.
+    """
+
+    def __init__(self, factory: Callable[[], SpanExporter]) -> None:
+        self._factory = factory
+        self._pid: int | None = None
+        self._exporter: SpanExporter | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def exporter(self) -> SpanExporter:
+        pid = os.getpid()
+        if self._exporter is None or self._pid != pid:
+            with self._lock:
+                if self._exporter is None or self._pid != pid:
+                    self._exporter = self._factory()
+                    self._pid = pid
+        return self._exporter
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self.exporter.export(spans)
+
+    def shutdown(self) -> None:
+        if self._exporter is not None and self._pid == os.getpid():
+            self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        if self._exporter is not None and self._pid == os.getpid():
+            return self._exporter.force_flush(timeout_millis)
+        return True
+
+
+# Attributes whose values are free text that may carry secrets.
+_TEXT_ATTRIBUTES = ("exception.message", "exception.stacktrace", "error.message", "http.url", "url.full",
+                    "url.query", "http.target")
+_SQL_ATTRIBUTES = ("db.statement", "db.query.text")
+
+
+def sanitize_span(span: ReadableSpan, sanitizer: Sanitizer) -> ReadableSpan:
+    """A copy of ``span`` with SQL literals, sensitive attributes and secrets in text removed."""
+    attributes = _clean_attributes(span.attributes or {}, sanitizer)
+    events = [Event(e.name, _clean_attributes(e.attributes or {}, sanitizer), e.timestamp) for e in span.events]
+    if attributes is None and all(clean is None for clean in events):
+        return span
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=attributes if attributes is not None else span.attributes,
+        events=[
+            clean if clean.attributes is not None else original
+            for clean, original in zip(events, span.events)
+        ],
+        links=span.links,
+        kind=span.kind,
+        status=span.status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+def _clean_attributes(attributes, sanitizer: Sanitizer):  # type: ignore[no-untyped-def]
+    """Cleaned copy of ``attributes``, or ``None`` when nothing needed cleaning (the common case)."""
+    changed: dict[str, object] | None = None
+    for key, value in attributes.items():
+        new = value
+        if key in _SQL_ATTRIBUTES and isinstance(value, str):
+            new = sanitizer.scrub_sql(value)
+        elif sanitizer.is_sensitive_key(key):
+            new = MASK
+        elif key in _TEXT_ATTRIBUTES and isinstance(value, str):
+            new = sanitizer.scrub_text(value)
+        if new != value:
+            if changed is None:
+                changed = dict(attributes)
+            changed[key] = new
+    return changed
+
+
+class SanitizingSpanExporter(SpanExporter):
+    """Scrubs every span before it leaves the process (secrets and SQL literals never exported)."""
+
+    def __init__(self, inner: SpanExporter, sanitizer: Sanitizer) -> None:
+        self.inner = inner
+        self._sanitizer = sanitizer
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self.inner.export([sanitize_span(span, self._sanitizer) for span in spans])
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+def _otlp_exporter(config: Config) -> SpanExporter:
+    kwargs: dict[str, object] = {}
+    if config.OTLP_HEADERS is not None:
+        kwargs["headers"] = config.OTLP_HEADERS
+    if config.OTLP_TIMEOUT is not None:
+        kwargs["timeout"] = config.OTLP_TIMEOUT
+    endpoint = config.OTLP_ENDPOINT
+    if config.OTLP_PROTOCOL == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        if endpoint:
+            kwargs["endpoint"] = endpoint
+        return GrpcExporter(**kwargs)  # type: ignore[arg-type]
+
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+    if endpoint:
+        # Like OTEL_EXPORTER_OTLP_ENDPOINT: a bare base URL gets the signal path appended.
+        kwargs["endpoint"] = endpoint if urlsplit(endpoint).path not in ("", "/") else (
+            endpoint.rstrip("/") + "/v1/traces"
+        )
+    return HttpExporter(**kwargs)  # type: ignore[arg-type]
+
+
+def build_span_exporter(config: Config, sanitizer: Sanitizer) -> SpanExporter | None:
+    """The exporter ``TRACES_EXPORTER`` asks for, wrapped for fork-safety and scrubbing; or ``None``."""
+    kind = config.TRACES_EXPORTER
+    if kind == "none":
+        return None
+    if kind == "console":
+        return SanitizingSpanExporter(ConsoleSpanExporter(), sanitizer)
+    return SanitizingSpanExporter(PerProcessExporter(lambda: _otlp_exporter(config)), sanitizer)

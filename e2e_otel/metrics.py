@@ -1,0 +1,286 @@
+"""prometheus_client metric families, label caps, multiprocess scraping and the ``/metrics`` view.
+
+All families live in one ``E2EMetrics`` object so tests can build a private one on their own
+``CollectorRegistry``; the process-wide instance (``get_metrics()``) registers on prometheus_client's
+default registry. Under gunicorn/uWSGI set ``PROMETHEUS_MULTIPROC_DIR`` (before the app starts) and
+reference ``e2e_otel.gunicorn.child_exit``: every worker writes its values to mmap files there and a
+scrape of any worker sums them with ``MultiProcessCollector``. The catalogue is docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "e2e_otel"
+OTHER = "other"
+UNMATCHED = "<unmatched>"
+
+#: Step durations: the default thresholds (0.1/0.5 s database, 0.5/2 s api, 0.2/1 s frontend) are
+#: bucket bounds, so "above warning" is exact in PromQL.
+STEP_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+WORKFLOW_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+def multiprocess_dir() -> str | None:
+    """The prometheus_client multiprocess directory, when this process runs in that mode."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None
+
+
+class LabelCap:
+    """At most ``limit`` distinct label keys; a new key beyond that is reported as not admitted.
+
+    Keys are label values or tuples of them (``(layer, component)``), so the cap bounds label
+    *combinations*, not just values. Thread-safe: looking up a known key takes no lock (set membership
+    is atomic in CPython); admitting a new one takes a lock that is never held across I/O. The cap is
+    per process (in multiprocess mode each worker admits its own first ``limit`` keys).
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"label cap must be >= 1, got {limit!r}")
+        self.limit = limit
+        self._seen: set[object] = set()
+        self._lock = threading.Lock()
+
+    def admit(self, key: object) -> bool:
+        if key in self._seen:
+            return True
+        with self._lock:
+            if key in self._seen:
+                return True
+            if len(self._seen) >= self.limit:
+                return False
+            self._seen.add(key)
+            return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class E2EMetrics:
+    """Every e2e-otel metric family (the METRICS CONTRACT), registered on one registry.
+
+    Safe from any thread. ``max_labels`` caps, each separately, the (layer, component) pairs, the
+    (layer, error_type) pairs and the workflow types; anything beyond becomes ``other``. Always label
+    through ``component_label``/``error_type_label``/``workflow_type_label``.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = REGISTRY, *, max_labels: int = 200) -> None:
+        self.registry = registry
+        self.max_labels = max_labels
+        self._components = LabelCap(max_labels)
+        self._workflow_types = LabelCap(max_labels)
+        self._error_types = LabelCap(max_labels)
+        r = registry
+        self.step_duration = Histogram(
+            f"{PREFIX}_step_duration_seconds", "Duration of workflow steps (spans) by layer and component.",
+            ["layer", "component"], buckets=STEP_BUCKETS, registry=r)
+        self.steps = Counter(
+            f"{PREFIX}_steps", "Workflow steps (spans) ended, by layer, component and status.",
+            ["layer", "component", "status"], registry=r)
+        self.workflows = Counter(
+            f"{PREFIX}_workflows", "Workflows closed, by type and final status.",
+            ["workflow_type", "status"], registry=r)
+        self.workflow_duration = Histogram(
+            f"{PREFIX}_workflow_duration_seconds", "Duration of closed workflows by type.",
+            ["workflow_type"], buckets=WORKFLOW_BUCKETS, registry=r)
+        self.threshold_breaches = Counter(
+            f"{PREFIX}_threshold_breaches", "Threshold rule breaches by layer, metric and severity.",
+            ["layer", "metric", "severity"], registry=r)
+        self.threshold_value = Gauge(
+            f"{PREFIX}_threshold_value", "Configured layer-wide thresholds in base units (seconds, ratio).",
+            ["layer", "metric", "severity"], registry=r, multiprocess_mode="livemostrecent")
+        self.errors = Counter(
+            f"{PREFIX}_errors", "Exceptions recorded on spans, by layer and exception type.",
+            ["layer", "error_type"], registry=r)
+        self.api_error_ratio = Gauge(
+            f"{PREFIX}_api_error_ratio", "Share of API requests that failed (5xx or exception), sliding window.",
+            registry=r, multiprocess_mode="livemax")
+        self.cache_hit_ratio = Gauge(
+            f"{PREFIX}_cache_hit_ratio", "Share of cache lookups that hit, sliding window (1 when idle).",
+            registry=r, multiprocess_mode="livemin")
+        self.cache_hit_ratio.set(1.0)
+        self.memory_usage = Gauge(
+            f"{PREFIX}_system_memory_usage_ratio", "System memory in use (0..1).",
+            registry=r, multiprocess_mode="livemax")
+        self.cpu_usage = Gauge(
+            f"{PREFIX}_system_cpu_usage_ratio", "System CPU in use (0..1).",
+            registry=r, multiprocess_mode="livemax")
+        self.record_queue_depth = Gauge(
+            f"{PREFIX}_record_queue_depth", "Spans waiting in the record writer queue.",
+            registry=r, multiprocess_mode="livesum")
+        self.records_dropped = Counter(
+            f"{PREFIX}_records_dropped", "Records dropped before reaching the database, by reason.",
+            ["reason"], registry=r)
+        self.records_written = Counter(
+            f"{PREFIX}_records_written", "Records written to the database, by kind.", ["kind"], registry=r)
+        self.exporter_up = Gauge(
+            f"{PREFIX}_exporter_up", "1 when the last span export succeeded, 0 when it failed.",
+            registry=r, multiprocess_mode="livemin")
+        self.exporter_up.set(1)  # no export has failed (also when no exporter is configured)
+        self.exported_spans = Counter(
+            f"{PREFIX}_exported_spans", "Spans handed to the exporter, by result.", ["result"], registry=r)
+        self.slow_queries = Counter(
+            f"{PREFIX}_slow_queries", "SQL statements slower than SLOW_QUERY_MS, by component.",
+            ["component"], registry=r)
+        self.n_plus_one = Counter(
+            f"{PREFIX}_n_plus_one", "N+1 query patterns detected, by component.", ["component"], registry=r)
+        self.build_info = Gauge(
+            f"{PREFIX}_build_info", "Always 1; labels describe this build.",
+            ["version", "service", "environment"], registry=r, multiprocess_mode="max")
+        self._stats_lock = threading.Lock()
+        self._last_stats: dict[tuple[str, str], float] = {}
+
+    def component_label(self, layer: str, component: str) -> str:
+        """``component`` as a label value for ``layer``: ``other`` once the pair cap is full."""
+        return component if self._components.admit((layer, component)) else OTHER
+
+    def error_type_label(self, layer: str, error_type: str) -> str:
+        return error_type if self._error_types.admit((layer, error_type)) else OTHER
+
+    def workflow_type_label(self, workflow_type: str) -> str:
+        return workflow_type if self._workflow_types.admit(workflow_type) else OTHER
+
+    def set_build_info(self, *, service: str, environment: str) -> None:
+        from . import __version__
+
+        self.build_info.labels(version=__version__, service=service, environment=environment).set(1)
+
+    def sync_record_stats(self, stats: dict[str, Any]) -> None:
+        """Copy a record processor's ``stats()`` into the queue/dropped/written metrics.
+
+        Counters only move forward, so the cumulative numbers in ``stats`` are applied as deltas
+        (a processor whose counts went down was replaced: its new counts are added whole).
+        """
+        depth = stats.get("queue_depth")
+        if isinstance(depth, (int, float)):
+            self.record_queue_depth.set(depth)
+        with self._stats_lock:
+            for key, family in (("dropped", self.records_dropped), ("written", self.records_written)):
+                values = stats.get(key)
+                if not isinstance(values, dict):
+                    continue
+                label = "reason" if key == "dropped" else "kind"
+                for name, total in values.items():
+                    if not isinstance(total, (int, float)):
+                        continue
+                    last = self._last_stats.get((key, str(name)), 0.0)
+                    delta = total - last if total >= last else total
+                    if delta > 0:
+                        family.labels(**{label: str(name)}).inc(delta)
+                    self._last_stats[(key, str(name))] = float(total)
+
+
+_metrics: E2EMetrics | None = None
+_metrics_lock = threading.Lock()
+
+
+def get_metrics(max_labels: int | None = None) -> E2EMetrics:
+    """The process-wide metrics on the default registry (created on first use)."""
+    global _metrics
+    if _metrics is None:
+        with _metrics_lock:
+            if _metrics is None:
+                _metrics = E2EMetrics(REGISTRY, max_labels=max_labels or 200)
+    return _metrics
+
+
+class CountingSpanExporter(SpanExporter):
+    """Counts export results into ``exported_spans_total`` and sets ``exporter_up``.
+
+    Runs on the SDK's export thread. Wraps the real exporter without changing what it does.
+    """
+
+    def __init__(self, inner: SpanExporter, metrics: E2EMetrics | None = None) -> None:
+        self.inner = inner
+        self._metrics = metrics or get_metrics()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.inner.export(spans)
+        except Exception:
+            self._count(False, len(spans))
+            raise
+        self._count(result is SpanExportResult.SUCCESS, len(spans))
+        return result
+
+    def _count(self, ok: bool, n: int) -> None:
+        self._metrics.exported_spans.labels(result="success" if ok else "failure").inc(n)
+        self._metrics.exporter_up.set(1 if ok else 0)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+def sync_runtime_stats() -> None:
+    """Pull scrape-time numbers (record queue stats) from the installed runtime's processors."""
+    from .bootstrap import get_runtime
+
+    runtime = get_runtime()
+    if runtime is None:
+        return
+    metrics = get_metrics()
+    for processor in runtime.derived.processors:
+        stats = getattr(processor, "stats", None)
+        if callable(stats):
+            try:
+                metrics.sync_record_stats(stats())
+            except Exception:  # noqa: BLE001 - a scrape must not fail because of one processor
+                logger.exception("e2e-otel: stats() of %r failed", processor)
+
+
+def scrape_registry() -> CollectorRegistry:
+    """The registry a scrape reads: all workers' files in multiprocess mode, else the default one."""
+    path = multiprocess_dir()
+    if path is None:
+        return REGISTRY
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)
+    return registry
+
+
+def render(accept: str = "") -> tuple[bytes, str]:
+    """The exposition text of a scrape and its content type (OpenMetrics when asked for)."""
+    sync_runtime_stats()
+    encoder, content_type = choose_encoder(accept)
+    return encoder(scrape_registry()), content_type
+
+
+def metrics_view(request):  # type: ignore[no-untyped-def]
+    """``GET /metrics``: Prometheus exposition; ``Authorization: Bearer <METRICS_KEY>`` when a key is set."""
+    from django.http import HttpResponse, HttpResponseNotAllowed
+
+    from .conf import get_config
+
+    if request.method not in ("GET", "HEAD"):
+        return HttpResponseNotAllowed(["GET", "HEAD"])
+    config = get_config()
+    if not config.METRICS_ENABLED:
+        return HttpResponse("metrics are disabled (E2E_OTEL['METRICS_ENABLED'])\n", status=404,
+                            content_type="text/plain")
+    key = config.METRICS_KEY
+    if key:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+            response = HttpResponse("unauthorized\n", status=401, content_type="text/plain")
+            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
+    body, content_type = render(request.headers.get("Accept", ""))
+    return HttpResponse(body, content_type=content_type)

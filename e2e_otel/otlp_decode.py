@@ -1,0 +1,368 @@
+"""OTLP/HTTP trace payloads (protobuf or JSON) → validated SDK ``ReadableSpan`` objects.
+
+Why a strict decoder: the browser ingestion endpoint is public, so every id, timestamp and attribute
+is checked before anything is handed to the processors; a payload with any invalid span is rejected
+as a whole (``OTLPValidationError``) so nothing from it is stored. Over-long string values are
+*truncated* (not rejected) to ``MAX_STRING_LENGTH`` characters and counted, because browsers send
+long URLs and user agents legitimately; the count is reported back as an OTLP ``partial_success``
+warning. Runs on the request thread; pure CPU work, no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from opentelemetry import trace as trace_api
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1 import trace_pb2
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace.status import Status, StatusCode
+
+__all__ = [
+    "DecodedBatch",
+    "Limits",
+    "OTLPValidationError",
+    "decode_json",
+    "decode_protobuf",
+    "to_readable_spans",
+]
+
+LAYER_ATTRIBUTE = "e2e.layer"
+FRONTEND = "frontend"
+
+_NS_PER_DAY = 86_400 * 1_000_000_000
+_HEX_RE = re.compile(r"[0-9a-fA-F]*")
+_MAX_REPORTED_ERRORS = 20
+
+# OTLP SpanKind (0 = unspecified) -> SDK SpanKind
+_KINDS = {
+    trace_pb2.Span.SPAN_KIND_UNSPECIFIED: trace_api.SpanKind.INTERNAL,
+    trace_pb2.Span.SPAN_KIND_INTERNAL: trace_api.SpanKind.INTERNAL,
+    trace_pb2.Span.SPAN_KIND_SERVER: trace_api.SpanKind.SERVER,
+    trace_pb2.Span.SPAN_KIND_CLIENT: trace_api.SpanKind.CLIENT,
+    trace_pb2.Span.SPAN_KIND_PRODUCER: trace_api.SpanKind.PRODUCER,
+    trace_pb2.Span.SPAN_KIND_CONSUMER: trace_api.SpanKind.CONSUMER,
+}
+_STATUS = {
+    trace_pb2.Status.STATUS_CODE_UNSET: StatusCode.UNSET,
+    trace_pb2.Status.STATUS_CODE_OK: StatusCode.OK,
+    trace_pb2.Status.STATUS_CODE_ERROR: StatusCode.ERROR,
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Validation bounds; the defaults are the documented ingestion limits."""
+
+    max_spans: int = 1000
+    max_attributes: int = 128
+    max_key_length: int = 128
+    max_string_length: int = 4096
+    max_events: int = 128
+    max_links: int = 128
+    max_array_length: int = 128
+    max_name_length: int = 1024
+    max_past_ns: int = 7 * _NS_PER_DAY
+    max_future_ns: int = 1 * _NS_PER_DAY
+
+
+class OTLPValidationError(ValueError):
+    """The payload is unusable; ``details`` lists what is wrong where (first few problems)."""
+
+    def __init__(self, message: str, details: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = list(details)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"error": self.message, "details": self.details}
+
+
+@dataclass
+class DecodedBatch:
+    spans: list[ReadableSpan] = field(default_factory=list)
+    truncated_values: int = 0
+
+
+# --- parsing ---------------------------------------------------------------------------------------
+
+
+def decode_protobuf(body: bytes) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    try:
+        request.ParseFromString(body)
+    except (DecodeError, RuntimeWarning, ValueError) as exc:
+        raise OTLPValidationError("body is not a valid OTLP ExportTraceServiceRequest protobuf",
+                                  [str(exc)]) from exc
+    return request
+
+
+def decode_json(body: bytes) -> ExportTraceServiceRequest:
+    """OTLP/JSON: like proto3 JSON, except trace/span ids are hex strings (not base64)."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise OTLPValidationError("body is not valid UTF-8 JSON", [str(exc)]) from exc
+    if not isinstance(data, dict):
+        raise OTLPValidationError("body must be a JSON object with 'resourceSpans'")
+    errors: list[str] = []
+    _hex_ids_to_base64(data, errors)
+    if errors:
+        raise OTLPValidationError("invalid trace/span id", errors[:_MAX_REPORTED_ERRORS])
+    request = ExportTraceServiceRequest()
+    try:
+        json_format.ParseDict(data, request, ignore_unknown_fields=True)
+    except (json_format.ParseError, TypeError, ValueError) as exc:
+        raise OTLPValidationError("body does not match the OTLP trace JSON schema", [str(exc)]) from exc
+    return request
+
+
+def _items(container: Mapping[str, Any], *names: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    for name in names:
+        value = container.get(name)
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, dict):
+                    yield index, item
+            return
+
+
+def _hex_ids_to_base64(data: dict[str, Any], errors: list[str]) -> None:
+    """Rewrite the hex id fields in place into the base64 that ``json_format`` expects for bytes."""
+
+    def convert(obj: dict[str, Any], names: tuple[str, ...], size: int, where: str) -> None:
+        for name in names:
+            if name not in obj:
+                continue
+            value = obj[name]
+            if value in ("", None):
+                obj[name] = ""
+                continue
+            if not isinstance(value, str) or len(value) != size * 2 or not _HEX_RE.fullmatch(value):
+                errors.append(f"{where}.{name}: expected {size * 2} hex characters, got {str(value)[:80]!r}")
+                obj[name] = ""
+                continue
+            obj[name] = base64.b64encode(bytes.fromhex(value)).decode("ascii")
+
+    for r, resource_spans in _items(data, "resourceSpans", "resource_spans"):
+        for s, scope_spans in _items(resource_spans, "scopeSpans", "scope_spans"):
+            for i, span in _items(scope_spans, "spans"):
+                where = f"resourceSpans[{r}].scopeSpans[{s}].spans[{i}]"
+                convert(span, ("traceId", "trace_id"), 16, where)
+                convert(span, ("spanId", "span_id"), 8, where)
+                convert(span, ("parentSpanId", "parent_span_id"), 8, where)
+                for k, link in _items(span, "links"):
+                    convert(link, ("traceId", "trace_id"), 16, f"{where}.links[{k}]")
+                    convert(link, ("spanId", "span_id"), 8, f"{where}.links[{k}]")
+
+
+# --- validation + conversion -------------------------------------------------------------------------
+
+
+class _Converter:
+    """Accumulates problems while converting, so one response lists them together."""
+
+    def __init__(self, limits: Limits, now_ns: int) -> None:
+        self.limits = limits
+        self.now_ns = now_ns
+        self.errors: list[str] = []
+        self.truncated = 0
+
+    def error(self, message: str) -> None:
+        self.errors.append(message)
+
+    def text(self, value: str) -> str:
+        if len(value) > self.limits.max_string_length:
+            self.truncated += 1
+            return value[: self.limits.max_string_length]
+        return value
+
+    def value(self, value: AnyValue, where: str) -> Any:
+        kind = value.WhichOneof("value")
+        if kind == "string_value":
+            return self.text(value.string_value)
+        if kind in ("bool_value", "int_value", "double_value"):
+            return getattr(value, kind)
+        if kind == "bytes_value":
+            return self.text(base64.b64encode(value.bytes_value).decode("ascii"))
+        if kind == "array_value":
+            items = list(value.array_value.values)
+            if len(items) > self.limits.max_array_length:
+                self.error(f"{where}: array has {len(items)} items (max {self.limits.max_array_length})")
+                return None
+            converted = [self.value(item, where) for item in items]
+            converted = [item for item in converted if item is not None]
+            types = {type(item) for item in converted}
+            if len(types) <= 1 and not (types & {list, tuple, dict}):
+                return tuple(converted)
+            # The SDK only carries homogeneous primitive arrays; keep the rest readable as JSON text.
+            return self.text(json.dumps(converted, default=str))
+        if kind == "kvlist_value":
+            mapping = {kv.key: self.value(kv.value, where) for kv in value.kvlist_value.values}
+            return self.text(json.dumps(mapping, default=str))
+        return None  # empty AnyValue: attribute without a value is dropped
+
+    def attributes(self, pairs: Sequence[KeyValue], where: str) -> dict[str, Any]:
+        if len(pairs) > self.limits.max_attributes:
+            self.error(f"{where}: {len(pairs)} attributes (max {self.limits.max_attributes})")
+            return {}
+        result: dict[str, Any] = {}
+        for pair in pairs:
+            if not pair.key:
+                self.error(f"{where}: attribute with an empty key")
+                continue
+            if len(pair.key) > self.limits.max_key_length:
+                self.error(f"{where}: attribute key {pair.key[:40]!r}... longer than "
+                           f"{self.limits.max_key_length} characters")
+                continue
+            converted = self.value(pair.value, f"{where}.{pair.key}")
+            if converted is not None:
+                result[pair.key] = converted
+        return result
+
+    def timestamp(self, value: int, where: str) -> bool:
+        if value <= 0:
+            self.error(f"{where}: missing timestamp")
+            return False
+        if value < self.now_ns - self.limits.max_past_ns:
+            self.error(f"{where}: timestamp {value} is older than the accepted window "
+                       f"({self.limits.max_past_ns // _NS_PER_DAY} days)")
+            return False
+        if value > self.now_ns + self.limits.max_future_ns:
+            self.error(f"{where}: timestamp {value} is more than "
+                       f"{self.limits.max_future_ns // _NS_PER_DAY} day(s) in the future")
+            return False
+        return True
+
+    def span_id(self, raw: bytes, where: str, *, optional: bool = False) -> int | None:
+        if optional and not raw:
+            return None
+        if len(raw) != 8:
+            self.error(f"{where}: span id must be 8 bytes, got {len(raw)}")
+            return None
+        number = int.from_bytes(raw, "big")
+        if number == 0:
+            self.error(f"{where}: span id must not be all zeros")
+            return None
+        return number
+
+    def trace_id(self, raw: bytes, where: str) -> int | None:
+        if len(raw) != 16:
+            self.error(f"{where}: trace id must be 16 bytes, got {len(raw)}")
+            return None
+        number = int.from_bytes(raw, "big")
+        if number == 0:
+            self.error(f"{where}: trace id must not be all zeros")
+            return None
+        return number
+
+    def span(self, span: trace_pb2.Span, resource: Resource, scope: InstrumentationScope | None,
+             where: str) -> ReadableSpan | None:
+        before = len(self.errors)
+        trace_id = self.trace_id(span.trace_id, where)
+        span_id = self.span_id(span.span_id, where)
+        parent_id = self.span_id(span.parent_span_id, f"{where}.parentSpanId", optional=True)
+        start_ok = self.timestamp(span.start_time_unix_nano, f"{where}.startTimeUnixNano")
+        end_ok = self.timestamp(span.end_time_unix_nano, f"{where}.endTimeUnixNano")
+        if start_ok and end_ok and span.end_time_unix_nano < span.start_time_unix_nano:
+            self.error(f"{where}: endTimeUnixNano is before startTimeUnixNano")
+        if not span.name:
+            self.error(f"{where}: span name is empty")
+        if len(span.events) > self.limits.max_events:
+            self.error(f"{where}: {len(span.events)} events (max {self.limits.max_events})")
+        if len(span.links) > self.limits.max_links:
+            self.error(f"{where}: {len(span.links)} links (max {self.limits.max_links})")
+        attributes = self.attributes(span.attributes, f"{where}.attributes")
+        events = []
+        for index, event in enumerate(span.events[: self.limits.max_events]):
+            event_where = f"{where}.events[{index}]"
+            stamp = event.time_unix_nano or span.start_time_unix_nano
+            if event.time_unix_nano:
+                self.timestamp(event.time_unix_nano, f"{event_where}.timeUnixNano")
+            events.append(Event(self.text(event.name) or "event",
+                                self.attributes(event.attributes, f"{event_where}.attributes"), stamp))
+        links = []
+        for index, link in enumerate(span.links[: self.limits.max_links]):
+            link_where = f"{where}.links[{index}]"
+            link_trace = self.trace_id(link.trace_id, link_where)
+            link_span = self.span_id(link.span_id, link_where)
+            link_attributes = self.attributes(link.attributes, f"{link_where}.attributes")
+            if link_trace is not None and link_span is not None:
+                links.append(trace_api.Link(
+                    trace_api.SpanContext(link_trace, link_span, is_remote=True,
+                                          trace_flags=trace_api.TraceFlags(trace_api.TraceFlags.SAMPLED)),
+                    link_attributes))
+        if len(self.errors) > before or trace_id is None or span_id is None:
+            return None
+        # The browser exported it, so the browser sampled it: keep it sampled for the export path.
+        flags = trace_api.TraceFlags(trace_api.TraceFlags.SAMPLED)
+        context = trace_api.SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags)
+        parent = (trace_api.SpanContext(trace_id, parent_id, is_remote=False, trace_flags=flags)
+                  if parent_id is not None else None)
+        attributes[LAYER_ATTRIBUTE] = FRONTEND
+        name = span.name[: self.limits.max_name_length]
+        return ReadableSpan(
+            name=name,
+            context=context,
+            parent=parent,
+            resource=resource,
+            attributes=attributes,
+            events=tuple(events),
+            links=tuple(links),
+            kind=_KINDS.get(span.kind, trace_api.SpanKind.INTERNAL),
+            status=Status(_STATUS.get(span.status.code, StatusCode.UNSET),
+                          self.text(span.status.message) or None)
+            if span.status.code == trace_pb2.Status.STATUS_CODE_ERROR
+            else Status(_STATUS.get(span.status.code, StatusCode.UNSET)),
+            start_time=span.start_time_unix_nano,
+            end_time=span.end_time_unix_nano,
+            instrumentation_scope=scope,
+        )
+
+
+def to_readable_spans(request: ExportTraceServiceRequest, *, limits: Limits | None = None,
+                      now_ns: int | None = None) -> DecodedBatch:
+    """Validate every span, then convert; raise ``OTLPValidationError`` if anything is invalid."""
+    limits = limits or Limits()
+    total = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+    if total == 0:
+        return DecodedBatch()
+    if total > limits.max_spans:
+        raise OTLPValidationError(f"too many spans in one request: {total} (max {limits.max_spans})")
+    converter = _Converter(limits, time.time_ns() if now_ns is None else now_ns)
+    batch = DecodedBatch()
+    for r, resource_spans in enumerate(request.resource_spans):
+        resource_attributes = converter.attributes(resource_spans.resource.attributes,
+                                                   f"resourceSpans[{r}].resource.attributes")
+        resource = Resource(resource_attributes, resource_spans.schema_url or None)
+        for s, scope_spans in enumerate(resource_spans.scope_spans):
+            scope = None
+            if scope_spans.scope.name:
+                scope = InstrumentationScope(
+                    converter.text(scope_spans.scope.name), converter.text(scope_spans.scope.version) or None,
+                    scope_spans.schema_url or None,
+                    converter.attributes(scope_spans.scope.attributes,
+                                         f"resourceSpans[{r}].scopeSpans[{s}].scope.attributes") or None,
+                )
+            for i, span in enumerate(scope_spans.spans):
+                readable = converter.span(span, resource, scope, f"resourceSpans[{r}].scopeSpans[{s}].spans[{i}]")
+                if readable is not None:
+                    batch.spans.append(readable)
+    if converter.errors:
+        shown = converter.errors[:_MAX_REPORTED_ERRORS]
+        if len(converter.errors) > len(shown):
+            shown.append(f"... and {len(converter.errors) - len(shown)} more")
+        raise OTLPValidationError("invalid spans; nothing from this payload was accepted", shown)
+    batch.truncated_values = converter.truncated
+    return batch

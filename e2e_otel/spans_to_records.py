@@ -1,0 +1,467 @@
+"""Pure mapping from an ended span to the small, immutable facts the record writer stores.
+
+Runs on the span-ending thread inside ``WorkflowSpanProcessor.on_end``, so it does a handful of
+dictionary lookups per span, copies only the attributes it keeps, and never sanitises (the writer
+thread does that) nor touches Django. Exception events are rare; their fingerprint is computed here
+because it needs the raw stack trace, which is cut to a few frames first.
+
+Layer rules (``classify``), first match wins:
+
+1. explicit attribute ``e2e.layer`` (set by ``WorkflowTracer.add_trace_step`` or any user code);
+2. :func:`is_frontend_span` → ``frontend``;
+3. ``db.system`` / ``db.system.name`` → ``cache`` for redis/memcached, else ``database``;
+4. SERVER span → ``api``;
+5. CLIENT span with HTTP attributes → ``external``;
+6. otherwise ``internal``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind, StatusCode
+
+from .sanitize import sql_operation_and_table
+
+__all__ = [
+    "ErrorData",
+    "MetricData",
+    "StepData",
+    "WorkflowHints",
+    "classify",
+    "classify_error",
+    "error_fingerprint",
+    "is_frontend_span",
+    "resolve_workflow_type",
+    "step_from_span",
+    "WORKFLOW_SOURCES",
+]
+
+# Attribute names of our own API (workflows.py writes them, this module reads them).
+ATTR_LAYER = "e2e.layer"
+ATTR_COMPONENT = "e2e.component"
+ATTR_OPERATION = "e2e.operation"
+ATTR_WORKFLOW_TYPE = "e2e.workflow.type"
+ATTR_WORKFLOW_BAGGAGE = "e2e.workflow.baggage"
+ATTR_WORKFLOW_STATUS = "e2e.workflow.status"
+ATTR_WORKFLOW_MESSAGE = "e2e.workflow.message"
+ATTR_WORKFLOW_USER = "e2e.workflow.user"
+ATTR_WORKFLOW_METADATA = "e2e.workflow.metadata."
+ATTR_METADATA_PREFIX = "e2e.metadata."
+EVENT_METRIC = "e2e.metric"
+EVENT_WORKFLOW_STATUS = "e2e.workflow.status"
+BAGGAGE_WORKFLOW = "e2e.workflow"
+
+#: Priority of workflow type sources (lower wins).
+WORKFLOW_SOURCES = {"explicit": 0, "baggage": 1, "rule": 2, "route": 3}
+
+_FRONTEND_SCOPES = ("document-load", "document_load", "fetch", "xml-http-request", "user-interaction")
+_CACHE_SYSTEMS = frozenset({"redis", "memcached"})
+_HTTP_METHOD_KEYS = ("http.request.method", "http.method")
+_ROUTE_KEY = "http.route"
+_STATEMENT_KEYS = ("db.statement", "db.query.text")
+# Attributes copied into a step's metadata (sanitised later by the writer). A fixed list bounds the
+# per-span work and keeps raw URLs with ids out of the records.
+_KEPT_ATTRIBUTES = (
+    "http.route", "http.method", "http.request.method", "http.status_code", "http.response.status_code",
+    "db.system", "db.system.name", "db.name", "db.namespace", "db.statement", "db.query.text",
+    "db.operation", "db.operation.name", "db.sql.table", "db.collection.name", "server.address",
+    "net.peer.name", "peer.service", "code.function", "code.namespace", "enduser.id",
+)
+_MAX_ERRORS_PER_SPAN = 8
+_MAX_METRICS_PER_SPAN = 32
+_FINGERPRINT_FRAMES = 5
+_MAX_COMPONENT = 190
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorData:
+    """One ``exception`` event, raw (the writer sanitises message and stack trace)."""
+
+    error_type: str
+    message: str
+    stacktrace: str
+    layer: str
+    component: str
+    operation: str
+    fingerprint: str
+    severity: str
+    category: str
+    timestamp_ns: int
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricData:
+    """One ``e2e.metric`` event (``PerformanceMonitor.record_metric``) → a PerformanceSnapshot."""
+
+    layer: str
+    component: str
+    name: str
+    value: float
+    unit: str
+    timestamp_ns: int
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowHints:
+    """What a span says about its workflow; each field is ``None`` when the span says nothing."""
+
+    explicit_type: str | None = None
+    baggage_type: str | None = None
+    route_key: str | None = None  # "METHOD route" of a server span
+    status: str | None = None  # "completed" | "failed" set by complete_workflow()/fail_workflow()
+    status_message: str | None = None
+    user_id: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StepData:
+    """An ended span reduced to what a TraceStep (and its ErrorLogs/snapshots) needs."""
+
+    trace_id: int
+    span_id: str
+    parent_span_id: str
+    name: str
+    layer: str
+    component: str
+    operation: str
+    start_ns: int
+    end_ns: int
+    status: str  # "ok" | "error"
+    is_local_root: bool
+    sampled: bool
+    hints: WorkflowHints
+    attributes: Mapping[str, Any]
+    service: str = ""
+    errors: tuple[ErrorData, ...] = ()
+    metrics: tuple[MetricData, ...] = ()
+
+    @property
+    def duration_ms(self) -> float:
+        return max(0, self.end_ns - self.start_ns) / 1e6
+
+
+def is_frontend_span(span: ReadableSpan) -> bool:
+    """Whether ``span`` was made in a browser (and reached us through the ingestion endpoint).
+
+    True when any of: attribute ``e2e.layer == "frontend"``; resource attribute
+    ``telemetry.sdk.language == "webjs"`` (what the OTel JS web SDK sets); or an instrumentation scope
+    whose name contains ``document-load``, ``fetch``, ``xml-http-request`` or ``user-interaction``
+    (the OTel JS web instrumentations).
+    """
+    attributes = span.attributes or {}
+    if attributes.get(ATTR_LAYER) == "frontend":
+        return True
+    resource = span.resource
+    if resource is not None and resource.attributes.get("telemetry.sdk.language") == "webjs":
+        return True
+    scope = span.instrumentation_scope
+    if scope is not None and scope.name:
+        name = scope.name.lower()
+        return any(marker in name for marker in _FRONTEND_SCOPES)
+    return False
+
+
+def _first(attributes: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    for key in keys:
+        value = attributes.get(key)
+        if value is not None:
+            return value
+    return None
+
+
+def _route(attributes: Mapping[str, Any]) -> str | None:
+    route = attributes.get(_ROUTE_KEY)
+    if not isinstance(route, str) or not route:
+        return None
+    return route if route.startswith("/") else "/" + route
+
+
+def classify(span: ReadableSpan) -> tuple[str, str, str]:
+    """``(layer, component, operation)`` of a span; never a raw URL (so never an id in a path)."""
+    attributes = span.attributes or {}
+    explicit = attributes.get(ATTR_LAYER)
+    db_system = _first(attributes, ("db.system", "db.system.name"))
+    method = _first(attributes, _HTTP_METHOD_KEYS)
+    if isinstance(explicit, str) and explicit:
+        layer = explicit
+    elif is_frontend_span(span):
+        layer = "frontend"
+    elif db_system is not None:
+        layer = "cache" if str(db_system).lower() in _CACHE_SYSTEMS else "database"
+    elif span.kind is SpanKind.SERVER:
+        layer = "api"
+    elif span.kind is SpanKind.CLIENT and method is not None:
+        layer = "external"
+    else:
+        layer = "internal"
+
+    component = attributes.get(ATTR_COMPONENT)
+    operation = attributes.get(ATTR_OPERATION)
+    if not (isinstance(component, str) and component):
+        component = None
+    if not (isinstance(operation, str) and operation):
+        operation = None
+    if component is None or operation is None:
+        default_component, default_operation = _default_component(span, layer, attributes, method, db_system)
+        component = component or default_component
+        operation = operation or default_operation
+    return layer, component[:_MAX_COMPONENT], operation[:_MAX_COMPONENT]
+
+
+def _default_component(
+    span: ReadableSpan, layer: str, attributes: Mapping[str, Any], method: Any, db_system: Any
+) -> tuple[str, str]:
+    if db_system is not None:
+        statement = _first(attributes, _STATEMENT_KEYS)
+        operation, table = sql_operation_and_table(statement) if isinstance(statement, str) else ("", None)
+        operation = operation or str(_first(attributes, ("db.operation", "db.operation.name")) or "")
+        table = table or _first(attributes, ("db.sql.table", "db.collection.name"))
+        database = _first(attributes, ("db.name", "db.namespace"))
+        component = str(table or database or db_system)
+        return component, operation or span.name.split(" ", 1)[0]
+    if method is not None:
+        route = _route(attributes)
+        if route is not None:
+            return route, str(method)
+        if layer == "external":
+            host = _first(attributes, ("server.address", "net.peer.name", "peer.service"))
+            return str(host or "<unknown host>"), str(method)
+        return "<unmatched>", str(method)
+    if layer == "api":
+        return "<unmatched>", span.name.split(" ", 1)[0]
+    return span.name, span.name
+
+
+_STATUS_VALUES = frozenset({"completed", "failed"})
+
+
+def _hints(span: ReadableSpan, attributes: Mapping[str, Any]) -> WorkflowHints:
+    explicit = attributes.get(ATTR_WORKFLOW_TYPE)
+    baggage = attributes.get(ATTR_WORKFLOW_BAGGAGE)
+    status = attributes.get(ATTR_WORKFLOW_STATUS)
+    message = attributes.get(ATTR_WORKFLOW_MESSAGE)
+    route_key = None
+    if span.kind is SpanKind.SERVER:
+        method = _first(attributes, _HTTP_METHOD_KEYS)
+        route = _route(attributes)
+        if method is not None:
+            route_key = f"{method} {route or '<unmatched>'}"
+    metadata: dict[str, Any] = {}
+    for event in span.events:
+        if event.name == EVENT_WORKFLOW_STATUS and event.attributes:
+            status = event.attributes.get(ATTR_WORKFLOW_STATUS, status)
+            message = event.attributes.get(ATTR_WORKFLOW_MESSAGE, message)
+            metadata.update(_prefixed(event.attributes, ATTR_WORKFLOW_METADATA))
+    metadata.update(_prefixed(attributes, ATTR_WORKFLOW_METADATA))
+    user = attributes.get(ATTR_WORKFLOW_USER) or attributes.get("enduser.id")
+    return WorkflowHints(
+        explicit_type=str(explicit)[:100] if explicit else None,
+        baggage_type=str(baggage)[:100] if baggage else None,
+        route_key=route_key,
+        status=status if status in _STATUS_VALUES else None,
+        status_message=str(message) if message else None,
+        user_id=str(user)[:150] if user else None,
+        metadata=metadata,
+    )
+
+
+def _prefixed(attributes: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    return {k[len(prefix):]: v for k, v in attributes.items() if k.startswith(prefix)}
+
+
+def step_from_span(span: ReadableSpan) -> StepData | None:
+    """The step for an ended span, or ``None`` when it has no valid context or times."""
+    context = span.context
+    if context is None or not context.is_valid or span.start_time is None or span.end_time is None:
+        return None
+    attributes = span.attributes or {}
+    layer, component, operation = classify(span)
+    parent = span.parent
+    errors: list[ErrorData] = []
+    metrics: list[MetricData] = []
+    for event in span.events:
+        if event.name == "exception" and len(errors) < _MAX_ERRORS_PER_SPAN:
+            errors.append(_error_from_event(event.attributes or {}, event.timestamp, layer, component, operation))
+        elif event.name == EVENT_METRIC and len(metrics) < _MAX_METRICS_PER_SPAN:
+            metric = _metric_from_event(event.attributes or {}, event.timestamp, layer, component)
+            if metric is not None:
+                metrics.append(metric)
+    failed = span.status.status_code is StatusCode.ERROR
+    kept = {key: attributes[key] for key in _KEPT_ATTRIBUTES if key in attributes}
+    kept.update(_prefixed(attributes, ATTR_METADATA_PREFIX))
+    service = ""
+    if span.resource is not None:
+        service = str(span.resource.attributes.get("service.name", ""))[:100]
+    return StepData(
+        trace_id=context.trace_id,
+        span_id=f"{context.span_id:016x}",
+        parent_span_id=f"{parent.span_id:016x}" if parent is not None else "",
+        name=span.name[:_MAX_COMPONENT],
+        layer=layer,
+        component=component,
+        operation=operation,
+        start_ns=span.start_time,
+        end_ns=span.end_time,
+        status="error" if failed else "ok",
+        is_local_root=parent is None or parent.is_remote,
+        sampled=context.trace_flags.sampled,
+        hints=_hints(span, attributes),
+        attributes=kept,
+        service=service,
+        errors=tuple(errors),
+        metrics=tuple(metrics),
+    )
+
+
+def _metric_from_event(
+    attributes: Mapping[str, Any], timestamp: int, layer: str, component: str
+) -> MetricData | None:
+    value = attributes.get("e2e.metric.value")
+    name = attributes.get("e2e.metric.name")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not name:
+        return None
+    return MetricData(
+        layer=str(attributes.get(ATTR_LAYER) or layer),
+        component=str(attributes.get(ATTR_COMPONENT) or component)[:_MAX_COMPONENT],
+        name=str(name)[:100],
+        value=float(value),
+        unit=str(attributes.get("e2e.metric.unit") or "")[:20],
+        timestamp_ns=timestamp,
+        metadata=_prefixed(attributes, ATTR_METADATA_PREFIX),
+    )
+
+
+def _error_from_event(
+    attributes: Mapping[str, Any], timestamp: int, layer: str, component: str, operation: str
+) -> ErrorData:
+    error_type = str(attributes.get("exception.type") or "Error")[:_MAX_COMPONENT]
+    message = str(attributes.get("exception.message") or "")
+    stacktrace = str(attributes.get("exception.stacktrace") or "")
+    layer = str(attributes.get(ATTR_LAYER) or layer)
+    component = str(attributes.get(ATTR_COMPONENT) or component)[:_MAX_COMPONENT]
+    severity, category = classify_error(error_type, message)
+    explicit_severity = attributes.get("e2e.error.severity")
+    if explicit_severity in ("debug", "info", "warning", "error", "critical"):
+        severity = str(explicit_severity)
+    explicit_category = attributes.get("e2e.error.category")
+    if isinstance(explicit_category, str) and explicit_category:
+        category = explicit_category[:50]
+    return ErrorData(
+        error_type=error_type,
+        message=message,
+        stacktrace=stacktrace,
+        layer=layer,
+        component=component,
+        operation=operation,
+        fingerprint=error_fingerprint(error_type, layer, component, operation, stacktrace),
+        severity=severity,
+        category=category,
+        timestamp_ns=timestamp,
+        metadata=_prefixed(attributes, ATTR_METADATA_PREFIX),
+    )
+
+
+# --- error classification and fingerprint ----------------------------------------------------------
+
+# (category, severity, words matched against the lower-cased exception type, then message)
+_ERROR_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("timeout", "error", ("timeout", "timedout", "timed out", "deadline")),
+    ("database", "critical", ("operationalerror", "integrityerror", "databaseerror", "programmingerror",
+                              "dataerror", "interfaceerror", "pymysql", "mysql", "deadlock")),
+    ("auth", "warning", ("permissiondenied", "notauthenticated", "authenticationfailed", "unauthorized",
+                         "forbidden", "invalidtoken", "csrf", "authentication", "permission")),
+    ("validation", "warning", ("validationerror", "valueerror", "parseerror", "invalid", "badrequest",
+                               "suspiciousoperation", "typeerror", "keyerror")),
+    ("network", "error", ("connectionerror", "connectionrefused", "connectionreset", "sslerror",
+                          "gaierror", "httperror", "remotedisconnected", "network", "socket")),
+)
+
+
+def classify_error(error_type: str, message: str = "") -> tuple[str, str]:
+    """``(severity, category)`` from the exception type (and, failing that, the message)."""
+    type_name = error_type.lower()
+    for category, severity, words in _ERROR_RULES:
+        if any(word in type_name for word in words):
+            return severity, category
+    lower = message[:500].lower()
+    for category, severity, words in _ERROR_RULES:
+        if category in ("timeout", "network") and any(word in lower for word in words):
+            return severity, category
+    return "error", "unknown"
+
+
+_PY_FRAME = re.compile(r'File "([^"]+)", line \d+, in ([^\s]+)')
+_JS_FRAME = re.compile(r"at\s+([^\s(]+)\s*\(?([^\s():]+)")
+_VOLATILE = re.compile(r"0x[0-9a-fA-F]+|\b[0-9a-fA-F]{8}-[0-9a-fA-F-]{27}\b|\d+")
+_SITE = re.compile(r".*[/\\](?:site-packages|dist-packages|lib[/\\]python[\d.]+)[/\\]")
+
+
+def _normalised_frames(stacktrace: str) -> list[str]:
+    """The innermost frames as ``file:function`` without line numbers, ids or install prefixes."""
+    frames = [f"{_SITE.sub('', path)}:{func}" for path, func in _PY_FRAME.findall(stacktrace[-20_000:])]
+    if frames:
+        return frames[-_FINGERPRINT_FRAMES:]  # Python prints the innermost frame last
+    js = [f"{func}:{path.rsplit('/', 1)[-1]}" for func, path in _JS_FRAME.findall(stacktrace[:20_000])]
+    return [_VOLATILE.sub("#", frame) for frame in js[:_FINGERPRINT_FRAMES]]
+
+
+def error_fingerprint(error_type: str, layer: str, component: str, operation: str, stacktrace: str) -> str:
+    """sha256 of type + place + top frames: the same error in the same place gets the same value.
+
+    The message is left out (it carries ids, amounts, user input); numbers and hex ids in the
+    component are masked so ``/items/41`` and ``/items/42`` (should a raw path ever get there) agree.
+    """
+    parts = [error_type, layer, _VOLATILE.sub("#", component), _VOLATILE.sub("#", operation)]
+    parts.extend(_normalised_frames(stacktrace))
+    return hashlib.sha256("\n".join(parts).encode("utf-8", "replace")).hexdigest()
+
+
+# --- workflow type -----------------------------------------------------------------------------------
+
+
+def match_rule(route_key: str | None, rules: Mapping[str, Sequence[str]]) -> str | None:
+    """The first workflow whose ``"METHOD /route/pattern*"`` matches ``route_key`` (fnmatch)."""
+    if not route_key or not rules:
+        return None
+    for name, patterns in rules.items():
+        for pattern in patterns:
+            if fnmatchcase(route_key, pattern):
+                return name
+    return None
+
+
+def resolve_workflow_type(
+    hints: Sequence[WorkflowHints], rules: Mapping[str, Sequence[str]]
+) -> tuple[str, str] | None:
+    """``(workflow_type, source)`` from the hints of a trace's steps, best source first.
+
+    Order: explicit API call > baggage ``e2e.workflow`` > settings rule > ``"METHOD route"`` of the
+    first server span. ``None`` when no step says anything (e.g. only database spans so far).
+    """
+    baggage = rule = route = None
+    for hint in hints:
+        if hint.explicit_type:
+            return hint.explicit_type, "explicit"
+        if baggage is None and hint.baggage_type:
+            baggage = hint.baggage_type
+        if hint.route_key and route is None:
+            route = hint.route_key
+        if rule is None and hint.route_key:
+            rule = match_rule(hint.route_key, rules)
+    if baggage is not None:
+        return baggage, "baggage"
+    if rule is not None:
+        return rule, "rule"
+    if route is not None:
+        return route[:100], "route"
+    return None

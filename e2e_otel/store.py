@@ -1,0 +1,523 @@
+"""The bounded queue between span processors and the database, and the one thread that drains it.
+
+Span-ending threads call :meth:`RecordWriter.submit` (``put_nowait``: O(1), never blocks; a full
+queue drops and counts). The writer thread batches, sanitises, and writes WorkflowSession /
+TraceStep / ErrorLog / PerformanceSnapshot rows on its own thread-local Django connection with
+instrumentation suppressed, so its SQL never becomes spans. A database outage makes it back off
+exponentially (capped) while keeping the newest pending steps up to the queue size; it recovers
+by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+import weakref
+from collections import Counter, deque
+from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+from .conf import Config
+from .sanitize import Sanitizer
+from .spans_to_records import WORKFLOW_SOURCES, ErrorData, StepData, resolve_workflow_type
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RecordWriter", "DROP_REASONS", "WRITTEN_KINDS"]
+
+DROP_REASONS = ("queue_full", "db_error", "step_cap", "unsampled_overflow")
+WRITTEN_KINDS = ("session", "step", "error", "snapshot")
+MAX_BACKOFF = 30.0
+_UNKNOWN_TYPE = ("unknown", "unknown")
+_SOURCE_RANK = {**WORKFLOW_SOURCES, "unknown": 99}
+_SQL_KEYS = ("db.statement", "db.query.text")
+_SWEEP_LIMIT = 500
+
+
+class _FlushToken:
+    """Marks a point in the queue; set once every step enqueued before it is written or dropped."""
+
+    __slots__ = ("event", "seq")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.seq = -1
+
+
+_STOP = object()
+
+
+def _dt(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+
+
+class RecordWriter:
+    """Bounded queue + background writer. ``submit``/``count_drop``/``stats`` run on any thread;
+    everything else runs on the daemon thread ``e2e-otel-record-writer`` (restarted after fork)."""
+
+    def __init__(self, config: Config, sanitizer: Sanitizer, *, alias: str | None = None,
+                 start: bool = True) -> None:
+        self._config = config
+        self._sanitizer = sanitizer
+        self.alias = alias or config.DATABASE_ALIAS
+        self.capacity = int(config.RECORD_QUEUE_SIZE)
+        self._batch_size = int(config.RECORD_BATCH_SIZE)
+        self._interval = float(config.RECORD_FLUSH_INTERVAL)
+        self._idle_timeout = float(config.WORKFLOW_IDLE_TIMEOUT)
+        self._sweep_interval = max(0.5, min(self._idle_timeout / 2, 30.0))
+        self._max_steps = int(config.MAX_STEPS_PER_WORKFLOW)
+        self._rules = dict(config.WORKFLOWS)
+        self._started = False
+        self._reset_state()
+        ref = weakref.WeakMethod(self._after_fork_in_child)
+        os.register_at_fork(after_in_child=lambda: (method := ref()) is not None and method())
+        if start:
+            self.start()
+
+    def _reset_state(self) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(self.capacity)
+        self._pending: deque[tuple[int, StepData]] = deque()
+        self._chunk_done: set[int] = set()  # seqs of the current chunk already written
+        self._tokens: list[_FlushToken] = []
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._dropped: Counter[str] = Counter()
+        self._written: Counter[str] = Counter()
+        self._last_error: str | None = None
+        self._last_flush_ts: float | None = None
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self._next_sweep = time.monotonic() + self._sweep_interval
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- any thread ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._started = True
+        self._thread = threading.Thread(target=self._run, name="e2e-otel-record-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, step: StepData) -> bool:
+        """Enqueue without blocking; ``False`` (and a ``queue_full`` drop) when the queue is full."""
+        try:
+            self._queue.put_nowait(step)
+        except queue.Full:
+            self.count_drop("queue_full")
+            return False
+        return True
+
+    def count_drop(self, reason: str, count: int = 1) -> None:
+        with self._lock:
+            self._dropped[reason] += count
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the metrics scrape: queue depth/capacity, drops by reason, rows by kind."""
+        with self._lock:
+            dropped = {reason: 0 for reason in DROP_REASONS}
+            dropped.update(self._dropped)
+            written = {kind: 0 for kind in WRITTEN_KINDS}
+            written.update(self._written)
+            return {
+                "queue_depth": self._queue.qsize() + len(self._pending),
+                "queue_capacity": self.capacity,
+                "dropped": dropped,
+                "written": written,
+                "last_error": self._last_error,
+                "last_flush_ts": self._last_flush_ts,
+            }
+
+    def force_flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every step submitted before this call is written (or dropped); ``False`` on
+        timeout, e.g. while the database is down. Cuts a running back-off short."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return self._queue.empty() and not self._pending
+        deadline = time.monotonic() + timeout
+        token = _FlushToken()
+        self._retry_at = 0.0
+        try:
+            self._queue.put(token, timeout=max(0.0, timeout))
+        except queue.Full:
+            return False
+        return token.event.wait(max(0.0, deadline - time.monotonic()))
+
+    def shutdown(self, timeout: float = 5.0) -> bool:
+        """Write what is pending (one attempt) and stop the thread, within ``timeout`` seconds."""
+        thread = self._thread
+        if thread is None:
+            return True
+        self._stopping.set()
+        try:
+            self._queue.put(_STOP, timeout=max(0.0, timeout / 2))
+        except queue.Full:
+            pass  # the loop also checks the event
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's queue, locks and thread do not exist usefully in the child: start afresh.
+        was_started = self._started
+        self._reset_state()
+        if was_started:
+            self.start()
+
+    # --- writer thread ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._fill()
+                now = time.monotonic()
+                if self._pending and now >= self._retry_at:
+                    self._drain()
+                self._release_tokens()
+                if now >= self._next_sweep and now >= self._retry_at:
+                    self._next_sweep = now + self._sweep_interval
+                    self._attempt(self._sweep_idle)
+                if self._stopping.is_set():
+                    if self._pending:
+                        self._retry_at = 0.0
+                        self._drain()
+                    self._release_tokens(all_tokens=True)
+                    break
+        finally:
+            self._close_connection()
+
+    def _wait_time(self) -> float:
+        now = time.monotonic()
+        if self._pending:
+            return max(0.0, min(self._retry_at - now, 1.0)) if self._retry_at > now else 0.0
+        return max(0.01, min(self._next_sweep - now, 1.0))
+
+    def _fill(self) -> None:
+        """Move queued items to ``pending``: wait for the first, then gather up to a batch."""
+        try:
+            item = self._queue.get(timeout=self._wait_time()) if not self._stopping.is_set() \
+                else self._queue.get_nowait()
+        except queue.Empty:
+            return
+        if not self._accept(item):
+            return
+        deadline = time.monotonic() + self._interval
+        while len(self._pending) < self._batch_size and not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if not self._accept(item):
+                return
+
+    def _accept(self, item: Any) -> bool:
+        """Add one queue item; ``False`` when gathering should stop (flush token or stop)."""
+        if item is _STOP:
+            self._stopping.set()
+            return False
+        if isinstance(item, _FlushToken):
+            item.seq = self._seq
+            self._tokens.append(item)
+            self._retry_at = 0.0
+            return False
+        self._seq += 1
+        self._pending.append((self._seq, item))
+        overflow = len(self._pending) - self.capacity
+        if overflow > 0:  # database down for a while: keep the newest
+            for _ in range(overflow):
+                self._pending.popleft()
+            self.count_drop("db_error", overflow)
+        return True
+
+    def _release_tokens(self, all_tokens: bool = False) -> None:
+        if not self._tokens:
+            return
+        oldest = self._pending[0][0] if self._pending else None
+        keep = []
+        for token in self._tokens:
+            if all_tokens or oldest is None or token.seq < oldest:
+                token.event.set()
+            else:
+                keep.append(token)
+        self._tokens = keep
+
+    def _drain(self) -> None:
+        while self._pending and time.monotonic() >= self._retry_at:
+            size = min(self._batch_size, len(self._pending))
+            chunk = [self._pending[i] for i in range(size)]
+            outcome = self._attempt(self._write, chunk)
+            if outcome == "retry":
+                return
+            self._chunk_done.clear()
+            for _ in range(size):
+                self._pending.popleft()
+            if outcome == "dropped":
+                self.count_drop("db_error", size)
+            self._release_tokens()
+
+    def _attempt(self, func: Any, *args: Any) -> str:
+        """Run ``func`` on our connection: ``"ok"``, ``"retry"`` (connection trouble: back off) or
+        ``"dropped"`` (the data itself was refused; retrying would fail the same way)."""
+        from django.db import DatabaseError, InterfaceError, OperationalError, connections
+
+        try:
+            with suppress_instrumentation():
+                connections[self.alias].close_if_unusable_or_obsolete()
+                func(*args)
+        except (OperationalError, InterfaceError) as exc:
+            return self._back_off(exc)
+        except DatabaseError as exc:
+            self._note_error(exc)
+            logger.warning("e2e-otel: record batch refused by the database: %s", exc)
+            return "dropped"
+        except Exception as exc:  # noqa: BLE001 - e.g. database access not allowed yet; never die
+            return self._back_off(exc)
+        with self._lock:
+            self._last_flush_ts = time.time()
+        self._backoff = 0.0
+        return "ok"
+
+    def _back_off(self, exc: BaseException) -> str:
+        self._note_error(exc)
+        self._close_connection()
+        self._backoff = min(MAX_BACKOFF, max(0.5, self._backoff * 2))
+        self._retry_at = time.monotonic() + self._backoff
+        logger.warning("e2e-otel: record writer cannot reach the database (%s); retry in %.1fs", exc,
+                       self._backoff)
+        return "retry"
+
+    def _note_error(self, exc: BaseException) -> None:
+        with self._lock:
+            self._last_error = f"{type(exc).__name__}: {self._sanitizer.scrub_text(str(exc))[:500]}"
+
+    def _close_connection(self) -> None:
+        try:
+            from django.db import connections
+
+            with suppress_instrumentation():
+                connections[self.alias].close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _written_add(self, kind: str, count: int) -> None:
+        if count:
+            with self._lock:
+                self._written[kind] += count
+
+    # --- writing (writer thread, inside _attempt) ---------------------------------------------------
+
+    def _write(self, chunk: list[tuple[int, StepData]]) -> None:
+        """Write a chunk trace by trace. Steps committed by an earlier attempt of the same chunk
+        (their sequence numbers are in ``_chunk_done``) are skipped on retry, so counters are never
+        applied twice."""
+        from django.db import DatabaseError, InterfaceError, OperationalError
+
+        by_trace: dict[int, list[tuple[int, StepData]]] = {}
+        for seq, step in chunk:
+            if seq not in self._chunk_done:
+                by_trace.setdefault(step.trace_id, []).append((seq, step))
+        for trace_id, items in by_trace.items():
+            group = sorted((step for _, step in items), key=lambda s: (s.start_ns, s.end_ns))
+            try:
+                self._write_trace(trace_id, group)
+            except (OperationalError, InterfaceError):
+                raise
+            except DatabaseError as exc:  # this trace's data was refused; the others still go in
+                self._note_error(exc)
+                self.count_drop("db_error", len(group))
+                logger.warning("e2e-otel: records of trace %032x refused by the database: %s", trace_id, exc)
+            self._chunk_done.update(seq for seq, _ in items)
+
+    def _write_trace(self, trace_id: int, group: list[StepData]) -> None:
+        from django.db import IntegrityError, transaction
+
+        from . import signals
+        from .models import ErrorLog, PerformanceSnapshot, TraceStep, WorkflowSession, WorkflowStatus
+
+        alias = self.alias
+        cid = uuid.UUID(int=trace_id)
+        errors_sent: list[tuple[ErrorLog, bool]] = []
+        closed: tuple[WorkflowSession, str] | None = None
+        with transaction.atomic(using=alias):
+            sessions = WorkflowSession.objects.using(alias)
+            session = sessions.select_for_update().filter(correlation_id=cid).first()
+            if session is None:
+                try:
+                    with transaction.atomic(using=alias):
+                        session = sessions.create(**self._new_session_fields(cid, group))
+                except IntegrityError:  # another process created it a moment ago
+                    session = sessions.select_for_update().get(correlation_id=cid)
+            previous_status = session.status
+
+            allowed = max(0, self._max_steps - session.step_count)
+            kept, over = group[:allowed], group[allowed:]
+            if over:
+                self.count_drop("step_cap", len(over))
+                session.dropped_step_count += len(over)
+            if kept:
+                TraceStep.objects.using(alias).bulk_create(
+                    [self._step_row(TraceStep, session, cid, step) for step in kept], ignore_conflicts=True
+                )
+            self._update_session(session, group, kept)
+
+            error_items = [error for step in group for error in step.errors]
+            for error, step in ((e, s) for s in group for e in s.errors):
+                errors_sent.append(self._group_error(ErrorLog, error, step, cid, session.user_id))
+            metrics = [(metric, step) for step in kept for metric in step.metrics]
+            if metrics:
+                PerformanceSnapshot.objects.using(alias).bulk_create([
+                    PerformanceSnapshot(
+                        timestamp=_dt(metric.timestamp_ns), layer=metric.layer[:20],
+                        component=self._text(metric.component, 190), metric_name=metric.name,
+                        metric_value=metric.value, unit=metric.unit, correlation_id=cid,
+                        metadata=self._sanitizer.clean_mapping(dict(metric.metadata)),
+                    ) for metric, step in metrics
+                ])
+
+            reason = self._close_reason(session, group)
+            if reason is not None:
+                end = max(s.end_ns for s in group)
+                session.end_time = max(filter(None, (session.end_time, _dt(end))))
+                session.duration_ms = (session.end_time - session.start_time).total_seconds() * 1000
+                if not session.status_explicit:
+                    session.status = WorkflowStatus.FAILED if session.error_count else WorkflowStatus.COMPLETED
+                if previous_status == WorkflowStatus.IN_PROGRESS or previous_status != session.status:
+                    closed = (session, reason)
+            elif not session.status_explicit and session.status != WorkflowStatus.IN_PROGRESS:
+                session.status = WorkflowStatus.IN_PROGRESS  # a later request of the same workflow
+            session.save(using=alias)
+        self._written_add("session", 1)
+        self._written_add("step", len(kept))
+        self._written_add("error", len(error_items))
+        self._written_add("snapshot", len(metrics))
+        for error_row, created in errors_sent:
+            signals.error_recorded.send_robust(sender=ErrorLog, error=error_row, created=created)
+        if closed is not None:
+            signals.workflow_closed.send_robust(sender=WorkflowSession, session=closed[0], reason=closed[1])
+
+    def _new_session_fields(self, cid: uuid.UUID, group: list[StepData]) -> dict[str, Any]:
+        workflow_type, source = resolve_workflow_type([s.hints for s in group], self._rules) or _UNKNOWN_TYPE
+        start = _dt(group[0].start_ns)
+        root = next((s for s in group if s.is_local_root), None)
+        return {
+            "correlation_id": cid,
+            "workflow_type": self._text(workflow_type, 100),
+            "workflow_type_source": source,
+            "service": group[0].service,
+            "environment": str(self._config.ENVIRONMENT)[:20],
+            "start_time": start,
+            "last_activity": start,
+            "root_span_id": root.span_id if root is not None and not root.parent_span_id else "",
+        }
+
+    def _update_session(self, session: Any, group: list[StepData], kept: list[StepData]) -> None:
+        start = _dt(group[0].start_ns)
+        last = _dt(max(s.end_ns for s in group))
+        session.start_time = min(session.start_time, start)
+        session.last_activity = max(session.last_activity, last)
+        if session.service == "" and group[0].service:
+            session.service = group[0].service
+        resolved = resolve_workflow_type([s.hints for s in group], self._rules)
+        if resolved is not None and _SOURCE_RANK[resolved[1]] < _SOURCE_RANK.get(session.workflow_type_source, 99):
+            session.workflow_type = self._text(resolved[0], 100)
+            session.workflow_type_source = resolved[1]
+        session.step_count += len(kept)
+        session.error_count += sum(1 for s in group if s.status == "error")
+        if not session.root_span_id:
+            root = next((s for s in group if s.is_local_root and not s.parent_span_id), None)
+            if root is not None:
+                session.root_span_id = root.span_id
+        metadata: dict[str, Any] = {}
+        for step in group:
+            hints = step.hints
+            if hints.user_id and not session.user_id:
+                session.user_id = self._text(hints.user_id, 150)
+            metadata.update(hints.metadata)
+            if hints.status_message:
+                metadata["status_message"] = hints.status_message
+        if metadata:
+            session.metadata = {**(session.metadata or {}), **self._sanitizer.clean_mapping(metadata)}
+
+    def _close_reason(self, session: Any, group: list[StepData]) -> str | None:
+        explicit = [s.hints.status for s in sorted(group, key=lambda s: s.end_ns) if s.hints.status]
+        if explicit:
+            session.status = explicit[-1]
+            session.status_explicit = True
+            return "explicit"
+        if any(s.is_local_root for s in group):
+            return "root_ended"
+        return None
+
+    def _step_row(self, model: Any, session: Any, cid: uuid.UUID, step: StepData) -> Any:
+        return model(
+            workflow_session=session, correlation_id=cid, span_id=step.span_id,
+            parent_span_id=step.parent_span_id, name=self._text(step.name, 190), layer=step.layer[:20],
+            component=self._text(step.component, 190), operation=self._text(step.operation, 190),
+            start_time=_dt(step.start_ns), end_time=_dt(step.end_ns), duration_ms=step.duration_ms,
+            status=step.status, metadata=self._metadata(step.attributes),
+        )
+
+    def _metadata(self, attributes: Any) -> dict[str, Any]:
+        sql = {k: self._sanitizer.scrub_sql(v) for k, v in attributes.items() if k in _SQL_KEYS and isinstance(v, str)}
+        rest = {k: v for k, v in attributes.items() if k not in sql}
+        return {**self._sanitizer.clean_mapping(rest), **sql}
+
+    def _text(self, value: str, limit: int) -> str:
+        return self._sanitizer.scrub_text(value)[:limit]
+
+    def _group_error(self, model: Any, error: ErrorData, step: StepData, cid: uuid.UUID,
+                     user_id: str) -> tuple[Any, bool]:
+        from django.db.models import F
+
+        alias = self.alias
+        seen = _dt(error.timestamp_ns)
+        rows = model.objects.using(alias)
+        current = rows.select_for_update().filter(fingerprint=error.fingerprint, resolved=False) \
+            .order_by("-last_seen").first()
+        if current is not None:
+            rows.filter(pk=current.pk).update(
+                occurrences=F("occurrences") + 1, last_seen=seen, correlation_id=cid, span_id=step.span_id
+            )
+            current.refresh_from_db(using=alias)
+            return current, False
+        message = self._sanitizer.scrub_text(error.message)
+        stack = self._sanitizer.scrub_text(error.stacktrace)
+        row = rows.create(
+            correlation_id=cid, span_id=step.span_id, timestamp=seen, last_seen=seen,
+            layer=error.layer[:20], component=self._text(error.component, 190),
+            error_type=self._text(error.error_type, 190), error_message=message, stack_trace=stack,
+            fingerprint=error.fingerprint, severity=error.severity, category=error.category[:50],
+            user_id=self._text(user_id or "", 150),
+            metadata=self._sanitizer.clean_mapping({"operation": error.operation, **error.metadata}),
+        )
+        return row, True
+
+    def _sweep_idle(self) -> None:
+        """Close in-progress workflows with no span for ``WORKFLOW_IDLE_TIMEOUT`` seconds."""
+        from . import signals
+        from .models import WorkflowSession, WorkflowStatus
+
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=self._idle_timeout)
+        rows = WorkflowSession.objects.using(self.alias)
+        stale: Iterable[Any] = list(
+            rows.filter(status=WorkflowStatus.IN_PROGRESS, last_activity__lt=cutoff)[:_SWEEP_LIMIT]
+        )
+        for session in stale:
+            status = WorkflowStatus.FAILED if session.error_count else WorkflowStatus.COMPLETED
+            end = session.last_activity
+            duration = (end - session.start_time).total_seconds() * 1000
+            updated = rows.filter(pk=session.pk, status=WorkflowStatus.IN_PROGRESS).update(
+                status=status, end_time=end, duration_ms=duration
+            )
+            if updated:
+                session.status, session.end_time, session.duration_ms = status, end, duration
+                signals.workflow_closed.send_robust(sender=WorkflowSession, session=session,
+                                                    reason="idle_timeout")

@@ -1,0 +1,1 @@
+"""Testing helpers for e2e-otel (OTLP receiver, pytest fixtures)."""

@@ -1,0 +1,86 @@
+"""``manage.py check`` reports bad E2E_OTEL settings with stable ids and hints."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import override_settings
+
+from e2e_otel.checks import check_settings
+from tests.servers import PYTHON, REPO_ROOT, subprocess_env
+
+
+def _ids(messages) -> list[str]:
+    return sorted(m.id for m in messages)
+
+
+def test_valid_test_settings_have_no_errors() -> None:
+    assert [m for m in check_settings() if m.is_serious()] == []
+    out = io.StringIO()
+    call_command("check", stdout=out)
+    assert "no issues" in out.getvalue()
+
+
+def test_unknown_key_is_e001_with_a_suggestion() -> None:
+    with override_settings(E2E_OTEL={"SAMPLE_RATIO": 0.5}):
+        messages = check_settings()
+    assert _ids(messages) == ["e2e_otel.E001"]
+    assert "'SAMPLE_RATIO'" in messages[0].msg
+    assert "Did you mean SAMPLE_RATE" in messages[0].hint
+
+
+def test_invalid_value_is_e002_with_the_option_doc_as_hint() -> None:
+    with override_settings(E2E_OTEL={"OTLP_PROTOCOL": "udp", "SAMPLE_RATE": 2}):
+        messages = check_settings()
+    assert _ids(messages) == ["e2e_otel.E002", "e2e_otel.E002"]
+    by_key = {m.msg.split("]")[0]: m for m in messages}
+    protocol = by_key["E2E_OTEL['OTLP_PROTOCOL'"]
+    assert "'udp'" in protocol.msg and "grpc | http/protobuf" in protocol.hint
+    assert "default is used" in protocol.hint
+
+
+def test_invalid_environment_variable_is_e002(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "sometimes")
+    with override_settings(E2E_OTEL={}):
+        messages = check_settings()
+    assert _ids(messages) == ["e2e_otel.E002"]
+    assert "OTEL_TRACES_SAMPLER" in messages[0].msg or "sometimes" in messages[0].msg
+
+
+def test_non_dict_setting_is_e002() -> None:
+    with override_settings(E2E_OTEL="shop"):
+        messages = check_settings()
+    assert _ids(messages) == ["e2e_otel.E002"]
+    assert "must be a dict" in messages[0].msg
+
+
+def test_call_command_check_fails_on_errors() -> None:
+    with override_settings(E2E_OTEL={"SAMPLE_RATIO": 0.5, "TRACES_EXPORTER": "jaeger"}):
+        with pytest.raises(SystemCheckError) as excinfo:
+            call_command("check", stdout=io.StringIO(), stderr=io.StringIO())
+    text = str(excinfo.value)
+    assert "e2e_otel.E001" in text and "e2e_otel.E002" in text
+    assert "HINT:" in text
+
+
+def test_production_without_api_key_warns() -> None:
+    with override_settings(E2E_OTEL={"ENVIRONMENT": "production"}):
+        assert "e2e_otel.W001" in _ids(check_settings())
+    with override_settings(E2E_OTEL={"ENVIRONMENT": "production", "API_KEY": "k" * 40}):
+        assert "e2e_otel.W001" not in _ids(check_settings())
+
+
+@pytest.mark.slow
+def test_manage_py_check_in_a_subprocess_shows_ids_and_hints() -> None:
+    env = subprocess_env({"DJANGO_SETTINGS_MODULE": "tests.settings_bad", "E2E_TEST_DB": "sqlite"})
+    result = subprocess.run([PYTHON, "-m", "django", "check"], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "e2e_otel.E001" in output and "'SAMPLE_RATIO'" in output
+    assert "e2e_otel.E002" in output and "'carrier-pigeon'" in output
+    assert "HINT: Did you mean SAMPLE_RATE" in output

@@ -1,0 +1,108 @@
+"""OTLP over the wire: a Django server process exports server + PyMySQL spans to a real receiver.
+
+The subprocess only adds ``"e2e_otel"`` and an ``E2E_OTEL`` dict (tests/settings_export.py); the
+collector address comes from the standard ``OTEL_EXPORTER_OTLP_*`` variables, as a user would set it.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from django.db import connection
+
+from e2e_otel.testing.otlp_receiver import OTLPReceiver
+from tests.servers import gunicorn, subprocess_env
+from tests.testapp.models import Item
+
+SERVER, CLIENT = 2, 3  # OTLP span kinds
+
+
+def _exporting_env(receiver: OTLPReceiver, protocol: str, **extra: str) -> dict[str, str]:
+    endpoint = receiver.grpc_endpoint if protocol == "grpc" else receiver.http_base_endpoint
+    return subprocess_env({
+        "DJANGO_SETTINGS_MODULE": "tests.settings_export",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        **extra,
+    })
+
+
+def _trace(receiver: OTLPReceiver, correlation_id: str, count: int) -> list:
+    trace_hex = correlation_id.replace("-", "")
+    receiver.wait_for(lambda spans: len([s for s in spans if s.trace_id == trace_hex]) >= count, timeout=15)
+    return receiver.spans_for_trace(trace_hex)
+
+
+@pytest.mark.slow
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_server_and_pymysql_spans_arrive_over_otlp(otlp_receiver: OTLPReceiver, protocol: str) -> None:
+    item = Item.objects.create(name="exported-widget")
+    distinctive_pk = item.pk + 7_310_000_000
+    env = _exporting_env(
+        otlp_receiver, protocol,
+        E2E_MYSQL_DATABASE=connection.settings_dict["NAME"],
+        OTEL_EXPORTER_OTLP_HEADERS="x-tenant=shop,authorization=Bearer%20t0ken",
+        E2E_SERVICE_NAME="shop",
+    )
+    with gunicorn(env) as server:
+        correlation_id = str(uuid.uuid4())
+        status, headers, _ = server.get(f"/items/{distinctive_pk}/", {"X-Correlation-ID": correlation_id})
+        assert status == 200, server.logs()
+        assert headers["x-correlation-id"] == correlation_id
+        raw_id = str(uuid.uuid4())
+        status, headers, body = server.get("/raw-sql/", {"X-Correlation-ID": raw_id})
+        assert status == 200 and headers["x-correlation-id"] == raw_id, server.logs()
+
+        spans = _trace(otlp_receiver, correlation_id, 2)
+        raw_spans = _trace(otlp_receiver, raw_id, 2)
+
+    assert {s.transport for s in otlp_receiver.spans} == {"grpc" if protocol == "grpc" else "http"}
+    (server_span,) = [s for s in spans if s.kind == SERVER]
+    (db_span,) = [s for s in spans if s.kind == CLIENT and s.attributes.get("db.system") == "mysql"]
+    assert server_span.is_root
+    assert server_span.attributes.get("http.route") == "items/<int:pk>/"
+    assert db_span.parent_span_id == server_span.span_id
+    statement = db_span.attributes["db.statement"]
+    assert "testapp_item" in statement and "%s" in statement
+    assert str(distinctive_pk) not in statement
+    assert all(str(distinctive_pk) not in str(v) for v in db_span.attributes.values())
+
+    (raw_db,) = [s for s in raw_spans if s.kind == CLIENT]
+    assert raw_db.parent_span_id == next(s for s in raw_spans if s.kind == SERVER).span_id
+    assert "testapp_item" in raw_db.attributes["db.statement"]
+    everything = repr([(s.attributes, s.events) for s in otlp_receiver.spans])
+    assert "hunter2-literal" not in everything and "hunter2" not in everything
+
+    resource = server_span.resource
+    assert resource["service.name"] == "shop"
+    assert resource["deployment.environment"] == "development"
+    assert resource["host.name"] and isinstance(resource["process.pid"], int)
+    assert db_span.resource["service.name"] == "shop"
+
+    requests = otlp_receiver.requests
+    assert requests and all(r.headers.get("x-tenant") == "shop" for r in requests)
+    assert all(r.headers.get("authorization") == "Bearer t0ken" for r in requests)
+
+
+@pytest.mark.slow
+def test_e2e_otel_dict_endpoint_and_headers_win_over_environment(otlp_receiver: OTLPReceiver) -> None:
+    """OTLP_ENDPOINT/OTLP_HEADERS in the settings dict beat OTEL_EXPORTER_OTLP_* (no DB needed)."""
+    env = _exporting_env(
+        otlp_receiver, "http/protobuf",
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9",  # wrong on purpose: the dict wins
+        OTEL_EXPORTER_OTLP_HEADERS="x-tenant=from-env",
+        E2E_TEST_DB="sqlite",
+        E2E_TEST_OTEL_OVERRIDES=f'{{"OTLP_ENDPOINT": "{otlp_receiver.http_base_endpoint}", '
+                                f'"OTLP_HEADERS": {{"x-tenant": "from-settings"}}, "RECORDS_ENABLED": false}}',
+    )
+    with gunicorn(env) as server:
+        correlation_id = str(uuid.uuid4())
+        status, headers, _ = server.get("/ping/", {"X-Correlation-ID": correlation_id})
+        assert status == 200 and headers["x-correlation-id"] == correlation_id, server.logs()
+        (span,) = _trace(otlp_receiver, correlation_id, 1)
+    assert span.kind == SERVER and span.transport == "http"
+    assert {r.headers.get("x-tenant") for r in otlp_receiver.requests} == {"from-settings"}

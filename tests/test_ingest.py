@@ -1,0 +1,392 @@
+"""Browser span ingestion: OTLP/HTTP protobuf + JSON + gzip, and every rejection path."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import time
+import uuid
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.test import Client, override_settings
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1 import trace_pb2
+from opentelemetry.trace import SpanKind, StatusCode
+
+from e2e_otel.bootstrap import get_runtime
+from e2e_otel.ingest import reset_rate_limits
+from e2e_otel.models import TraceStep, WorkflowSession
+
+URL = "/api/v1/debugging/otlp/v1/traces"
+ORIGIN = "http://localhost:3000"
+KEY = "test-ingest-key"
+PB = "application/x-protobuf"
+NS = 1_000_000_000
+
+
+@pytest.fixture(autouse=True)
+def _fresh_limits():
+    reset_rate_limits()
+    yield
+    reset_rate_limits()
+
+
+def e2e_settings(**changes: Any) -> override_settings:
+    values = {**settings.E2E_OTEL, **changes}
+    for key in [k for k, v in changes.items() if v is None]:
+        values.pop(key)
+    return override_settings(E2E_OTEL=values)
+
+
+def kv(key: str, value: Any) -> KeyValue:
+    if isinstance(value, bool):
+        return KeyValue(key=key, value=AnyValue(bool_value=value))
+    if isinstance(value, int):
+        return KeyValue(key=key, value=AnyValue(int_value=value))
+    if isinstance(value, float):
+        return KeyValue(key=key, value=AnyValue(double_value=value))
+    return KeyValue(key=key, value=AnyValue(string_value=value))
+
+
+def browser_payload(trace_id: int, *, fetch_span_id: int | None = None, now_ns: int | None = None,
+                    span_overrides: dict[str, Any] | None = None, extra_spans: int = 0) -> ExportTraceServiceRequest:
+    """What the OTel JS web SDK sends: a documentLoad span and a fetch CLIENT span with an exception."""
+    now_ns = now_ns or time.time_ns()
+    tid = trace_id.to_bytes(16, "big")
+    load_id = random.getrandbits(63) | 1
+    fetch_id = fetch_span_id or (random.getrandbits(63) | 1)
+    document_load = trace_pb2.Span(
+        trace_id=tid, span_id=load_id.to_bytes(8, "big"), name="documentLoad",
+        kind=trace_pb2.Span.SPAN_KIND_INTERNAL,
+        start_time_unix_nano=now_ns - 2 * NS, end_time_unix_nano=now_ns - NS,
+        attributes=[kv("http.url", "http://localhost:3000/checkout"), kv("http.user_agent", "Mozilla/5.0")],
+        events=[trace_pb2.Span.Event(time_unix_nano=now_ns - 2 * NS + 1000, name="fetchStart")],
+    )
+    fetch = trace_pb2.Span(
+        trace_id=tid, span_id=fetch_id.to_bytes(8, "big"), parent_span_id=load_id.to_bytes(8, "big"),
+        name="HTTP POST", kind=trace_pb2.Span.SPAN_KIND_CLIENT,
+        start_time_unix_nano=now_ns - NS, end_time_unix_nano=now_ns - NS // 2,
+        attributes=[kv("http.method", "POST"), kv("http.status_code", 500), kv("component", "fetch")],
+        status=trace_pb2.Status(code=trace_pb2.Status.STATUS_CODE_ERROR, message="server error"),
+        events=[trace_pb2.Span.Event(
+            time_unix_nano=now_ns - NS // 2, name="exception",
+            attributes=[kv("exception.type", "TypeError"), kv("exception.message", "Failed to fetch"),
+                        kv("exception.stacktrace", "TypeError: Failed to fetch\n    at checkout.js:10")])],
+        links=[trace_pb2.Span.Link(trace_id=random.getrandbits(127).to_bytes(16, "big"),
+                                   span_id=(random.getrandbits(63) | 1).to_bytes(8, "big"))],
+    )
+    for key, value in (span_overrides or {}).items():
+        if key == "attributes":
+            del fetch.attributes[:]
+            fetch.attributes.extend(value)
+        else:
+            setattr(fetch, key, value)
+    spans = [document_load, fetch]
+    for index in range(extra_spans):
+        extra = trace_pb2.Span()
+        extra.CopyFrom(document_load)
+        extra.span_id = (index + 10).to_bytes(8, "big")
+        spans.append(extra)
+    return ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
+        resource=Resource(attributes=[kv("service.name", "shop-web"), kv("telemetry.sdk.language", "webjs")]),
+        scope_spans=[trace_pb2.ScopeSpans(
+            scope=InstrumentationScope(name="@opentelemetry/instrumentation-fetch", version="0.57.0"),
+            spans=spans)],
+    )])
+
+
+def to_otlp_json(message: ExportTraceServiceRequest) -> bytes:
+    """OTLP/JSON: proto3 JSON with trace/span ids as hex instead of base64."""
+    data = json_format.MessageToDict(message)
+    for resource_spans in data["resourceSpans"]:
+        for scope_spans in resource_spans["scopeSpans"]:
+            for span in scope_spans["spans"]:
+                for item in [span, *span.get("links", [])]:
+                    for field in ("traceId", "spanId", "parentSpanId"):
+                        if field in item:
+                            import base64
+
+                            item[field] = base64.b64decode(item[field]).hex()
+    return json.dumps(data).encode()
+
+
+def post(body: bytes, *, content_type: str = PB, key: str | None = KEY, origin: str | None = ORIGIN,
+         **headers: str) -> Any:
+    if key is not None:
+        headers["X-E2E-Ingest-Key"] = key
+    if origin is not None:
+        headers["Origin"] = origin
+    return Client().post(URL, data=body, content_type=content_type, headers=headers)
+
+
+def frontend_spans(exporter: Any, trace_id: int) -> list[Any]:
+    return [s for s in exporter.get_finished_spans()
+            if s.context.trace_id == trace_id and (s.attributes or {}).get("e2e.layer") == "frontend"]
+
+
+def new_trace_id() -> int:
+    return random.getrandbits(127) | (1 << 100)
+
+
+# --- conversion (no database needed) -------------------------------------------------------------------
+
+
+def test_protobuf_spans_are_converted_and_marked_frontend(spans):
+    trace_id = new_trace_id()
+    response = post(browser_payload(trace_id).SerializeToString())
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"] == PB
+    assert response["Access-Control-Allow-Origin"] == ORIGIN
+    parsed = ExportTraceServiceResponse.FromString(response.content)
+    assert not parsed.HasField("partial_success")
+    got = {s.name: s for s in frontend_spans(spans, trace_id)}
+    assert set(got) == {"documentLoad", "HTTP POST"}
+    fetch = got["HTTP POST"]
+    assert fetch.kind == SpanKind.CLIENT
+    assert fetch.status.status_code == StatusCode.ERROR
+    assert fetch.status.description == "server error"
+    assert fetch.parent.span_id == got["documentLoad"].context.span_id
+    assert fetch.resource.attributes["service.name"] == "shop-web"
+    assert fetch.instrumentation_scope.name == "@opentelemetry/instrumentation-fetch"
+    assert fetch.attributes["http.status_code"] == 500
+    assert [e.name for e in fetch.events] == ["exception"]
+    assert fetch.events[0].attributes["exception.type"] == "TypeError"
+    assert len(fetch.links) == 1
+    assert fetch.end_time - fetch.start_time == NS // 2
+
+
+def test_json_payload_with_hex_ids(spans):
+    trace_id = new_trace_id()
+    response = post(to_otlp_json(browser_payload(trace_id)), content_type="application/json")
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"] == "application/json"
+    assert json.loads(response.content) == {}
+    assert len(frontend_spans(spans, trace_id)) == 2
+
+
+def test_gzip_body(spans):
+    trace_id = new_trace_id()
+    body = gzip.compress(browser_payload(trace_id).SerializeToString())
+    response = post(body, HTTP_CONTENT_ENCODING="gzip", **{"Content-Encoding": "gzip"})
+    assert response.status_code == 200, response.content
+    assert len(frontend_spans(spans, trace_id)) == 2
+
+
+def test_long_string_values_are_truncated_and_reported(spans):
+    trace_id = new_trace_id()
+    payload = browser_payload(trace_id, span_overrides={"attributes": [kv("http.url", "x" * 5000)]})
+    response = post(to_otlp_json(payload), content_type="application/json")
+    assert response.status_code == 200, response.content
+    body = json.loads(response.content)
+    assert "truncated" in body["partialSuccess"]["errorMessage"]
+    fetch = next(s for s in frontend_spans(spans, trace_id) if s.name == "HTTP POST")
+    assert len(fetch.attributes["http.url"]) == 4096
+
+
+def test_preflight_allowed_origin():
+    response = Client().options(URL, headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+                                              "Access-Control-Request-Headers": "content-type,x-e2e-ingest-key"})
+    assert response.status_code == 204
+    assert response["Access-Control-Allow-Origin"] == ORIGIN
+    allowed = {h.strip() for h in response["Access-Control-Allow-Headers"].split(",")}
+    assert {"content-type", "traceparent", "tracestate", "baggage", "x-e2e-ingest-key"} <= allowed
+    assert "POST" in response["Access-Control-Allow-Methods"]
+
+
+def test_preflight_disallowed_origin():
+    response = Client().options(URL, headers={"Origin": "https://evil.example"})
+    assert response.status_code == 403
+    assert not response.has_header("Access-Control-Allow-Origin")
+
+
+# --- rejections: right status, JSON error, nothing ingested -------------------------------------------------
+
+
+def _assert_rejected(response: Any, status: int, exporter: Any, trace_id: int) -> dict[str, Any]:
+    assert response.status_code == status, response.content
+    assert response["Content-Type"] == "application/json"
+    body = json.loads(response.content)
+    assert body["error"]
+    assert frontend_spans(exporter, trace_id) == []
+    return body
+
+
+def test_disallowed_origin_is_rejected_without_cors_headers(spans):
+    trace_id = new_trace_id()
+    response = post(browser_payload(trace_id).SerializeToString(), origin="https://evil.example")
+    _assert_rejected(response, 403, spans, trace_id)
+    assert not response.has_header("Access-Control-Allow-Origin")
+
+
+@pytest.mark.parametrize("key", [None, "wrong-key", ""])
+def test_missing_or_wrong_key(spans, key):
+    trace_id = new_trace_id()
+    response = post(browser_payload(trace_id).SerializeToString(), key=key)
+    _assert_rejected(response, 401, spans, trace_id)
+    assert response["Access-Control-Allow-Origin"] == ORIGIN  # the browser may read the error
+
+
+def test_no_ingest_key_configured_refuses_everyone(spans):
+    trace_id = new_trace_id()
+    with e2e_settings(INGEST_KEY=None):
+        response = post(browser_payload(trace_id).SerializeToString())
+    body = _assert_rejected(response, 403, spans, trace_id)
+    assert "INGEST_KEY" in body["error"]
+
+
+def test_body_too_large(spans):
+    trace_id = new_trace_id()
+    body = browser_payload(trace_id, extra_spans=40).SerializeToString()
+    assert len(body) > 1024
+    with e2e_settings(INGEST_MAX_BODY_BYTES=1024):
+        response = post(body)
+    _assert_rejected(response, 413, spans, trace_id)
+
+
+def test_gzip_bomb(spans):
+    trace_id = new_trace_id()
+    bomb = gzip.compress(b"\0" * (8 * 1024 * 1024))
+    assert len(bomb) < 64 * 1024
+    response = post(bomb, **{"Content-Encoding": "gzip"})
+    _assert_rejected(response, 413, spans, trace_id)
+
+
+def test_invalid_gzip_and_unsupported_encoding(spans):
+    trace_id = new_trace_id()
+    _assert_rejected(post(b"not gzip at all", **{"Content-Encoding": "gzip"}), 400, spans, trace_id)
+    _assert_rejected(post(b"x", **{"Content-Encoding": "br"}), 415, spans, trace_id)
+
+
+def test_unsupported_content_type(spans):
+    trace_id = new_trace_id()
+    _assert_rejected(post(b"<xml/>", content_type="text/xml"), 415, spans, trace_id)
+
+
+def test_rate_limit(spans):
+    trace_id = new_trace_id()
+    body = browser_payload(trace_id).SerializeToString()
+    with e2e_settings(INGEST_RATE_LIMIT=2):
+        assert post(body).status_code == 200
+        assert post(body).status_code == 200
+        response = post(body)
+    assert response.status_code == 429
+    assert int(response["Retry-After"]) >= 1
+    assert len(frontend_spans(spans, trace_id)) == 4  # two accepted requests only
+
+
+def test_garbage_protobuf_and_json(spans):
+    trace_id = new_trace_id()
+    _assert_rejected(post(b"\xff\xff\xff\xff"), 400, spans, trace_id)
+    _assert_rejected(post(b"{not json", content_type="application/json"), 400, spans, trace_id)
+    _assert_rejected(post(b"[1, 2]", content_type="application/json"), 400, spans, trace_id)
+
+
+def _json_with(trace_id: int, mutate: Any) -> bytes:
+    data = json.loads(to_otlp_json(browser_payload(trace_id)))
+    mutate(data["resourceSpans"][0]["scopeSpans"][0]["spans"][1])
+    return json.dumps(data).encode()
+
+
+def test_invalid_hex_id_in_json(spans):
+    trace_id = new_trace_id()
+    body = _json_with(trace_id, lambda span: span.update(spanId="zz" * 8))
+    result = _assert_rejected(post(body, content_type="application/json"), 400, spans, trace_id)
+    assert any("spanId" in detail for detail in result["details"])
+
+
+NOW = time.time_ns()
+
+
+@pytest.mark.parametrize(("overrides", "fragment"), [
+    ({"trace_id": bytes(16)}, "trace id must not be all zeros"),
+    ({"trace_id": b"\x01" * 8}, "trace id must be 16 bytes"),
+    ({"span_id": bytes(8)}, "span id must not be all zeros"),
+    ({"span_id": b"\x01" * 4}, "span id must be 8 bytes"),
+    ({"start_time_unix_nano": NOW, "end_time_unix_nano": NOW - NS}, "before startTimeUnixNano"),
+    ({"start_time_unix_nano": NOW - 8 * 86_400 * NS, "end_time_unix_nano": NOW}, "older than"),
+    ({"end_time_unix_nano": NOW + 2 * 86_400 * NS}, "in the future"),
+    ({"start_time_unix_nano": 0}, "missing timestamp"),
+    ({"attributes": [kv(f"a{i}", i) for i in range(129)]}, "129 attributes"),
+    ({"attributes": [kv("k" * 129, "v")]}, "longer than 128"),
+])
+def test_invalid_span_rejects_whole_payload(spans, overrides, fragment):
+    trace_id = new_trace_id()
+    payload = browser_payload(trace_id, span_overrides=overrides)
+    body = _assert_rejected(post(payload.SerializeToString()), 400, spans, trace_id)
+    assert any(fragment in detail for detail in body["details"]), body
+    # the valid documentLoad span of the same payload was not ingested either
+    assert [s for s in spans.get_finished_spans() if s.name == "documentLoad"
+            and s.context.trace_id == trace_id] == []
+
+
+def test_too_many_spans(spans):
+    trace_id = new_trace_id()
+    payload = browser_payload(trace_id, extra_spans=999)  # 1001 spans
+    body = _assert_rejected(post(payload.SerializeToString()), 400, spans, trace_id)
+    assert "too many spans" in body["error"]
+
+
+def test_get_is_not_allowed():
+    response = Client().get(URL, headers={"Origin": ORIGIN})
+    assert response.status_code == 405
+
+
+# --- records: frontend steps join the server request's workflow (records core + MariaDB) ---------------
+
+
+def _session_for(trace_id: int) -> WorkflowSession | None:
+    return WorkflowSession.objects.filter(correlation_id=uuid.UUID(int=trace_id)).first()
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("encoding", ["protobuf", "json", "gzip"])
+def test_browser_spans_become_frontend_steps_of_the_server_workflow(encoding):
+    runtime = get_runtime()
+    assert runtime is not None
+    trace_id = new_trace_id()
+    fetch_span_id = random.getrandbits(63) | 1
+    traceparent = f"00-{trace_id:032x}-{fetch_span_id:016x}-01"
+    assert Client().get("/ping/", headers={"traceparent": traceparent}).status_code == 200
+
+    payload = browser_payload(trace_id, fetch_span_id=fetch_span_id)
+    if encoding == "json":
+        response = post(to_otlp_json(payload), content_type="application/json")
+    elif encoding == "gzip":
+        response = post(gzip.compress(payload.SerializeToString()), **{"Content-Encoding": "gzip"})
+    else:
+        response = post(payload.SerializeToString())
+    assert response.status_code == 200, response.content
+    assert runtime.force_flush(10)
+
+    session = _session_for(trace_id)
+    assert session is not None
+    steps = list(TraceStep.objects.filter(workflow_session=session).order_by("start_time", "id"))
+    layers = [step.layer for step in steps]
+    assert layers.count("frontend") == 2
+    assert "api" in layers
+    assert layers[0] == "frontend"  # documentLoad started first
+    api_step = next(step for step in steps if step.layer == "api")
+    assert api_step.parent_span_id == f"{fetch_span_id:016x}"
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_rejected_payload_stores_nothing():
+    runtime = get_runtime()
+    assert runtime is not None
+    trace_id = new_trace_id()
+    payload = browser_payload(trace_id, span_overrides={"span_id": bytes(8)})
+    assert post(payload.SerializeToString()).status_code == 400
+    assert runtime.force_flush(10)
+    assert _session_for(trace_id) is None
+    assert not TraceStep.objects.filter(correlation_id=uuid.UUID(int=trace_id)).exists()

@@ -1,0 +1,107 @@
+"""Log correlation: records carry correlation_id/trace_id/span_id; JsonFormatter emits them."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+import uuid
+
+from django.test import Client
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from e2e_otel.logging import JsonFormatter, install_record_factory
+from e2e_otel.propagation import format_correlation_id
+
+
+def test_every_record_inside_a_request_is_correlated(spans, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    correlation_id = str(uuid.uuid4())
+    response = Client(raise_request_exception=False).get("/ping/", headers={"X-Correlation-ID": correlation_id})
+    assert response["X-Correlation-ID"] == correlation_id
+    server = next(s for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER)
+    inside = [r for r in caplog.records if r.correlation_id]
+    assert any(r.name == "tests.views" for r in inside), [r.name for r in caplog.records]
+    for record in inside:
+        assert record.correlation_id == correlation_id
+        assert record.trace_id == correlation_id.replace("-", "")
+        assert len(record.span_id) == 16
+    view_record = next(r for r in inside if r.name == "tests.views")
+    assert view_record.span_id == f"{server.context.span_id:016x}"
+    # the 500 path: django.request logs the exception inside the request's trace
+    caplog.clear()
+    response = Client(raise_request_exception=False).get("/fail/", headers={"X-Correlation-ID": correlation_id})
+    assert response.status_code == 500
+    errors = [r for r in caplog.records if r.name == "django.request"]
+    assert errors and all(r.correlation_id == correlation_id for r in errors)
+
+
+def test_records_outside_a_trace_have_empty_fields(caplog) -> None:
+    caplog.set_level(logging.INFO, logger="tests.logging")
+    logging.getLogger("tests.logging").info("outside")
+    (record,) = [r for r in caplog.records if r.name == "tests.logging"]
+    assert record.correlation_id == record.trace_id == record.span_id == ""
+
+
+def test_install_record_factory_is_idempotent() -> None:
+    factory = logging.getLogRecordFactory()
+    install_record_factory()
+    install_record_factory()
+    assert logging.getLogRecordFactory() is factory
+
+
+def _format(record: logging.LogRecord) -> dict:
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    return json.loads(line)
+
+
+def test_json_formatter_carries_correlation_and_extras() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("tests.json")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        with trace.get_tracer("tests").start_as_current_span("job") as span:
+            logger.info("paid %s", "order-7", extra={"order_id": 7, "amount": 12.5, "tags": ["a", "b"],
+                                                     "when": uuid.UUID(int=5)})
+            context = span.get_span_context()
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logger.exception("failed ünïcode")
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["message"] == "paid order-7"
+    assert first["level"] == "INFO" and first["logger"] == "tests.json"
+    assert first["correlation_id"] == format_correlation_id(context.trace_id)
+    assert first["trace_id"] == f"{context.trace_id:032x}"
+    assert first["span_id"] == f"{context.span_id:016x}"
+    assert first["order_id"] == 7 and first["amount"] == 12.5 and first["tags"] == ["a", "b"]
+    assert first["when"] == str(uuid.UUID(int=5))  # non-JSON values are stringified
+    assert first["timestamp"].endswith("+00:00")
+    assert second["message"] == "failed ünïcode" and second["correlation_id"] == ""
+    assert "ValueError: boom" in second["exception"]
+
+
+def test_json_formatter_on_a_plain_record() -> None:
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "hello %d", (3,), None)
+    data = _format(record)
+    assert data["message"] == "hello 3" and data["level"] == "WARNING"
+    assert data["correlation_id"] == data["trace_id"] == data["span_id"] == ""
+    assert "args" not in data and "msg" not in data
+
+
+def test_json_formatter_with_exc_info_tuple() -> None:
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "div", None, sys.exc_info())
+    assert "ZeroDivisionError" in _format(record)["exception"]

@@ -1,0 +1,79 @@
+"""Views the test suite drives: plain, one ORM query, a failure, a login that receives a password."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from django.contrib.auth import authenticate
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from .models import Item
+
+logger = logging.getLogger("tests.views")
+
+
+def ping(request: HttpRequest) -> JsonResponse:
+    logger.info("ping")
+    return JsonResponse({"ok": True, "correlation_id": getattr(request, "correlation_id", None)})
+
+
+def items(request: HttpRequest) -> JsonResponse:
+    names = list(Item.objects.order_by("id").values_list("name", flat=True)[:10])
+    return JsonResponse({"items": names, "correlation_id": request.correlation_id})
+
+
+def item_detail(request: HttpRequest, pk: int) -> JsonResponse:
+    item = Item.objects.filter(pk=pk).first()
+    return JsonResponse({"name": item.name if item else None})
+
+
+def raw_sql(request: HttpRequest) -> JsonResponse:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM testapp_item WHERE name <> 'hunter2-literal' AND id > 41")
+        (count,) = cursor.fetchone()
+    return JsonResponse({"count": count})
+
+
+def slow(request: HttpRequest) -> JsonResponse:
+    time.sleep(float(request.GET.get("seconds", "0.2")))
+    return JsonResponse({"slow": True})
+
+
+class PaymentDeclined(Exception):
+    pass
+
+
+def fail(request: HttpRequest) -> HttpResponse:
+    raise PaymentDeclined("card declined for order 42")
+
+
+@csrf_exempt
+def login(request: HttpRequest) -> JsonResponse:
+    username = request.POST.get("username", "")
+    password = request.POST.get("password", "")
+    user = authenticate(request, username=username, password=password)
+    if user is None:
+        logger.warning("login failed for %s", username)
+        return JsonResponse({"ok": False}, status=401)
+    return JsonResponse({"ok": True})
+
+
+def pid(request: HttpRequest) -> JsonResponse:
+    """Which process served the request (gunicorn fork-safety test)."""
+    import os
+
+    return JsonResponse({"pid": os.getpid(), "correlation_id": getattr(request, "correlation_id", None)})
+
+
+def call_out(request: HttpRequest) -> JsonResponse:
+    """An outgoing `requests` call made inside a request (test-only: the URL comes from ?url=)."""
+    import requests
+
+    from e2e_otel import get_correlation_id, inject_headers
+
+    headers = inject_headers({}) if request.GET.get("inject") else {}
+    response = requests.get(request.GET["url"], headers=headers, timeout=5)
+    return JsonResponse({"status": response.status_code, "correlation_id": get_correlation_id()})
