@@ -77,8 +77,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from django.conf import settings
     from django.core.management import call_command, get_commands
-    from django.db import connection
+    from django.db import DatabaseError, connection
     from django.utils import timezone
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
 
     from .bootstrap import get_runtime
     from .conf import get_config
@@ -93,12 +94,20 @@ def run_demo(args: argparse.Namespace) -> int:
     database = (f"MySQL {db['NAME']} on {db['HOST']}:{db['PORT']}" if connection.vendor == "mysql"
                 else f"SQLite {db['NAME']}")
     print(f"e2e-otel demo: preparing {database}", file=out, flush=True)
-    call_command("migrate", interactive=False, verbosity=0)
-    if "setup_debugging_defaults" in get_commands():
-        call_command("setup_debugging_defaults", verbosity=0)
-    else:
-        print("  note: setup_debugging_defaults is not available; built-in threshold defaults apply", file=out)
-    seeded = seed()
+    try:
+        connection.ensure_connection()
+    except DatabaseError as exc:
+        print(f"e2e-otel demo: cannot open {database}: {exc}", file=sys.stderr)
+        return 1
+    # Setup SQL is not part of any workflow: keep it out of the traces and records.
+    with suppress_instrumentation():
+        call_command("migrate", interactive=False, verbosity=0)
+        if "setup_debugging_defaults" in get_commands():
+            call_command("setup_debugging_defaults", verbosity=0)
+        else:
+            print("  note: setup_debugging_defaults is not available; built-in threshold defaults apply",
+                  file=out)
+        seeded = seed(customer_password=os.environ.get("E2E_DEMO_CUSTOMER_PASSWORD") or None)
     config = get_config()
 
     try:
@@ -107,8 +116,12 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"e2e-otel demo: cannot listen on {args.host}:{args.port}: {exc} (try --port 0)", file=sys.stderr)
         return 1
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     print(f"Demo shop listening on {server.url}  (faults: {', '.join(get_faults().enabled) or 'none'})",
           file=out, flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"  warning: listening on {args.host}, not only this machine: anyone who can reach it can use "
+              "the shop and log in with the credentials printed below", file=out, flush=True)
     try:
         runs = []
         started = timezone.now()

@@ -29,13 +29,13 @@ from .propagation import parse_correlation_id
 
 #: bar colour per layer in the waterfall (also used for the legend)
 LAYER_COLOURS: dict[str, str] = {
-    Layer.FRONTEND: "#8e44ad",
-    Layer.API: "#2e86de",
-    Layer.DATABASE: "#e67e22",
-    Layer.CACHE: "#16a085",
-    Layer.EXTERNAL: "#c0392b",
-    Layer.INTERNAL: "#7f8c8d",
-    Layer.SYSTEM: "#34495e",
+    "frontend": "#8e44ad",
+    "api": "#2e86de",
+    "database": "#e67e22",
+    "cache": "#16a085",
+    "external": "#c0392b",
+    "internal": "#7f8c8d",
+    "system": "#34495e",
 }
 MAX_WATERFALL_STEPS = 500
 MIN_BAR_PERCENT = 0.4

@@ -14,6 +14,7 @@ import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.utils.module_loading import import_string
 from opentelemetry import trace
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 PROCESSOR_FACTORIES: tuple[str, ...] = (
     "e2e_otel.processors.build_record_processor",
     "e2e_otel.thresholds.build_metrics_processor",
+    "e2e_otel.queries.build_query_analyzer",
 )
 
 
@@ -46,7 +48,7 @@ def build_sanitizer(config: Config) -> Sanitizer:
 
 def build_resource(config: Config) -> Resource:
     """service.*, deployment.environment, host and process; OTEL_RESOURCE_ATTRIBUTES merged below ours."""
-    attributes: dict[str, object] = {
+    attributes: dict[str, Any] = {
         "deployment.environment": config.ENVIRONMENT,
         "deployment.environment.name": config.ENVIRONMENT,
         "host.name": socket.gethostname(),
@@ -57,8 +59,9 @@ def build_resource(config: Config) -> Resource:
     # SERVICE_NAME already folds in OTEL_SERVICE_NAME; only a bare default yields to a service.name
     # given in OTEL_RESOURCE_ATTRIBUTES.
     env_attributes = os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    env_keys = {item.partition("=")[0].strip() for item in env_attributes.split(",")}
     if ("SERVICE_NAME" in config.explicit or os.environ.get("OTEL_SERVICE_NAME")
-            or "service.name=" not in env_attributes.replace(" ", "")):
+            or "service.name" not in env_keys):
         attributes["service.name"] = config.SERVICE_NAME
     if config.SERVICE_VERSION:
         attributes["service.version"] = config.SERVICE_VERSION

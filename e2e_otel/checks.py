@@ -1,16 +1,19 @@
 """Django system checks for the ``E2E_OTEL`` settings (``manage.py check``).
 
 Ids are stable: E001 unknown key, E002 invalid value, W001 production without an API key,
-W002 ingestion without an ingest key, W003 MySQL database without PyMySQL instrumentation possible.
+W002 ingestion without an ingest key, W003 a MySQL database whose driver is not PyMySQL (its
+queries would not be traced), W004 provider settings ignored because the provider was configured
+before Django (``opentelemetry-instrument``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.core.checks import Error, Tags, Warning, register
 
-from .conf import OPTIONS, get_config
+from .conf import OPTIONS, Config, get_config
 
 _SETTINGS_TAG = "e2e_otel"
 
@@ -41,5 +44,62 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             "Browser ingestion has allowed origins but no INGEST_KEY; the endpoint rejects every request.",
             hint='Set E2E_OTEL["INGEST_KEY"]; browsers send it as X-E2E-Ingest-Key.',
             id="e2e_otel.W002",
+        ))
+    if config.is_active:
+        messages.extend(provider_settings_warnings(config))
+    if config.is_active and config.INSTRUMENT_PYMYSQL:
+        from django.conf import settings
+
+        messages.extend(mysql_driver_warnings(settings.DATABASES))
+    return messages
+
+
+# Keys that shape the tracer provider itself; they cannot apply to a provider someone else built.
+PROVIDER_KEYS = frozenset({"SERVICE_NAME", "SERVICE_VERSION", "RESOURCE_ATTRIBUTES", "TRACES_EXPORTER",
+                           "OTLP_ENDPOINT", "OTLP_PROTOCOL", "OTLP_HEADERS", "OTLP_TIMEOUT", "SAMPLE_RATE"})
+
+
+def provider_settings_warnings(config: Config) -> list[Any]:
+    """W004: E2E_OTEL provider keys are ignored when the provider was configured before Django
+    (``opentelemetry-instrument``): our processors join that provider, its exporter/sampler stay."""
+    from .bootstrap import get_runtime
+
+    runtime = get_runtime()
+    if runtime is None or runtime.owns_provider:
+        return []
+    ignored = sorted(config.explicit & PROVIDER_KEYS)
+    if not ignored:
+        return []
+    return [Warning(
+        f"E2E_OTEL sets {', '.join(ignored)}, but the tracer provider was configured before Django "
+        "(e.g. by opentelemetry-instrument), so these settings have no effect.",
+        hint="Set the OTEL_* environment variables instead (OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_ENDPOINT, "
+             "OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_HEADERS, OTEL_TRACES_SAMPLER_ARG, "
+             "OTEL_RESOURCE_ATTRIBUTES), or start the app without opentelemetry-instrument.",
+        id="e2e_otel.W004",
+    )]
+
+
+def mysql_driver_warnings(databases: Mapping[str, Mapping[str, Any]]) -> list[Any]:
+    """W003: a MySQL database served by mysqlclient is invisible to the PyMySQL instrumentation."""
+    from importlib import import_module
+
+    messages: list[Any] = []
+    for alias, database in databases.items():
+        engine = str(database.get("ENGINE", ""))
+        if "mysql" not in engine:
+            continue
+        try:
+            driver = import_module(f"{engine}.base").Database
+        except Exception:  # noqa: BLE001,S112 - Django itself reports a backend that cannot load
+            continue
+        if getattr(driver, "__name__", "") == "pymysql":
+            continue
+        messages.append(Warning(
+            f"DATABASES[{alias!r}] uses the {getattr(driver, '__name__', driver)!r} driver, not PyMySQL; "
+            "its SQL queries are not traced.",
+            hint="Call `import pymysql; pymysql.install_as_MySQLdb()` at the top of settings.py, before "
+                 'Django loads the MySQL backend, or set E2E_OTEL["INSTRUMENT_PYMYSQL"] = False.',
+            id="e2e_otel.W003",
         ))
     return messages

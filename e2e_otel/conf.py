@@ -178,8 +178,9 @@ OPTIONS: dict[str, Option] = {
                            lambda v: None if v is None else _number(0.1, 300)(v)),
     "SAMPLE_RATE": Option(1.0, "Parent-based head sampling ratio; OTEL_TRACES_SAMPLER(+_ARG) feeds it.",
                           _number(0.0, 1.0), env_reader=_sampler_from_env, profile={"production": 0.1}),
-    "SHUTDOWN_TIMEOUT": Option(3.0, "Seconds the exit flush may take before spans are dropped (keeps "
-                               "exit under 5 s when the collector is down).",
+    "SHUTDOWN_TIMEOUT": Option(2.0, "Seconds the exit flush may take before pending spans are dropped "
+                               "(a healthy collector needs milliseconds; keeps exit well under 5 s "
+                               "when it is down).",
                                _number(0.0, 120)),
     # --- instrumentation ---
     "INSTRUMENT_DJANGO": Option(True, "Instrument Django requests.", _bool),

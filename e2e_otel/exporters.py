@@ -9,8 +9,10 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, SpanExportResult
 
@@ -32,6 +34,8 @@ class PerProcessExporter(SpanExporter):
         self._pid: int | None = None
         self._exporter: SpanExporter | None = None
         self._lock = threading.Lock()
+        self._resource_pid: int | None = None
+        self._resources: dict[int, tuple[Resource, Resource]] = {}
 
     @property
     def exporter(self) -> SpanExporter:
@@ -44,7 +48,32 @@ class PerProcessExporter(SpanExporter):
         return self._exporter
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return self.exporter.export(spans)
+        exporter = self.exporter
+        return exporter.export(self._with_own_pid(spans))
+
+    def _with_own_pid(self, spans: Sequence[ReadableSpan]) -> Sequence[ReadableSpan]:
+        """Spans made in a forked child name the child's pid, not the preloading parent's.
+
+        The provider's resource (with ``process.pid``) was built before ``fork()``; without this every
+        gunicorn worker would report the master's pid and their spans could not be told apart.
+        """
+        pid = os.getpid()
+        if self._resource_pid != pid:
+            self._resources = {}
+            self._resource_pid = pid
+        result: list[ReadableSpan] | None = None
+        for index, span in enumerate(spans):
+            resource = span.resource
+            if resource is None or resource.attributes.get("process.pid", pid) == pid:
+                continue
+            cached = self._resources.get(id(resource))
+            if cached is None or cached[0] is not resource:
+                cached = (resource, resource.merge(Resource({"process.pid": pid}, resource.schema_url)))
+                self._resources[id(resource)] = cached
+            if result is None:
+                result = list(spans)
+            result[index] = replace_span(span, resource=cached[1])
+        return spans if result is None else result
 
     def shutdown(self) -> None:
         if self._exporter is not None and self._pid == os.getpid():
@@ -68,23 +97,26 @@ def sanitize_span(span: ReadableSpan, sanitizer: Sanitizer) -> ReadableSpan:
     events = [Event(e.name, _clean_attributes(e.attributes or {}, sanitizer), e.timestamp) for e in span.events]
     if attributes is None and all(clean is None for clean in events):
         return span
-    return ReadableSpan(
-        name=span.name,
-        context=span.context,
-        parent=span.parent,
-        resource=span.resource,
+    return replace_span(
+        span,
         attributes=attributes if attributes is not None else span.attributes,
         events=[
             clean if clean.attributes is not None else original
             for clean, original in zip(events, span.events)
         ],
-        links=span.links,
-        kind=span.kind,
-        status=span.status,
-        start_time=span.start_time,
-        end_time=span.end_time,
-        instrumentation_scope=span.instrumentation_scope,
     )
+
+
+def replace_span(span: ReadableSpan, **changes: Any) -> ReadableSpan:
+    """A copy of ``span`` with some constructor fields replaced (spans are immutable once ended)."""
+    fields: dict[str, Any] = {
+        "name": span.name, "context": span.context, "parent": span.parent, "resource": span.resource,
+        "attributes": span.attributes, "events": span.events, "links": span.links, "kind": span.kind,
+        "status": span.status, "start_time": span.start_time, "end_time": span.end_time,
+        "instrumentation_scope": span.instrumentation_scope,
+    }
+    fields.update(changes)
+    return ReadableSpan(**fields)
 
 
 def _clean_attributes(attributes, sanitizer: Sanitizer):  # type: ignore[no-untyped-def]
@@ -94,7 +126,7 @@ def _clean_attributes(attributes, sanitizer: Sanitizer):  # type: ignore[no-unty
         new = value
         if key in _SQL_ATTRIBUTES and isinstance(value, str):
             new = sanitizer.scrub_sql(value)
-        elif sanitizer.is_sensitive_key(key):
+        elif sanitizer.enabled and sanitizer.is_sensitive_key(key):
             new = MASK
         elif key in _TEXT_ATTRIBUTES and isinstance(value, str):
             new = sanitizer.scrub_text(value)
@@ -122,28 +154,37 @@ class SanitizingSpanExporter(SpanExporter):
         return self.inner.force_flush(timeout_millis)
 
 
-def _otlp_exporter(config: Config) -> SpanExporter:
-    kwargs: dict[str, object] = {}
+def _otlp_exporter_factory(config: Config) -> Callable[[], SpanExporter]:
+    """A zero-argument factory for the configured OTLP exporter.
+
+    The exporter module is imported here, at set-up: importing it runs ``Resource.create()``, which
+    needs a thread pool, and a process whose first export is the exit flush would otherwise import
+    it during interpreter shutdown, fail ("cannot schedule new futures") and lose every span.
+    Only the exporter (its gRPC channel / HTTP session) is created lazily, per process.
+    """
+    kwargs: dict[str, Any] = {}
     if config.OTLP_HEADERS is not None:
         kwargs["headers"] = config.OTLP_HEADERS
     if config.OTLP_TIMEOUT is not None:
         kwargs["timeout"] = config.OTLP_TIMEOUT
     endpoint = config.OTLP_ENDPOINT
+    exporter_class: type[SpanExporter]
     if config.OTLP_PROTOCOL == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
+        exporter_class = GrpcExporter
         if endpoint:
             kwargs["endpoint"] = endpoint
-        return GrpcExporter(**kwargs)  # type: ignore[arg-type]
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-
-    if endpoint:
-        # Like OTEL_EXPORTER_OTLP_ENDPOINT: a bare base URL gets the signal path appended.
-        kwargs["endpoint"] = endpoint if urlsplit(endpoint).path not in ("", "/") else (
-            endpoint.rstrip("/") + "/v1/traces"
-        )
-    return HttpExporter(**kwargs)  # type: ignore[arg-type]
+        exporter_class = HttpExporter
+        if endpoint:
+            # Like OTEL_EXPORTER_OTLP_ENDPOINT: a bare base URL gets the signal path appended.
+            kwargs["endpoint"] = endpoint if urlsplit(endpoint).path not in ("", "/") else (
+                endpoint.rstrip("/") + "/v1/traces"
+            )
+    return lambda: exporter_class(**kwargs)
 
 
 def build_span_exporter(config: Config, sanitizer: Sanitizer) -> SpanExporter | None:
@@ -153,4 +194,4 @@ def build_span_exporter(config: Config, sanitizer: Sanitizer) -> SpanExporter | 
         return None
     if kind == "console":
         return SanitizingSpanExporter(ConsoleSpanExporter(), sanitizer)
-    return SanitizingSpanExporter(PerProcessExporter(lambda: _otlp_exporter(config)), sanitizer)
+    return SanitizingSpanExporter(PerProcessExporter(_otlp_exporter_factory(config)), sanitizer)

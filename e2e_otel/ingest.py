@@ -87,7 +87,8 @@ def _json_response(status: int, body: dict[str, Any]) -> HttpResponse:
 
 
 def _cors_headers(origin: str) -> dict[str, str]:
-    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    return {"Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": "Retry-After",
+            "Vary": "Origin"}
 
 
 def _origin_allowed(origin: str, config: Config) -> bool:

@@ -16,10 +16,10 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import choose_encoder
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,8 @@ class E2EMetrics:
             f"{PREFIX}_build_info", "Always 1; labels describe this build.",
             ["version", "service", "environment"], registry=r, multiprocess_mode="max")
         self._stats_lock = threading.Lock()
-        self._last_stats: dict[tuple[str, str], float] = {}
+        self._build_labels: tuple[str, str, str] | None = None
+        self._last_stats: dict[tuple[int, str, str], float] = {}
 
     def component_label(self, layer: str, component: str) -> str:
         """``component`` as a label value for ``layer``: ``other`` once the pair cap is full."""
@@ -153,34 +154,87 @@ class E2EMetrics:
     def workflow_type_label(self, workflow_type: str) -> str:
         return workflow_type if self._workflow_types.admit(workflow_type) else OTHER
 
+    def observe_query_finding(self, finding: Any) -> None:
+        """``QueryAnalyzer`` listener: count a ``slow_query``/``n_plus_one`` finding by its table
+        (the database-layer component, capped like the step metrics). Never raises."""
+        try:
+            family = {"slow_query": self.slow_queries, "n_plus_one": self.n_plus_one}.get(finding.kind)
+            if family is not None:
+                table = str(getattr(finding, "table", "") or "unknown")
+                family.labels(self.component_label("database", table)).inc()
+        except Exception:
+            logger.debug("e2e-otel: query finding not counted", exc_info=True)
+
     def set_build_info(self, *, service: str, environment: str) -> None:
         from . import __version__
 
-        self.build_info.labels(version=__version__, service=service, environment=environment).set(1)
+        self._build_labels = (__version__, service, environment)
+        self.build_info.labels(*self._build_labels).set(1)
 
-    def sync_record_stats(self, stats: dict[str, Any]) -> None:
-        """Copy a record processor's ``stats()`` into the queue/dropped/written metrics.
+    def reset_after_fork(self) -> None:
+        """Re-apply the constant gauges in a forked child: in multiprocess mode its values start from
+        its own, empty file (a 0 in ``exporter_up`` would read as an outage)."""
+        self.exporter_up.set(1)
+        self.cache_hit_ratio.set(1.0)
+        if self._build_labels is not None:
+            self.build_info.labels(*self._build_labels).set(1)
 
-        Counters only move forward, so the cumulative numbers in ``stats`` are applied as deltas
-        (a processor whose counts went down was replaced: its new counts are added whole).
+    def sync_record_stats(self, sources: Sequence[tuple[object, dict[str, Any]]]) -> None:
+        """Copy record processors' ``stats()`` into the queue/dropped/written metrics.
+
+        ``sources`` are ``(processor, stats)`` pairs. Counters only move forward, so each processor's
+        cumulative numbers are applied as deltas against what it reported last time (numbers that
+        went down mean a new processor: its counts are added whole). Queue depths are summed.
         """
-        depth = stats.get("queue_depth")
-        if isinstance(depth, (int, float)):
-            self.record_queue_depth.set(depth)
+        depth = 0.0
         with self._stats_lock:
-            for key, family in (("dropped", self.records_dropped), ("written", self.records_written)):
-                values = stats.get(key)
-                if not isinstance(values, dict):
-                    continue
-                label = "reason" if key == "dropped" else "kind"
-                for name, total in values.items():
-                    if not isinstance(total, (int, float)):
+            for source, stats in sources:
+                value = stats.get("queue_depth")
+                if isinstance(value, (int, float)):
+                    depth += value
+                for key, family, label in (("dropped", self.records_dropped, "reason"),
+                                           ("written", self.records_written, "kind")):
+                    values = stats.get(key)
+                    if not isinstance(values, dict):
                         continue
-                    last = self._last_stats.get((key, str(name)), 0.0)
-                    delta = total - last if total >= last else total
-                    if delta > 0:
-                        family.labels(**{label: str(name)}).inc(delta)
-                    self._last_stats[(key, str(name))] = float(total)
+                    for name, total in values.items():
+                        if not isinstance(total, (int, float)):
+                            continue
+                        memo = (id(source), key, str(name))
+                        last = self._last_stats.get(memo, 0.0)
+                        delta = total - last if total >= last else total
+                        child = family.labels(**{label: str(name)})  # zero series exist too
+                        if delta > 0:
+                            child.inc(delta)
+                        self._last_stats[memo] = float(total)
+            self.record_queue_depth.set(depth)
+
+
+LAYER_COUNT = 7  # models.Layer
+BREACH_METRICS = 7  # response_time, query_time, render_time, memory_usage, cpu_usage, error_rate, hit_rate
+
+
+def series_bound(max_labels: int = 200, *, rules: int = 7, drop_reasons: int = 4, written_kinds: int = 4) -> int:
+    """The most ``e2e_otel_*`` samples one process can expose (docs/metrics.md derives it).
+
+    ``rules`` is the number of enabled layer-wide threshold rules. Counts the ``_created`` samples of
+    single-process mode; multiprocess scrapes have fewer per worker.
+    """
+    pairs = max_labels + LAYER_COUNT  # admitted (layer, x) pairs + one "other" per layer
+    types = max_labels + 1
+    histogram = len(STEP_BUCKETS) + 1 + 3  # buckets incl. +Inf, _sum, _count, _created
+    return (
+        histogram * pairs          # step_duration_seconds
+        + 2 * 2 * pairs            # steps_total {ok,error} + _created
+        + 2 * pairs                # errors_total (own (layer, error_type) cap)
+        + 2 * 2 * types            # slow_queries_total, n_plus_one_total (database-layer components)
+        + 2 * 2 * types            # workflows_total {completed,failed}
+        + (len(WORKFLOW_BUCKETS) + 4) * types  # workflow_duration_seconds
+        + BREACH_METRICS * 2 * 2   # threshold_breaches_total
+        + rules * 2                # threshold_value
+        + 2 * (drop_reasons + written_kinds + 2)  # records_dropped/written, exported_spans
+        + 7                        # six plain gauges + build_info
+    )
 
 
 _metrics: E2EMetrics | None = None
@@ -234,14 +288,16 @@ def sync_runtime_stats() -> None:
     runtime = get_runtime()
     if runtime is None:
         return
-    metrics = get_metrics()
+    sources = []
     for processor in runtime.derived.processors:
         stats = getattr(processor, "stats", None)
         if callable(stats):
             try:
-                metrics.sync_record_stats(stats())
-            except Exception:  # noqa: BLE001 - a scrape must not fail because of one processor
+                sources.append((processor, stats()))
+            except Exception:
                 logger.exception("e2e-otel: stats() of %r failed", processor)
+    if sources:
+        get_metrics().sync_record_stats(sources)
 
 
 def scrape_registry() -> CollectorRegistry:
@@ -267,8 +323,11 @@ def metrics_view(request):  # type: ignore[no-untyped-def]
     """``GET /metrics``: Prometheus exposition; ``Authorization: Bearer <METRICS_KEY>`` when a key is set."""
     from django.http import HttpResponse, HttpResponseNotAllowed
 
+    from opentelemetry import trace
+
     from .conf import get_config
 
+    trace.get_current_span().set_attribute("e2e.internal", "metrics")
     if request.method not in ("GET", "HEAD"):
         return HttpResponseNotAllowed(["GET", "HEAD"])
     config = get_config()

@@ -10,6 +10,8 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
+from .fields import CorrelationIdField
+
 
 class Layer(models.TextChoices):
     FRONTEND = "frontend", "Frontend"
@@ -54,7 +56,7 @@ class Direction(models.TextChoices):
 class WorkflowSession(models.Model):
     """One business workflow = one trace id (the correlation id)."""
 
-    correlation_id = models.UUIDField(unique=True)
+    correlation_id = CorrelationIdField(unique=True)
     workflow_type = models.CharField(max_length=100, db_index=True)
     workflow_type_source = models.CharField(
         max_length=20, default="route", help_text="explicit | baggage | rule | route"
@@ -101,7 +103,7 @@ class TraceStep(models.Model):
     """One span of a workflow, placed on a layer."""
 
     workflow_session = models.ForeignKey(WorkflowSession, on_delete=models.CASCADE, related_name="steps")
-    correlation_id = models.UUIDField(db_index=True)
+    correlation_id = CorrelationIdField(db_index=True)
     span_id = models.CharField(max_length=16)
     parent_span_id = models.CharField(max_length=16, blank=True, default="")
     name = models.CharField(max_length=190, blank=True, default="")
@@ -132,7 +134,7 @@ class TraceStep(models.Model):
 class ErrorLog(models.Model):
     """A group of identical errors (same fingerprint); ``occurrences`` counts repeats while open."""
 
-    correlation_id = models.UUIDField(null=True, blank=True, db_index=True)
+    correlation_id = CorrelationIdField(null=True, blank=True, db_index=True)
     span_id = models.CharField(max_length=16, blank=True, default="")
     timestamp = models.DateTimeField(default=timezone.now, db_index=True, help_text="First seen.")
     last_seen = models.DateTimeField(default=timezone.now, db_index=True)
@@ -176,7 +178,7 @@ class PerformanceSnapshot(models.Model):
     threshold_status = models.CharField(
         max_length=10, choices=ThresholdStatus.choices, default=ThresholdStatus.OK, db_index=True
     )
-    correlation_id = models.UUIDField(null=True, blank=True, db_index=True)
+    correlation_id = CorrelationIdField(null=True, blank=True, db_index=True)
     metadata = models.JSONField(default=dict, blank=True)
 
     class Meta:

@@ -112,8 +112,8 @@ def decode_json(body: bytes) -> ExportTraceServiceRequest:
     """OTLP/JSON: like proto3 JSON, except trace/span ids are hex strings (not base64)."""
     try:
         data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise OTLPValidationError("body is not valid UTF-8 JSON", [str(exc)]) from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise OTLPValidationError("body is not valid UTF-8 JSON", [str(exc)[:200]]) from exc
     if not isinstance(data, dict):
         raise OTLPValidationError("body must be a JSON object with 'resourceSpans'")
     errors: list[str] = []
@@ -123,7 +123,7 @@ def decode_json(body: bytes) -> ExportTraceServiceRequest:
     request = ExportTraceServiceRequest()
     try:
         json_format.ParseDict(data, request, ignore_unknown_fields=True)
-    except (json_format.ParseError, TypeError, ValueError) as exc:
+    except (json_format.ParseError, TypeError, ValueError, RecursionError) as exc:
         raise OTLPValidationError("body does not match the OTLP trace JSON schema", [str(exc)]) from exc
     return request
 

@@ -14,16 +14,18 @@ local root ends; the trace is then recorded only if a span errored or the root w
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import baggage
+from opentelemetry import baggage, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from .conf import Config
-from .spans_to_records import ATTR_WORKFLOW_BAGGAGE, BAGGAGE_WORKFLOW, StepData, step_from_span
+from .spans_to_records import ATTR_INTERNAL, ATTR_WORKFLOW_BAGGAGE, BAGGAGE_WORKFLOW, StepData, step_from_span
 from .store import RecordWriter
 
 if TYPE_CHECKING:
@@ -52,6 +54,19 @@ class WorkflowSpanProcessor(SpanProcessor):
         self._max_spans = max_held_spans
         self._held: OrderedDict[int, list[StepData]] = OrderedDict()
         self._lock = threading.Lock()
+        ref = weakref.ref(self)
+
+        def after_fork() -> None:
+            processor = ref()
+            if processor is not None:
+                processor._reset_after_fork()
+
+        os.register_at_fork(after_in_child=after_fork)
+
+    def _reset_after_fork(self) -> None:
+        # Another thread may have held the lock at fork time; the child starts with a fresh hold.
+        self._held = OrderedDict()
+        self._lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config: Config, writer: RecordWriter) -> WorkflowSpanProcessor:
@@ -62,10 +77,15 @@ class WorkflowSpanProcessor(SpanProcessor):
         value = baggage.get_baggage(BAGGAGE_WORKFLOW, parent_context)
         if value:
             span.set_attribute(ATTR_WORKFLOW_BAGGAGE, str(value)[:100])
+        # e2e-otel's own views mark their server span internal; their queries inherit the mark so
+        # the whole trace stays out of the workflow records.
+        parent_attributes = getattr(trace.get_current_span(parent_context), "attributes", None)
+        if parent_attributes and ATTR_INTERNAL in parent_attributes:
+            span.set_attribute(ATTR_INTERNAL, parent_attributes[ATTR_INTERNAL])
 
     def on_end(self, span: ReadableSpan) -> None:
         step = step_from_span(span)
-        if step is None:
+        if step is None or _is_stray_query(step):
             return
         if step.sampled:
             self.writer.submit(step)
@@ -107,6 +127,14 @@ class WorkflowSpanProcessor(SpanProcessor):
 
     def shutdown(self) -> None:
         self.writer.shutdown()
+
+
+def _is_stray_query(step: StepData) -> bool:
+    """A database/cache span that is a whole trace by itself (startup code, ``migrate``, a shell):
+    not part of any workflow, and recording it would write sessions for the writer's own tables
+    while they are being created."""
+    return (not step.parent_span_id and step.layer in ("database", "cache")
+            and step.hints.explicit_type is None and step.hints.baggage_type is None)
 
 
 def build_record_processor(runtime: Runtime) -> WorkflowSpanProcessor | None:

@@ -13,15 +13,15 @@ by :meth:`Sanitizer.is_sensitive_key`:
    ``csrfMiddlewareToken`` -> ``csrf middleware token``.
 2. The key is sensitive when a token *equals* a sensitive word, a run of tokens equals a multi-word
    one (``api key``, ``set cookie``, ``card number``), or a token *ends with* a sensitive word of five
-   or more letters (``csrfmiddlewaretoken``, ``xapikey``, ``clientsecret``). Short words (``pan``,
-   ``pwd``, ``ssn``, ``cvv``, ``csrf``) only ever match a whole token, so ``span`` is safe.
+   or more letters (``csrfmiddlewaretoken``, ``xapikey``, ``clientsecret``); a plural ``s`` is
+   allowed (``COOKIES``, ``passwords``). Short words (``pan``, ``pwd``, ``ssn``, ``cvv``, ``csrf``)
+   only ever match a whole token, so ``span`` is safe.
 3. Exception: when the only word found is ``session`` and the last token is ``id`` (``session.id``,
    ``workflow_session_id``, ``sessionId``) the key is an identifier, not a credential, and is kept.
    ``sessionid`` (Django's cookie name) is one token, equals a word, and is masked.
 
-Counters named after a word are masked too (``token_count``, ``session_count``): masking a number
-costs little, guessing wrong about a secret costs a lot. ``tokens`` (plural) is a different token
-and is kept, so ``gen_ai.usage.input_tokens`` survives.
+Counters named after a word are masked too (``token_count``, ``gen_ai.usage.input_tokens``):
+masking a number costs little, guessing wrong about a secret costs a lot.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ TRUNCATED_ITEMS_KEY = "[truncated]"
 MAX_SQL_LENGTH = 8192
 
 DEFAULT_SENSITIVE_KEYS: tuple[str, ...] = (
-    "password", "passwd", "pwd", "secret", "token", "api_key", "apikey", "authorization",
-    "auth_token", "cookie", "set-cookie", "session", "sessionid", "sessid", "csrf", "credit_card", "creditcard",
+    "password", "passwd", "pwd", "secret", "token", "api_key", "apikey", "authorization", "auth_token",
+    "cookie", "set-cookie", "session", "sessionid", "sessid", "csrf", "credit_card", "creditcard",
     "card_number", "cc_number", "cvv", "pan", "ssn", "private_key", "access_key",
 )
 
@@ -80,7 +80,8 @@ _BEARER = re.compile(r"([Bb](?<![\w-][Bb])(?i:earer)\s+)[A-Za-z0-9\-._~+/]+=*")
 _BASIC = re.compile(r"([Bb](?<![\w-][Bb])(?i:asic)\s+)([A-Za-z0-9+/]{8,}={0,2})(?![A-Za-z0-9+/=])")
 # "key: value" heads, matched only where a sensitive word was seen (see Sanitizer._mask_pairs).
 _KEY_HEAD = re.compile(
-    r"(?<![A-Za-z0-9_.\-])\\?[\"']?(?P<key>[A-Za-z0-9_.\-]{1,256})\\?[\"']?\s{0,8}(?P<sep>=>|==|:=|[:=])\s{0,8}"
+    r"(?<![A-Za-z0-9_.\-])\\?[\"']?(?P<key>[A-Za-z0-9_.\-]{1,256})\\?[\"']?"
+    r"\s{0,8}(?P<sep>=>|==|:=|[:=])\s{0,8}"
 )
 _VALUE = re.compile(
     r"""
@@ -168,7 +169,7 @@ class Sanitizer:
         max_items: int = 128,
     ) -> None:
         if isinstance(extra_keys, str):
-            raise ValueError(f"extra_keys must be an iterable of key names, not the string {extra_keys!r}")
+            raise TypeError(f"extra_keys must be an iterable of key names, not the string {extra_keys!r}")
         for name, value in (("max_string_length", max_string_length), ("max_depth", max_depth),
                             ("max_items", max_items)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -178,9 +179,15 @@ class Sanitizer:
         self.max_depth = max_depth
         self.max_items = max_items
         words = {_key_tokens(str(word)) for word in (*DEFAULT_SENSITIVE_KEYS, *extra_keys)} - {()}
-        self._single = frozenset(word[0] for word in words if len(word) == 1)
-        self._multi = tuple(word for word in words if len(word) > 1)
-        self._suffixes = tuple({"".join(word) for word in words if len("".join(word)) >= _SUFFIX_MIN})
+        # Matched against the key's tokens joined by spaces: whole tokens (or runs of them) for every
+        # word, plus the end of a token for the long ones.
+        whole = sorted((" ".join(word) for word in words), key=len, reverse=True)
+        ends = sorted({"".join(word) for word in words if len("".join(word)) >= _SUFFIX_MIN}, key=len,
+                      reverse=True)
+        self._words = re.compile(
+            rf"(?<![a-z0-9])(?:{'|'.join(map(re.escape, whole))})s?(?![a-z0-9])"
+            rf"|(?:{'|'.join(map(re.escape, ends))})s?(?![a-z0-9])"
+        )
         # Any sensitive key contains the longest token of some word: a cheap substring test that lets
         # the common, harmless key or message skip tokenising altogether.
         stems = sorted({max(word, key=len) for word in words}, key=len, reverse=True)
@@ -200,16 +207,8 @@ class Sanitizer:
         if not self._trigger.search(key.lower()):
             return False
         tokens = _key_tokens(key)
-        found: set[str] = set()
-        for token in tokens:
-            if token in self._single:
-                found.add(token)
-            found.update(suffix for suffix in self._suffixes if token.endswith(suffix))
-        for word in self._multi:
-            size = len(word)
-            if any(tokens[i:i + size] == word for i in range(len(tokens) - size + 1)):
-                found.add(" ".join(word))
-        if found == {"session"} and tokens[-1] == "id":
+        found = set(self._words.findall(" ".join(tokens)))
+        if found and found <= {"session", "sessions"} and tokens[-1] == "id":
             return False  # an identifier such as workflow_session_id, not the session credential
         return bool(found)
 
@@ -253,7 +252,7 @@ class Sanitizer:
             return self.scrub_text(raw.decode("utf-8", "replace"))
         try:
             text = str(value)
-        except Exception:  # a broken __str__ must not break span export
+        except Exception:  # noqa: BLE001 - a broken __str__ must not break span export
             return "<unrepresentable>"
         return self.scrub_text(text)
 
@@ -369,10 +368,10 @@ _PLACEHOLDER = r"(?:\?|%s|%\([^()]{1,64}\)s|:\w+)"
 _PLACEHOLDER_LIST = re.compile(rf"\(\s*({_PLACEHOLDER})(?:\s*,\s*{_PLACEHOLDER})+\s*\)")
 _ENDS_WITH_IN = re.compile(r"(?<![\w$`])[Ii][Nn]\s*\Z")
 # After these a "-" is a sign ("LIMIT -1", "WHEN -5"), after any other word it is a subtraction.
-_SIGN_KEYWORDS = frozenset(
-    "AND BETWEEN BY CASE DEFAULT ELSE HAVING IN INTERVAL IS LIKE LIMIT NOT OFFSET ON OR REGEXP "
-    "RETURN SELECT SET THEN VALUES WHEN WHERE".split()
-)
+_SIGN_KEYWORDS = frozenset({
+    "AND", "BETWEEN", "BY", "CASE", "DEFAULT", "ELSE", "HAVING", "IN", "INTERVAL", "IS", "LIKE", "LIMIT",
+    "NOT", "OFFSET", "ON", "OR", "REGEXP", "RETURN", "SELECT", "SET", "THEN", "VALUES", "WHEN", "WHERE",
+})
 _SQL_OPERATOR_CHARS = frozenset("=<>!(,+-*/%^&|~")
 
 
@@ -585,7 +584,7 @@ def sql_operation_and_table(sql: str | bytes) -> tuple[str, str | None]:
     return operation, None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def default_sanitizer() -> Sanitizer:
     """The process-wide instance with default rules, for callers that have no configured one."""
     return Sanitizer()

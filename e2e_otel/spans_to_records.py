@@ -17,12 +17,14 @@ Layer rules (``classify``), first match wins:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
+from urllib.parse import urlsplit
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
@@ -30,6 +32,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from .sanitize import sql_operation_and_table
 
 __all__ = [
+    "WORKFLOW_SOURCES",
     "ErrorData",
     "MetricData",
     "StepData",
@@ -40,7 +43,7 @@ __all__ = [
     "is_frontend_span",
     "resolve_workflow_type",
     "step_from_span",
-    "WORKFLOW_SOURCES",
+    "url_template",
 ]
 
 # Attribute names of our own API (workflows.py writes them, this module reads them).
@@ -48,6 +51,7 @@ ATTR_LAYER = "e2e.layer"
 ATTR_COMPONENT = "e2e.component"
 ATTR_OPERATION = "e2e.operation"
 ATTR_WORKFLOW_TYPE = "e2e.workflow.type"
+ATTR_INTERNAL = "e2e.internal"  # set by e2e-otel's own views on their server span
 ATTR_WORKFLOW_BAGGAGE = "e2e.workflow.baggage"
 ATTR_WORKFLOW_STATUS = "e2e.workflow.status"
 ATTR_WORKFLOW_MESSAGE = "e2e.workflow.message"
@@ -158,7 +162,10 @@ def is_frontend_span(span: ReadableSpan) -> bool:
     whose name contains ``document-load``, ``fetch``, ``xml-http-request`` or ``user-interaction``
     (the OTel JS web instrumentations).
     """
-    attributes = span.attributes or {}
+    return _is_frontend(span, span.attributes or {})
+
+
+def _is_frontend(span: ReadableSpan, attributes: Mapping[str, Any]) -> bool:
     if attributes.get(ATTR_LAYER) == "frontend":
         return True
     resource = span.resource
@@ -188,13 +195,16 @@ def _route(attributes: Mapping[str, Any]) -> str | None:
 
 def classify(span: ReadableSpan) -> tuple[str, str, str]:
     """``(layer, component, operation)`` of a span; never a raw URL (so never an id in a path)."""
-    attributes = span.attributes or {}
+    return _classify(span, dict(span.attributes or {}))
+
+
+def _classify(span: ReadableSpan, attributes: Mapping[str, Any]) -> tuple[str, str, str]:
     explicit = attributes.get(ATTR_LAYER)
     db_system = _first(attributes, ("db.system", "db.system.name"))
     method = _first(attributes, _HTTP_METHOD_KEYS)
     if isinstance(explicit, str) and explicit:
         layer = explicit
-    elif is_frontend_span(span):
+    elif _is_frontend(span, attributes):
         layer = "frontend"
     elif db_system is not None:
         layer = "cache" if str(db_system).lower() in _CACHE_SYSTEMS else "database"
@@ -218,12 +228,22 @@ def classify(span: ReadableSpan) -> tuple[str, str, str]:
     return layer, component[:_MAX_COMPONENT], operation[:_MAX_COMPONENT]
 
 
+@functools.lru_cache(maxsize=4096)
+def _cached_sql_summary(statement: str) -> tuple[str, str | None]:
+    return sql_operation_and_table(statement)
+
+
+def _sql_summary(statement: str) -> tuple[str, str | None]:
+    # ORM statements repeat verbatim (placeholders, not values): parse each shape once.
+    return _cached_sql_summary(statement) if len(statement) <= 4096 else sql_operation_and_table(statement)
+
+
 def _default_component(
     span: ReadableSpan, layer: str, attributes: Mapping[str, Any], method: Any, db_system: Any
 ) -> tuple[str, str]:
     if db_system is not None:
         statement = _first(attributes, _STATEMENT_KEYS)
-        operation, table = sql_operation_and_table(statement) if isinstance(statement, str) else ("", None)
+        operation, table = _sql_summary(statement) if isinstance(statement, str) else ("", None)
         operation = operation or str(_first(attributes, ("db.operation", "db.operation.name")) or "")
         table = table or _first(attributes, ("db.sql.table", "db.collection.name"))
         database = _first(attributes, ("db.name", "db.namespace"))
@@ -233,6 +253,10 @@ def _default_component(
         route = _route(attributes)
         if route is not None:
             return route, str(method)
+        if layer == "frontend":
+            url = _first(attributes, ("url.full", "http.url"))
+            if isinstance(url, str) and url:
+                return url_template(url), str(method)
         if layer == "external":
             host = _first(attributes, ("server.address", "net.peer.name", "peer.service"))
             return str(host or "<unknown host>"), str(method)
@@ -240,6 +264,19 @@ def _default_component(
     if layer == "api":
         return "<unmatched>", span.name.split(" ", 1)[0]
     return span.name, span.name
+
+
+_ID_SEGMENT = re.compile(
+    r"\d+|[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}|[0-9a-fA-F]{12,}"
+)
+
+
+def url_template(url: str) -> str:
+    """The path of ``url`` with id-like segments (numbers, UUIDs, long hex) as ``:id``; no query, no
+    host. Browser spans carry full URLs (``/api/v1/items/42?token=…``); records keep the shape only."""
+    path = urlsplit(url[:2048]).path or "/"
+    segments = [":id" if _ID_SEGMENT.fullmatch(segment) else segment for segment in path.split("/")]
+    return "/".join(segments)[:_MAX_COMPONENT]
 
 
 _STATUS_VALUES = frozenset({"completed", "failed"})
@@ -280,12 +317,16 @@ def _prefixed(attributes: Mapping[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def step_from_span(span: ReadableSpan) -> StepData | None:
-    """The step for an ended span, or ``None`` when it has no valid context or times."""
+    """The step for an ended span, or ``None`` when it has no valid context or times, or when it is
+    e2e-otel's own traffic (``e2e.internal``: /metrics scrapes, the debugging API, ingestion posts),
+    which is tooling, not a business workflow."""
     context = span.context
     if context is None or not context.is_valid or span.start_time is None or span.end_time is None:
         return None
-    attributes = span.attributes or {}
-    layer, component, operation = classify(span)
+    attributes = dict(span.attributes or {})  # one copy: plain dict lookups are much cheaper
+    if ATTR_INTERNAL in attributes:
+        return None
+    layer, component, operation = _classify(span, attributes)
     parent = span.parent
     errors: list[ErrorData] = []
     metrics: list[MetricData] = []

@@ -30,7 +30,7 @@ from .spans_to_records import WORKFLOW_SOURCES, ErrorData, StepData, resolve_wor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RecordWriter", "DROP_REASONS", "WRITTEN_KINDS"]
+__all__ = ["DROP_REASONS", "WRITTEN_KINDS", "RecordWriter"]
 
 DROP_REASONS = ("queue_full", "db_error", "step_cap", "unsampled_overflow")
 WRITTEN_KINDS = ("session", "step", "error", "snapshot")
@@ -39,6 +39,7 @@ _UNKNOWN_TYPE = ("unknown", "unknown")
 _SOURCE_RANK = {**WORKFLOW_SOURCES, "unknown": 99}
 _SQL_KEYS = ("db.statement", "db.query.text")
 _SWEEP_LIMIT = 500
+_PING_AFTER_IDLE = 60.0  # seconds without a write after which the connection is pinged first
 
 
 class _FlushToken:
@@ -77,7 +78,13 @@ class RecordWriter:
         self._started = False
         self._reset_state()
         ref = weakref.WeakMethod(self._after_fork_in_child)
-        os.register_at_fork(after_in_child=lambda: (method := ref()) is not None and method())
+
+        def after_fork() -> None:
+            method = ref()
+            if method is not None:
+                method()
+
+        os.register_at_fork(after_in_child=after_fork)  # a weak hook: writers may be discarded
         if start:
             self.start()
 
@@ -94,6 +101,7 @@ class RecordWriter:
         self._last_flush_ts: float | None = None
         self._backoff = 0.0
         self._retry_at = 0.0
+        self._last_used = 0.0
         self._next_sweep = time.monotonic() + self._sweep_interval
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -270,8 +278,9 @@ class RecordWriter:
 
         try:
             with suppress_instrumentation():
-                connections[self.alias].close_if_unusable_or_obsolete()
+                self._check_connection(connections[self.alias])
                 func(*args)
+                self._last_used = time.monotonic()
         except (OperationalError, InterfaceError) as exc:
             return self._back_off(exc)
         except DatabaseError as exc:
@@ -284,6 +293,17 @@ class RecordWriter:
             self._last_flush_ts = time.time()
         self._backoff = 0.0
         return "ok"
+
+    def _check_connection(self, connection: Any) -> None:
+        """Keep one long-lived connection (``CONN_MAX_AGE`` is a per-request notion; honouring 0
+        would reconnect every batch) but drop it when it failed or idled long enough for the server
+        to have closed it."""
+        if connection.connection is None:
+            return
+        stale = time.monotonic() - self._last_used > _PING_AFTER_IDLE
+        if (connection.errors_occurred or stale) and not connection.is_usable():
+            connection.close()
+        connection.errors_occurred = False
 
     def _back_off(self, exc: BaseException) -> str:
         self._note_error(exc)
@@ -298,14 +318,23 @@ class RecordWriter:
         with self._lock:
             self._last_error = f"{type(exc).__name__}: {self._sanitizer.scrub_text(str(exc))[:500]}"
 
+    def _connection_usable(self) -> bool:
+        from django.db import connections
+
+        connection = connections[self.alias]
+        try:
+            return connection.connection is not None and connection.is_usable()
+        except Exception:  # noqa: BLE001
+            return False
+
     def _close_connection(self) -> None:
         try:
             from django.db import connections
 
             with suppress_instrumentation():
                 connections[self.alias].close()
-        except Exception:  # noqa: BLE001
-            pass
+        except Exception:
+            logger.debug("e2e-otel: closing the record writer connection failed", exc_info=True)
 
     def _written_add(self, kind: str, count: int) -> None:
         if count:
@@ -328,8 +357,12 @@ class RecordWriter:
             group = sorted((step for _, step in items), key=lambda s: (s.start_ns, s.end_ns))
             try:
                 self._write_trace(trace_id, group)
-            except (OperationalError, InterfaceError):
-                raise
+            except (OperationalError, InterfaceError) as exc:
+                if not self._connection_usable():
+                    raise  # the database went away: back off and retry the rest of the chunk
+                self._note_error(exc)  # e.g. MySQL 1292 arrives as OperationalError: data, not outage
+                self.count_drop("db_error", len(group))
+                logger.warning("e2e-otel: records of trace %032x refused by the database: %s", trace_id, exc)
             except DatabaseError as exc:  # this trace's data was refused; the others still go in
                 self._note_error(exc)
                 self.count_drop("db_error", len(group))

@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind, StatusCode
 
 from .defaults import DEFAULT_THRESHOLDS, DURATION_METRIC_BY_LAYER
-from .metrics import UNMATCHED, E2EMetrics, get_metrics
+from .metrics import UNMATCHED, E2EMetrics, get_metrics, multiprocess_dir, sync_runtime_stats
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,9 @@ class RuleSet:
         rules = self._rules
         return rules.get((layer, metric, component)) or rules.get((layer, metric, ""))
 
+    def rules(self) -> list[Rule]:
+        return list(self._rules.values())
+
     def layer_wide(self) -> list[Rule]:
         return [r for r in self._rules.values() if not r.component]
 
@@ -105,36 +108,51 @@ class RuleSet:
 
 
 def load_rules(alias: str = "default") -> RuleSet:
-    """Enabled ``PerformanceThreshold`` rows, or the seed defaults when the table is empty or unreadable.
+    """The seed defaults overlaid with the ``PerformanceThreshold`` rows.
 
-    Runs on the monitor thread with instrumentation suppressed, so reloading never makes spans.
+    A row replaces the default with the same (layer, metric, component); a disabled row switches
+    that rule off. Layers the table says nothing about keep their defaults, so adding one custom row
+    never silently drops the other layers' alerts. Unreadable table → defaults. Runs on the monitor
+    thread with instrumentation suppressed, so reloading never makes spans.
     """
     from django.apps import apps
 
     if not apps.ready:
         return RuleSet.defaults()
-    from django.db import connections
     from opentelemetry.instrumentation.utils import suppress_instrumentation
 
     from .models import PerformanceThreshold
 
     try:
         with suppress_instrumentation():
-            connections[alias].close_if_unusable_or_obsolete()
-            rows = list(PerformanceThreshold.objects.using(alias).filter(enabled=True).values_list(
+            _drop_stale_connection(alias)
+            rows = list(PerformanceThreshold.objects.using(alias).values_list(
                 "layer", "metric_name", "component", "warning_threshold", "critical_threshold", "direction",
-                "unit"))
+                "unit", "enabled"))
     except Exception as exc:  # noqa: BLE001 - DB down or not migrated: keep alerting on the defaults
         logger.debug("e2e-otel: threshold rules unavailable (%s); using defaults", exc)
         _close_quietly(alias)
         return RuleSet.defaults()
     if not rows:
         return RuleSet.defaults()
-    return RuleSet(
-        (Rule(layer, metric, component or "", to_base_unit(warning, unit), to_base_unit(critical, unit),
-              direction or "above") for layer, metric, component, warning, critical, direction, unit in rows),
-        source="database",
-    )
+    rules = {(r.layer, r.metric, r.component): r for r in RuleSet.defaults().rules()}
+    for layer, metric, component, warning, critical, direction, unit, enabled in rows:
+        key = (layer, metric, component or "")
+        if enabled:
+            rules[key] = Rule(layer, metric, component or "", to_base_unit(warning, unit),
+                              to_base_unit(critical, unit), direction or "above")
+        else:
+            rules.pop(key, None)
+    return RuleSet(rules.values(), source="database")
+
+
+def _drop_stale_connection(alias: str) -> None:
+    """The monitor thread keeps its connection between rounds; drop it when the server closed it."""
+    from django.db import connections
+
+    connection = connections[alias]
+    if not connection.in_atomic_block:
+        connection.close_if_unusable_or_obsolete()
 
 
 def _close_quietly(alias: str) -> None:
@@ -142,8 +160,8 @@ def _close_quietly(alias: str) -> None:
         from django.db import connections
 
         connections[alias].close()
-    except Exception:  # noqa: BLE001
-        pass
+    except Exception:
+        logger.debug("e2e-otel: closing the monitor's connection failed", exc_info=True)
 
 
 # --- span classification --------------------------------------------------------------------------
@@ -300,7 +318,7 @@ class ThresholdEvaluator(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         try:
             self._observe(span)
-        except Exception:  # noqa: BLE001 - never break the host application
+        except Exception:
             logger.debug("e2e-otel: threshold evaluation failed", exc_info=True)
 
     def _observe(self, span: ReadableSpan) -> None:
@@ -357,7 +375,7 @@ class ThresholdEvaluator(SpanProcessor):
             duration_ms = getattr(session, "duration_ms", None)
             if isinstance(duration_ms, (int, float)):
                 self.metrics.workflow_duration.labels(workflow_type).observe(max(0.0, duration_ms / 1000.0))
-        except Exception:  # noqa: BLE001 - receivers must not raise into the writer
+        except Exception:
             logger.debug("e2e-otel: workflow metrics failed", exc_info=True)
 
     def reset_after_fork(self) -> None:
@@ -420,6 +438,7 @@ class ThresholdMonitor:
         self._thread = None
         self._last_snapshot = {}
         self.evaluator.reset_after_fork()
+        self.evaluator.metrics.reset_after_fork()
         if running:
             self._last_refresh = float("-inf")
             self.start()
@@ -428,7 +447,7 @@ class ThresholdMonitor:
         while not self._stop.is_set():
             try:
                 self.tick()
-            except Exception:  # noqa: BLE001 - the monitor must survive anything
+            except Exception:
                 logger.exception("e2e-otel: threshold monitor tick failed")
             self._stop.wait(self.sample_interval)
 
@@ -446,6 +465,8 @@ class ThresholdMonitor:
         metrics = self.evaluator.metrics
         rules = self.evaluator.rules
         found: list[Breach] = []
+        if metrics is get_metrics() and multiprocess_dir() is not None:
+            sync_runtime_stats()  # other workers' queues reach the shared files between scrapes
 
         sample = self.sampler.sample()
         metrics.memory_usage.set(sample.memory_ratio)
@@ -513,7 +534,6 @@ class ThresholdMonitor:
 
         if not apps.ready:
             return
-        from django.db import connections
         from opentelemetry.instrumentation.utils import suppress_instrumentation
 
         from .models import PerformanceSnapshot
@@ -521,7 +541,7 @@ class ThresholdMonitor:
         units = {"memory_usage": "ratio", "cpu_usage": "ratio", "error_rate": "ratio", "hit_rate": "ratio"}
         try:
             with suppress_instrumentation():
-                connections[self.alias].close_if_unusable_or_obsolete()
+                _drop_stale_connection(self.alias)
                 PerformanceSnapshot.objects.using(self.alias).bulk_create([
                     PerformanceSnapshot(layer=b.layer, component=b.component, metric_name=b.metric,
                                         metric_value=b.value, unit=units.get(b.metric, ""),
@@ -546,7 +566,7 @@ class ThresholdMonitor:
                 threshold_breached.send_robust(
                     sender=ThresholdMonitor, layer=b.layer, component=b.component, metric=b.metric,
                     value=b.value, severity=b.severity, correlation_id=b.correlation_id)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 logger.debug("e2e-otel: threshold_breached receivers failed", exc_info=True)
 
 

@@ -29,8 +29,12 @@ from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from . import __version__
-from .propagation import CORRELATION_TRACE_ID_KEY, CorrelationIdGenerator, format_correlation_id, \
-    parse_correlation_id
+from .propagation import (
+    CORRELATION_TRACE_ID_KEY,
+    CorrelationIdGenerator,
+    format_correlation_id,
+    parse_correlation_id,
+)
 from .spans_to_records import (
     ATTR_COMPONENT,
     ATTR_LAYER,
@@ -161,7 +165,7 @@ class _Hybrid:
         self.func = func
         functools.update_wrapper(self, func)  # type: ignore[arg-type]
 
-    def __get__(self, obj: Any, owner: type) -> Callable[..., Any]:
+    def __get__(self, obj: Any, owner: Any) -> Callable[..., Any]:
         target = obj if obj is not None else owner._shared()
         return functools.partial(self.func, target)
 
@@ -199,6 +203,10 @@ class _SpanFactory:
             return self.tracer.start_span(name, kind=kind, attributes=attributes)
         root = _open_span(trace_id)
         if root is not None:
+            # Steps carry the workflow type too, so the session is typed before its root ends.
+            root_type = (getattr(root, "attributes", None) or {}).get(ATTR_WORKFLOW_TYPE)
+            if root_type:
+                attributes = {**attributes, ATTR_WORKFLOW_TYPE: root_type}
             return self.tracer.start_span(name, context=trace.set_span_in_context(root), kind=kind,
                                           attributes=attributes)
         return self._start_root(name, trace_id, attributes, kind)
@@ -358,7 +366,7 @@ class _WorkflowScope:
         span.end()
 
 
-class workflow:  # noqa: N801 - reads as a function: `with workflow("checkout"):`, `@workflow("checkout")`
+class workflow:
     """Context manager and decorator (sync and async) that runs code as workflow ``name``.
 
     Inside a request it adds a ``workflow <name>`` span that types the request's trace; outside one
@@ -416,7 +424,7 @@ class PerformanceMonitor(_SpanFactory):
         if layer not in LAYERS:
             raise ValueError(f"layer must be one of {', '.join(LAYERS)}; got {layer!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"value must be a number, got {value!r}")
+            raise ValueError(f"value must be a number, got {value!r}")  # noqa: TRY004
         attributes = {"e2e.metric.name": str(metric_name)[:100], "e2e.metric.value": float(value),
                       "e2e.metric.unit": str(unit)[:20], ATTR_LAYER: layer, ATTR_COMPONENT: str(component)[:190],
                       **_prefixed(ATTR_METADATA_PREFIX, metadata)}

@@ -57,7 +57,8 @@ class ServerProcess:
         self.env = dict(env)
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.NamedTemporaryFile(prefix="e2e-server-", suffix=".log", delete=False)
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in __exit__
+            prefix="e2e-server-", suffix=".log", delete=False)
 
     @property
     def base_url(self) -> str:
@@ -109,7 +110,7 @@ class ServerProcess:
         _signal_group(process.pid, signal.SIGKILL)  # stragglers (gunicorn workers) of the group
         return process.returncode
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> ServerProcess:  # noqa: PYI034
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -129,9 +130,9 @@ def _signal_group(pid: int, sig: int) -> None:
 
 
 def runserver(env: Mapping[str, str], port: int | None = None) -> ServerProcess:
-    """``django-admin runserver`` without autoreload/threading surprises."""
+    """``django-admin runserver`` (threaded, without the autoreloader)."""
     port = port or free_port()
-    argv = [PYTHON, "-m", "django", "runserver", f"127.0.0.1:{port}", "--noreload", "--nothreading"]
+    argv = [PYTHON, "-m", "django", "runserver", f"127.0.0.1:{port}", "--noreload"]
     return ServerProcess(argv, port=port, env=env)
 
 

@@ -51,6 +51,22 @@ if MYSQL_UNAVAILABLE_REASON is None:
 else:
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 
+# A MySQL alias nothing listens on, for record-writer outage tests (tests/test_store.py,
+# tests/test_records_e2e.py). Tests that let the writer thread use it list it in `databases`; the
+# TEST MIRROR stops pytest-django from creating a test database for it (a mirror only swaps the
+# settings of the main thread's connection object; other threads still connect to port 1). Tests may
+# point it at the real server temporarily to check recovery.
+DATABASES["unreachable"] = {
+    "ENGINE": "django.db.backends.mysql",
+    "HOST": "127.0.0.1",
+    "PORT": 1,
+    "USER": "root",
+    "PASSWORD": "",
+    "NAME": "unreachable",
+    "OPTIONS": {"charset": "utf8mb4", "connect_timeout": 1},
+    "TEST": {"MIRROR": "default"},
+}
+
 SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
 ALLOWED_HOSTS = ["*"]

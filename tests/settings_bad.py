@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.settings import *  # noqa: F401,F403
+from tests.settings import *
 from tests.settings import E2E_OTEL
 
 E2E_OTEL = {**E2E_OTEL, "SAMPLE_RATIO": 0.5, "OTLP_PROTOCOL": "carrier-pigeon"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-from tests.settings import *  # noqa: F401,F403
+from tests.settings import *
 from tests.settings import DATABASES, E2E_OTEL
 
 E2E_OTEL = {

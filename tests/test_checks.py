@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
-from e2e_otel.checks import check_settings
+from e2e_otel.checks import check_settings, mysql_driver_warnings, provider_settings_warnings
 from tests.servers import PYTHON, REPO_ROOT, subprocess_env
 
 
@@ -59,9 +59,9 @@ def test_non_dict_setting_is_e002() -> None:
 
 
 def test_call_command_check_fails_on_errors() -> None:
-    with override_settings(E2E_OTEL={"SAMPLE_RATIO": 0.5, "TRACES_EXPORTER": "jaeger"}):
-        with pytest.raises(SystemCheckError) as excinfo:
-            call_command("check", stdout=io.StringIO(), stderr=io.StringIO())
+    with (override_settings(E2E_OTEL={"SAMPLE_RATIO": 0.5, "TRACES_EXPORTER": "jaeger"}),
+          pytest.raises(SystemCheckError) as excinfo):
+        call_command("check", stdout=io.StringIO(), stderr=io.StringIO())
     text = str(excinfo.value)
     assert "e2e_otel.E001" in text and "e2e_otel.E002" in text
     assert "HINT:" in text
@@ -78,9 +78,55 @@ def test_production_without_api_key_warns() -> None:
 def test_manage_py_check_in_a_subprocess_shows_ids_and_hints() -> None:
     env = subprocess_env({"DJANGO_SETTINGS_MODULE": "tests.settings_bad", "E2E_TEST_DB": "sqlite"})
     result = subprocess.run([PYTHON, "-m", "django", "check"], cwd=REPO_ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, check=False)
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert "e2e_otel.E001" in output and "'SAMPLE_RATIO'" in output
     assert "e2e_otel.E002" in output and "'carrier-pigeon'" in output
     assert "HINT: Did you mean SAMPLE_RATE" in output
+
+
+def test_mysql_served_by_pymysql_has_no_w003() -> None:
+    from django.db import connection
+
+    if connection.vendor != "mysql":
+        pytest.skip("W003 concerns MySQL databases")
+    assert "e2e_otel.W003" not in _ids(check_settings())
+
+
+def test_mysql_served_by_another_driver_is_w003(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in module named like mysqlclient's, to see the check tell the drivers apart."""
+    import types
+
+    from django.db import connection
+    from django.db.backends.mysql import base
+
+    mysql = {"ENGINE": "django.db.backends.mysql", "NAME": "shop"}
+    sqlite = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
+    assert mysql_driver_warnings({"default": mysql, "other": sqlite}) == []  # PyMySQL is installed
+    monkeypatch.setattr(base, "Database", types.ModuleType("MySQLdb"))
+    messages = mysql_driver_warnings({"default": sqlite, "shop": mysql})
+    assert _ids(messages) == ["e2e_otel.W003"]
+    assert "DATABASES['shop']" in messages[0].msg and "'MySQLdb'" in messages[0].msg
+    assert "install_as_MySQLdb" in messages[0].hint
+    if connection.vendor == "mysql":  # the live settings: reported, unless the user opted out
+        assert "e2e_otel.W003" in _ids(check_settings())
+        with override_settings(E2E_OTEL={"INSTRUMENT_PYMYSQL": False}):
+            assert "e2e_otel.W003" not in _ids(check_settings())
+
+
+def test_provider_keys_under_a_foreign_provider_are_w004(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from e2e_otel import bootstrap
+    from e2e_otel.conf import resolve
+
+    config = resolve({"SERVICE_NAME": "shop", "OTLP_ENDPOINT": "http://c:4317", "RECORDS_ENABLED": False,
+                      "METRICS_ENABLED": False}, {})
+    assert provider_settings_warnings(config) == []  # the live runtime owns its provider
+    foreign = bootstrap.build_runtime(config, provider=TracerProvider(), with_derived=False)
+    monkeypatch.setattr(bootstrap, "_runtime", foreign)
+    messages = provider_settings_warnings(config)
+    assert _ids(messages) == ["e2e_otel.W004"]
+    assert "OTLP_ENDPOINT, SERVICE_NAME" in messages[0].msg and "OTEL_SERVICE_NAME" in messages[0].hint
+    assert provider_settings_warnings(resolve({"API_KEY": "k"}, {})) == []

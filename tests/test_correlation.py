@@ -12,6 +12,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 from django.test import Client
@@ -167,9 +168,9 @@ def test_inject_headers_carries_traceparent_and_correlation_id() -> None:
 
 
 class _RecordingHandler(BaseHTTPRequestHandler):
-    received: list[dict[str, str]] = []
+    received: ClassVar[list[dict[str, str]]] = []
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.received.append({k.lower(): v for k, v in self.headers.items()})
         body = b"ok"
         self.send_response(200)
@@ -213,3 +214,23 @@ def test_outgoing_requests_call_carries_the_trace(client, spans, downstream, man
     assert clients[0].parent.span_id == _only_server_span(spans).context.span_id
     if manual:
         assert received[0]["x-correlation-id"] == correlation_id
+
+
+def test_invalid_traceparent_falls_back_to_x_correlation_id(client, spans) -> None:
+    correlation_id = str(uuid.uuid4())
+    response = client.get("/ping/", headers={"traceparent": "00-" + "0" * 32 + "-00f067aa0ba902b7-01",
+                                             "X-Correlation-ID": correlation_id})
+    server = _only_server_span(spans)
+    assert server.parent is None
+    assert _assert_headers_match_span(response, server) == correlation_id
+
+
+def test_asgi_handler_gets_the_same_contract(spans) -> None:
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
+
+    correlation_id = str(uuid.uuid4())
+    response = async_to_sync(AsyncClient().get)("/ping/", headers={"X-Correlation-ID": correlation_id})
+    assert response.status_code == 200
+    assert response.json()["correlation_id"] == correlation_id
+    _assert_headers_match_span(response, _only_server_span(spans))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import random
@@ -113,8 +114,6 @@ def to_otlp_json(message: ExportTraceServiceRequest) -> bytes:
                 for item in [span, *span.get("links", [])]:
                     for field in ("traceId", "spanId", "parentSpanId"):
                         if field in item:
-                            import base64
-
                             item[field] = base64.b64decode(item[field]).hex()
     return json.dumps(data).encode()
 
@@ -134,7 +133,8 @@ def frontend_spans(exporter: Any, trace_id: int) -> list[Any]:
 
 
 def new_trace_id() -> int:
-    return random.getrandbits(127) | (1 << 100)
+    # Any 128-bit value, deliberately not RFC 4122-shaped (MariaDB's native UUID type would refuse it).
+    return (random.getrandbits(127) | (1 << 100)) & ~(1 << 63)
 
 
 # --- conversion (no database needed) -------------------------------------------------------------------
@@ -206,6 +206,23 @@ def test_preflight_disallowed_origin():
     response = Client().options(URL, headers={"Origin": "https://evil.example"})
     assert response.status_code == 403
     assert not response.has_header("Access-Control-Allow-Origin")
+
+
+def test_token_bucket_refills_and_bounds_clients():
+    from e2e_otel.ratelimit import TokenBucketLimiter
+
+    now = [1000.0]
+    limiter = TokenBucketLimiter(rate_per_minute=60, max_clients=3, clock=lambda: now[0])
+    assert [limiter.allow("a")[0] for _ in range(60)] == [True] * 60
+    allowed, retry_after = limiter.allow("a")
+    assert (allowed, retry_after) == (False, 1)
+    now[0] += 1.0  # one token back per second at 60/min
+    assert limiter.allow("a") == (True, 0)
+    for client in ("b", "c", "d", "e"):
+        limiter.allow(client)
+    assert len(limiter) == 3  # least recently seen clients are forgotten
+    with pytest.raises(ValueError):
+        TokenBucketLimiter(rate_per_minute=0)
 
 
 # --- rejections: right status, JSON error, nothing ingested -------------------------------------------------
@@ -288,6 +305,8 @@ def test_garbage_protobuf_and_json(spans):
     _assert_rejected(post(b"\xff\xff\xff\xff"), 400, spans, trace_id)
     _assert_rejected(post(b"{not json", content_type="application/json"), 400, spans, trace_id)
     _assert_rejected(post(b"[1, 2]", content_type="application/json"), 400, spans, trace_id)
+    deep = b'{"resourceSpans": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    _assert_rejected(post(deep, content_type="application/json"), 400, spans, trace_id)
 
 
 def _json_with(trace_id: int, mutate: Any) -> bytes:
@@ -333,6 +352,15 @@ def test_too_many_spans(spans):
     payload = browser_payload(trace_id, extra_spans=999)  # 1001 spans
     body = _assert_rejected(post(payload.SerializeToString()), 400, spans, trace_id)
     assert "too many spans" in body["error"]
+
+
+def test_csrf_exempt(spans):
+    trace_id = new_trace_id()
+    response = Client(enforce_csrf_checks=True).post(
+        URL, data=browser_payload(trace_id).SerializeToString(), content_type=PB,
+        headers={"X-E2E-Ingest-Key": KEY, "Origin": ORIGIN})
+    assert response.status_code == 200
+    assert len(frontend_spans(spans, trace_id)) == 2
 
 
 def test_get_is_not_allowed():
@@ -390,3 +418,59 @@ def test_rejected_payload_stores_nothing():
     assert runtime.force_flush(10)
     assert _session_for(trace_id) is None
     assert not TraceStep.objects.filter(correlation_id=uuid.UUID(int=trace_id)).exists()
+
+
+# --- over real HTTP: a gunicorn server forwards browser spans to the collector and records them -------
+
+
+@pytest.mark.slow
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_gunicorn_forwards_browser_spans_to_the_exporter_and_records(otlp_receiver):
+    import urllib.request
+
+    from django.db import connection
+
+    from tests.servers import gunicorn, subprocess_env
+
+    env = subprocess_env({
+        "DJANGO_SETTINGS_MODULE": "tests.settings_export",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.http_base_endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "E2E_MYSQL_DATABASE": connection.settings_dict["NAME"],
+    })
+    trace_id = new_trace_id()
+    fetch_span_id = random.getrandbits(63) | 1
+    with gunicorn(env) as server:
+        status, _, _ = server.get("/ping/", {"traceparent": f"00-{trace_id:032x}-{fetch_span_id:016x}-01"})
+        assert status == 200, server.logs()
+        body = gzip.compress(browser_payload(trace_id, fetch_span_id=fetch_span_id).SerializeToString())
+        request = urllib.request.Request(server.base_url + URL, data=body, method="POST", headers={
+            "Content-Type": PB, "Content-Encoding": "gzip", "Origin": ORIGIN, "X-E2E-Ingest-Key": KEY})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+            assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+            ExportTraceServiceResponse.FromString(response.read())
+
+        trace_hex = f"{trace_id:032x}"
+        otlp_receiver.wait_for(
+            lambda spans: sum(1 for s in spans if s.trace_id == trace_hex) >= 3, timeout=15)
+        received = otlp_receiver.spans_for_trace(trace_hex)
+        browser = [s for s in received if s.attributes.get("e2e.layer") == "frontend"]
+        assert {s.name for s in browser} == {"documentLoad", "HTTP POST"}
+        assert all(s.resource.get("service.name") == "shop-web" for s in browser)
+        server_span = next(s for s in received if s.kind == 2)
+        assert server_span.parent_span_id == f"{fetch_span_id:016x}"
+        # the ingest request itself is traced too, tagged so it can be told apart
+        assert any(s.attributes.get("e2e.internal") == "ingest" for s in otlp_receiver.spans)
+
+        deadline = time.monotonic() + 15
+        layers: list[str] = []
+        while time.monotonic() < deadline:
+            layers = list(TraceStep.objects.filter(correlation_id=uuid.UUID(int=trace_id))
+                          .values_list("layer", flat=True))
+            if layers.count("frontend") == 2 and "api" in layers:
+                break
+            time.sleep(0.2)
+        assert layers.count("frontend") == 2 and "api" in layers, (layers, server.logs())

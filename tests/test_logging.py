@@ -101,7 +101,13 @@ def test_json_formatter_on_a_plain_record() -> None:
 
 def test_json_formatter_with_exc_info_tuple() -> None:
     try:
-        1 / 0
+        _ = 1 / 0
     except ZeroDivisionError:
         record = logging.LogRecord("x", logging.ERROR, __file__, 1, "div", None, sys.exc_info())
     assert "ZeroDivisionError" in _format(record)["exception"]
+
+
+def test_json_formatter_keeps_stack_info() -> None:
+    record = logging.getLogger("tests.json").makeRecord("x", logging.INFO, __file__, 1, "m", None, None,
+                                                        sinfo="Stack (most recent call last):\n  here")
+    assert _format(record)["stack"].endswith("here")

@@ -75,7 +75,7 @@ def test_defaults_rule_set_in_base_units() -> None:
 
 def test_step_metrics_and_duration_breaches(setup) -> None:
     evaluator, span, value, _ = setup
-    span("GET items/<int:pk>/", 0.05, kind=SpanKind.SERVER, attributes={"http.route": "items/<int:pk>/",
+    span("GET items/<int:pk>/", 0.05, kind=SpanKind.SERVER, attributes={"http.method": "GET", "http.route": "items/<int:pk>/",
                                                                          "http.status_code": 200})
     span("SELECT", 0.03, kind=SpanKind.CLIENT, attributes=_db("shop_order"))
     span("SELECT", 0.3, kind=SpanKind.CLIENT, attributes=_db("shop_order"))   # > 100 ms warning
@@ -114,9 +114,9 @@ def test_component_rule_wins_over_layer_rule(setup) -> None:
 
 def test_errors_by_type_and_error_status(setup) -> None:
     _, span, value, _ = setup
-    span("GET fail/", 0.01, kind=SpanKind.SERVER, attributes={"http.route": "fail/"}, error=KeyError("x"))
+    span("GET fail/", 0.01, kind=SpanKind.SERVER, attributes={"http.method": "GET", "http.route": "fail/"}, error=KeyError("x"))
     span("work", 0.01, error=ValueError("bad"))
-    span("GET broken/", 0.01, kind=SpanKind.SERVER, attributes={"http.route": "broken/", "http.status_code": 503})
+    span("GET broken/", 0.01, kind=SpanKind.SERVER, attributes={"http.method": "GET", "http.route": "broken/", "http.status_code": 503})
     assert value("e2e_otel_errors_total", layer="api", error_type="KeyError") == 1
     assert value("e2e_otel_errors_total", layer="internal", error_type="ValueError") == 1
     assert value("e2e_otel_errors_total", layer="api", error_type="503") == 1
@@ -127,7 +127,7 @@ def test_error_ratio_window_and_its_rule(setup) -> None:
     evaluator, span, value, _ = setup
     for i in range(20):
         span("GET x/", 0.001, kind=SpanKind.SERVER,
-             attributes={"http.route": "x/", "http.status_code": 500 if i % 5 == 0 else 200})
+             attributes={"http.method": "GET", "http.route": "x/", "http.status_code": 500 if i % 5 == 0 else 200})
     monitor = ThresholdMonitor(evaluator, write_snapshots=False, refresh_interval=3600)
     monitor._last_refresh = time.monotonic()  # keep the defaults, no DB
     breaches = monitor.tick()
@@ -139,7 +139,7 @@ def test_error_ratio_window_and_its_rule(setup) -> None:
 
 def test_error_ratio_needs_enough_requests(setup) -> None:
     evaluator, span, value, _ = setup
-    span("GET x/", 0.001, kind=SpanKind.SERVER, attributes={"http.route": "x/", "http.status_code": 500})
+    span("GET x/", 0.001, kind=SpanKind.SERVER, attributes={"http.method": "GET", "http.route": "x/", "http.status_code": 500})
     monitor = ThresholdMonitor(evaluator, write_snapshots=False, refresh_interval=3600)
     monitor._last_refresh = time.monotonic()
     monitor.tick()
@@ -181,9 +181,9 @@ def test_sliding_window_forgets_old_seconds() -> None:
 
 
 def test_component_and_error_type_caps(setup) -> None:
-    evaluator, span, value, registry = setup  # max_labels=50
+    _evaluator, span, value, registry = setup  # max_labels=50
     for n in range(300):
-        span(f"GET r{n}/", 0.001, kind=SpanKind.SERVER, attributes={"http.route": f"r{n}/"},
+        span(f"GET r{n}/", 0.001, kind=SpanKind.SERVER, attributes={"http.method": "GET", "http.route": f"r{n}/"},
              error=type(f"Err{n}", (Exception,), {})("x"))
     components = {s.labels["component"] for m in registry.collect() if m.name == "e2e_otel_steps"
                   for s in m.samples if s.name == "e2e_otel_steps_total"}
@@ -238,7 +238,9 @@ def test_rules_load_from_table_with_unit_conversion() -> None:
     PerformanceThreshold.objects.create(metric_name="response_time", layer="api", warning_threshold=1,
                                         critical_threshold=2, unit="ms", enabled=False)
     rules = load_rules()
-    assert rules.source == "database" and len(rules) == 2
+    # 7 defaults, the database one overridden, one component rule added, api response_time switched off
+    assert rules.source == "database" and len(rules) == 7
+    assert rules.lookup("frontend", "render_time").warning == 0.2  # untouched layers keep their defaults
     assert rules.lookup("database", "query_time", "shop_order") == Rule("database", "query_time", "", 0.02, 0.08)
     assert rules.lookup("database", "query_time", "shop_report").warning == 2
     assert rules.lookup("api", "response_time") is None

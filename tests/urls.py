@@ -7,6 +7,7 @@ urlpatterns = [
     path("ping/", views.ping),
     path("items/", views.items),
     path("items/<int:pk>/", views.item_detail),
+    path("items-n-plus-one/", views.items_n_plus_one),
     path("raw-sql/", views.raw_sql),
     path("slow/", views.slow),
     path("fail/", views.fail),

@@ -76,7 +76,7 @@ class WorkflowSessionDetailSerializer(WorkflowSessionSerializer):
         read_only_fields = fields
 
     def get_steps(self, obj: WorkflowSession) -> list[dict[str, Any]]:
-        steps = obj.steps.order_by("start_time", "id")
+        steps = TraceStep.objects.filter(workflow_session=obj).order_by("start_time", "id")
         return list(TraceStepSerializer(steps, many=True).data)
 
 

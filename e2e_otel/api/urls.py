@@ -6,7 +6,9 @@ from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import SimpleRouter
 
+from . import schema as _schema  # noqa: F401  (registers the auth scheme)
 from . import views
+from .findings import QueryFindingsView
 from .permissions import AUTHENTICATION_CLASSES, IsStaffOrApiKey
 
 API_PREFIX = "api/v1/debugging/"
@@ -21,6 +23,7 @@ router.register("performance-thresholds", views.PerformanceThresholdViewSet, bas
 
 api_patterns: list[URLPattern | URLResolver] = [
     path("system-health/", views.SystemHealthView.as_view(), name="system-health"),
+    path("query-findings/", QueryFindingsView.as_view(), name="query-findings"),
     *router.urls,
 ]
 

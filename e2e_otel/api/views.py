@@ -17,7 +17,9 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from drf_spectacular.openapi import AutoSchema
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, inline_serializer
+from drf_spectacular.utils import extend_schema as _extend_schema
+from opentelemetry import trace
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.filters import OrderingFilter
@@ -51,6 +53,18 @@ SUMMARY_LIMIT = 50
 HEALTH_BREACH_WINDOW = timedelta(minutes=15)
 
 
+def extend_schema(**kwargs: Any) -> Any:
+    """``drf_spectacular.extend_schema`` based on spectacular's AutoSchema even when the host app's
+    ``DEFAULT_SCHEMA_CLASS`` is DRF's own (we require no ``REST_FRAMEWORK`` settings)."""
+
+    def decorate(func: Any) -> Any:
+        if getattr(func, "schema", None) is None and "schema" not in getattr(func, "kwargs", {}):
+            func.schema = AutoSchema
+        return _extend_schema(**kwargs)(func)
+
+    return decorate
+
+
 class DebuggingPagination(LimitOffsetPagination):
     default_limit = 50
     max_limit = 500
@@ -67,6 +81,11 @@ class DebuggingAPIMixin:
     parser_classes = [JSONParser]
     schema = AutoSchema()
     filter_params: dict[str, Param] = {}
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        # Tooling traffic: traced and exported like any request, but not recorded as a workflow.
+        trace.get_current_span().set_attribute("e2e.internal", "api")
+        super().initial(request, *args, **kwargs)  # type: ignore[misc]
 
 
 # --- workflow sessions --------------------------------------------------------------------------------
@@ -113,13 +132,22 @@ class WorkflowSessionViewSet(DebuggingAPIMixin, mixins.ListModelMixin, mixins.Cr
 
     @extend_schema(request=s.WorkflowCreateSerializer, responses={201: s.WorkflowSessionDetailSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Start a workflow: a ``WorkflowTracer`` root span first (so the trace backend agrees), then
+        the row itself, so the caller gets the session back at once (the writer later merges the
+        span-derived facts into the same row)."""
         payload = s.WorkflowCreateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
+        correlation_id = data.get("correlation_id") or uuid.uuid4()
+        metadata = data.get("metadata") or {}
+        tracer = _workflow_tracer()
+        if tracer is not None:
+            tracer.start_workflow(data["workflow_type"], correlation_id=correlation_id,
+                                  user=data.get("user_id") or None, metadata=metadata)
         now = timezone.now()
         config = get_config()
         session = WorkflowSession.objects.create(
-            correlation_id=data.get("correlation_id") or uuid.uuid4(),
+            correlation_id=correlation_id,
             workflow_type=data["workflow_type"],
             workflow_type_source="explicit",
             user_id=data.get("user_id", ""),
@@ -127,10 +155,9 @@ class WorkflowSessionViewSet(DebuggingAPIMixin, mixins.ListModelMixin, mixins.Cr
             environment=config.ENVIRONMENT,
             start_time=now,
             last_activity=now,
-            metadata=data.get("metadata") or {},
+            metadata=metadata,
         )
-        body = s.WorkflowSessionDetailSerializer(session).data
-        return Response(body, status=status.HTTP_201_CREATED)
+        return Response(s.WorkflowSessionDetailSerializer(session).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=s.WorkflowCompleteSerializer, responses={200: s.WorkflowSessionDetailSerializer})
     @action(detail=True, methods=["post"])
@@ -154,6 +181,13 @@ class WorkflowSessionViewSet(DebuggingAPIMixin, mixins.ListModelMixin, mixins.Cr
             message = data["error_message"]
             metadata["error_message"] = runtime.sanitizer.scrub_text(message) if runtime else message
         session.metadata = metadata
+        tracer = _workflow_tracer()
+        if tracer is not None:  # ends the workflow's root span (or records the status in its trace)
+            extra = data.get("metadata") or None
+            if data["status"] == WorkflowStatus.FAILED:
+                tracer.fail_workflow(session.correlation_id, data.get("error_message") or "failed via API", extra)
+            else:
+                tracer.complete_workflow(session.correlation_id, "completed", extra)
         session.save(update_fields=["status", "status_explicit", "end_time", "last_activity", "duration_ms",
                                     "metadata", "updated_at"])
         return Response(s.WorkflowSessionDetailSerializer(session).data)
@@ -181,6 +215,15 @@ class WorkflowSessionViewSet(DebuggingAPIMixin, mixins.ListModelMixin, mixins.Cr
             "max_duration_ms": durations["max"],
             "by_workflow_type": list(by_type),
         })
+
+
+def _workflow_tracer() -> Any:
+    """``WorkflowTracer`` when the records core is installed (imported lazily), else ``None``."""
+    try:
+        from ..workflows import WorkflowTracer
+    except ImportError:
+        return None
+    return WorkflowTracer
 
 
 class TraceStepViewSet(DebuggingAPIMixin, viewsets.ReadOnlyModelViewSet):

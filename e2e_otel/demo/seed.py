@@ -61,7 +61,7 @@ def seed(*, customer_password: str | None = None, admin_password: str | None = N
             user.save()
         admin, _ = user_model.objects.get_or_create(username=ADMIN_USERNAME,
                                                      defaults={"email": "admin@shop.example"})
-        admin.is_staff = admin.is_superuser = True
+        admin.is_staff = admin.is_superuser = True  # type: ignore[attr-defined]
         admin.set_password(admin_password)
         admin.save()
     return SeedResult(

@@ -17,7 +17,7 @@ from django.core.wsgi import get_wsgi_application
 class QuietRequestHandler(WSGIRequestHandler):
     """No per-request log lines: they would scroll the progress bar and summary away."""
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 

@@ -15,54 +15,10 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
-from django.core.exceptions import ImproperlyConfigured
+from .databases import database_from_url, default_sqlite_path, sqlite_database
 
 BASE_DIR = Path(__file__).resolve().parent
-
-
-def default_sqlite_path() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "e2e-otel" / "demo.sqlite3"
-
-
-def database_from_url(url: str) -> dict[str, object]:
-    """``mysql://user:pass@host:port/name`` as a Django DATABASES entry (PyMySQL as MySQLdb)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mysql", "mariadb", "mysql+pymysql"):
-        raise ImproperlyConfigured(f"DATABASE_URL: only mysql:// is supported, got scheme {parts.scheme!r}")
-    name = parts.path.lstrip("/")
-    if not name:
-        raise ImproperlyConfigured("DATABASE_URL: the database name is missing (mysql://user:pass@host:port/NAME)")
-    import pymysql
-
-    pymysql.install_as_MySQLdb()
-    return {
-        "ENGINE": "django.db.backends.mysql",
-        "NAME": unquote(name),
-        "USER": unquote(parts.username or "root"),
-        "PASSWORD": unquote(parts.password or ""),
-        "HOST": parts.hostname or "127.0.0.1",
-        "PORT": str(parts.port or 3306),
-        "OPTIONS": {"charset": "utf8mb4"},
-    }
-
-
-def sqlite_database(path: Path) -> dict[str, object]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": str(path),
-        # WAL + IMMEDIATE transactions: the request threads and the record writer thread write
-        # concurrently; without these SQLite answers "database is locked" under the demo's load.
-        "OPTIONS": {
-            "timeout": 30,
-            "transaction_mode": "IMMEDIATE",
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-        },
-    }
-
 
 _database_url = os.environ.get("DATABASE_URL", "").strip()
 DATABASES = {
@@ -135,6 +91,8 @@ REST_FRAMEWORK = {
 }
 
 DEMO_FAULTS = os.environ.get("E2E_DEMO_FAULTS", "all")
+# Database spans on SQLite come from upstream's DB-API integration (see shop/apps.py).
+DEMO_TRACE_SQLITE = DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
 
 _otlp_endpoint = os.environ.get("E2E_OTEL_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
 

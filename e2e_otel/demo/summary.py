@@ -8,6 +8,7 @@ after ``Runtime.force_flush()``.
 from __future__ import annotations
 
 import re
+import textwrap
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -58,7 +59,7 @@ def scrape_metrics(base_url: str, key: str | None = None, timeout: float = 10.0)
     if key:
         request.add_header("Authorization", f"Bearer {key}")
     try:
-        with urlopen(request, timeout=timeout) as response:  # noqa: S310 (our own local server)
+        with urlopen(request, timeout=timeout) as response:
             return response.read().decode("utf-8", "replace")
     except (URLError, OSError):
         return None
@@ -80,6 +81,26 @@ def wait_for_sessions(correlation_ids: Iterable[str], timeout: float = 15.0) -> 
         if found >= len(wanted) or time.monotonic() >= deadline:
             return found
         time.sleep(0.25)
+
+
+def connection_vendor() -> str:
+    from django.db import connection
+
+    return connection.vendor
+
+
+def _query_findings(correlation_ids: set[str]) -> list[Any]:
+    """This run's findings from the live ``QueryAnalyzer`` (in memory, newest first), if it runs."""
+    try:
+        from e2e_otel.bootstrap import get_runtime
+        from e2e_otel.queries import QueryAnalyzer
+    except ImportError:
+        return []
+    runtime = get_runtime()
+    analyzer = runtime.processor(QueryAnalyzer) if runtime is not None else None
+    if not isinstance(analyzer, QueryAnalyzer):
+        return []
+    return [f for f in analyzer.findings() if f.correlation_id in correlation_ids]
 
 
 def _table(rows: Sequence[Sequence[Any]], header: Sequence[str], indent: str = "  ") -> list[str]:
@@ -155,7 +176,7 @@ def build_summary(runs: Sequence[WorkflowRun], *, started: datetime, elapsed: fl
     grouped: dict[tuple[str, str, str, str], list[Any]] = defaultdict(list)
     for snap in breaches.order_by("-metric_value"):
         grouped[(snap.layer, snap.metric_name, snap.threshold_status, snap.component)].append(snap)
-    rows = [[layer, metric, severity, component[:40] or "-", len(snaps), f"{snaps[0].metric_value:.1f}{snaps[0].unit}",
+    rows = [[layer, metric, severity, component[:40] or "-", len(snaps), f"{snaps[0].metric_value:.2f} {snaps[0].unit}".strip(),
              snaps[0].correlation_id or "-"]
             for (layer, metric, severity, component), snaps in sorted(grouped.items(), key=lambda kv: -len(kv[1]))]
     if rows:
@@ -171,6 +192,27 @@ def build_summary(runs: Sequence[WorkflowRun], *, started: datetime, elapsed: fl
     if not rows and not counters:
         out.append("  (none recorded)")
 
+    # --- query findings (N+1, slow SQL)
+    out.append("")
+    out.append("Query findings")
+    findings = _query_findings(set(ids))
+    if findings:
+        grouped_findings: dict[tuple[str, str, str], list[Any]] = defaultdict(list)
+        for finding in findings:
+            grouped_findings[(finding.kind, finding.route, finding.table)].append(finding)
+        for (kind, route, table), items in sorted(grouped_findings.items(), key=lambda kv: -len(kv[1])):
+            worst = max(items, key=lambda f: f.count)
+            out.append(f"  {kind} on {table or '?'} in {route or '?'}: {len(items)} trace(s), up to {worst.count} "
+                       f"queries; e.g. {worst.correlation_id}")
+            out.append(f"    {worst.statement[:110]}")
+            out.append(textwrap.fill(worst.advice[:600], width=110, initial_indent="    advice: ",
+                                     subsequent_indent="            "))
+    elif connection_vendor() == "sqlite":
+        out.append("  (none: SQLite queries are not traced; the database layer needs MySQL/PyMySQL, "
+                   "e.g. DATABASE_URL=mysql://...)")
+    else:
+        out.append("  (none)")
+
     # --- grouped errors
     out.append("")
     out.append("Grouped errors")
@@ -182,8 +224,8 @@ def build_summary(runs: Sequence[WorkflowRun], *, started: datetime, elapsed: fl
         if error.correlation_id and str(error.correlation_id) not in seen_in:
             seen_in.insert(0, str(error.correlation_id))
         message = " ".join((error.error_message or "").split())[:100]
-        out.append(f"  {error.error_type} x{error.occurrences}  [{error.layer}:{error.component}] "
-                   f"severity={error.severity} category={error.category or '-'}")
+        out.append(f"  {error.error_type} x{error.occurrences} ({len(seen_in)} workflow(s) of this run)  "
+                   f"[{error.layer}:{error.component}] severity={error.severity} category={error.category or '-'}")
         if message:
             out.append(f"    {message}")
         out.append(f"    correlation ids: {', '.join(seen_in[:6]) or '-'}{' ...' if len(seen_in) > 6 else ''}")
@@ -197,9 +239,13 @@ def build_summary(runs: Sequence[WorkflowRun], *, started: datetime, elapsed: fl
     out.append(f"  Admin (workflow waterfalls): {base}/admin/   user {links.admin_username!r}, "
                f"password {links.admin_password!r} (random, printed once)")
     out.append(f"  Shop customers: {', '.join(links.customers)} / password {links.customer_password!r}")
-    out.append(f"  Debugging API: {base}/api/v1/debugging/")
-    out.append(f"    failed checkouts: {base}/api/v1/debugging/workflows/?workflow_type=checkout&status=failed")
-    out.append(f"    errors:           {base}/api/v1/debugging/errors/")
+    api = f"{base}/api/v1/debugging"
+    out.append(f"  Debugging API (schema: {api}/schema/):")
+    out.append(f"    failed checkouts: {api}/workflow-sessions/?workflow_type=checkout&status=failed")
+    out.append(f"    one workflow:     {api}/workflow-sessions/<correlation id>/")
+    out.append(f"    workflow stats:   {api}/workflow-sessions/stats/")
+    out.append(f"    error groups:     {api}/error-logs/summary/")
+    out.append(f"    system health:    {api}/system-health/")
     if links.api_key:
         out.append(f"    (send 'Authorization: Bearer {links.api_key}', or log in to the admin first)")
     out.append(f"  Prometheus metrics: {base}/metrics")

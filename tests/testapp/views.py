@@ -65,6 +65,7 @@ def pid(request: HttpRequest) -> JsonResponse:
     """Which process served the request (gunicorn fork-safety test)."""
     import os
 
+    time.sleep(min(float(request.GET.get("sleep", "0")), 2.0))
     return JsonResponse({"pid": os.getpid(), "correlation_id": getattr(request, "correlation_id", None)})
 
 
@@ -77,3 +78,9 @@ def call_out(request: HttpRequest) -> JsonResponse:
     headers = inject_headers({}) if request.GET.get("inject") else {}
     response = requests.get(request.GET["url"], headers=headers, timeout=5)
     return JsonResponse({"status": response.status_code, "correlation_id": get_correlation_id()})
+
+
+def items_n_plus_one(request: HttpRequest) -> JsonResponse:
+    """One query per item: the N+1 pattern the query analyzer must find."""
+    names = [Item.objects.get(pk=pk).name for pk in Item.objects.values_list("pk", flat=True)[:10]]
+    return JsonResponse({"items": names})

@@ -44,7 +44,7 @@ def place_order(user, *, shipping_address: str, payment_method: str) -> Order:  
                 raise OutOfStock(f"not enough stock for: {', '.join(short)}")
             for item in items:
                 Product.objects.filter(pk=item.product_id).update(stock=F("stock") - item.quantity)
-        subtotal = sum((i.product.price * i.quantity for i in items), Decimal("0"))
+        subtotal = sum((i.product.price * i.quantity for i in items), Decimal(0))
 
         with tracer.start_as_current_span("checkout.shipping_quote") as span:
             schedule = get_faults().slow_checkout
@@ -52,7 +52,7 @@ def place_order(user, *, shipping_address: str, payment_method: str) -> Order:  
                 # The fault: a synchronous call to a slow carrier API on the request path.
                 span.set_attribute("demo.fault", "slow_checkout")
                 time.sleep(SLOW_CHECKOUT_SECONDS)
-            shipping = Decimal("0") if subtotal >= FREE_SHIPPING_FROM else Decimal("4.90")
+            shipping = Decimal(0) if subtotal >= FREE_SHIPPING_FROM else Decimal("4.90")
 
         total = subtotal + shipping
         payments.charge(total, payment_method)

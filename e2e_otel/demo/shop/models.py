@@ -47,7 +47,9 @@ class Cart(models.Model):
         return f"cart of {self.user}"
 
     def total(self) -> Decimal:
-        return sum((item.product.price * item.quantity for item in self.items.all()), Decimal("0"))
+        # self.items.all(): uses the prefetched rows when the caller prefetched them.
+        items = self.items.all()  # type: ignore[attr-defined]
+        return sum((item.product.price * item.quantity for item in items), Decimal(0))
 
 
 class CartItem(models.Model):
@@ -72,7 +74,7 @@ class Order(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PAID)
     total = models.DecimalField(max_digits=12, decimal_places=2)
     shipping_address = models.CharField(max_length=190)
-    shipping_cost = models.DecimalField(max_digits=8, decimal_places=2, default=Decimal("0"))
+    shipping_cost = models.DecimalField(max_digits=8, decimal_places=2, default=Decimal(0))
     # The workflow's correlation id, so support can jump from an order to its trace.
     correlation_id = models.CharField(max_length=36, blank=True, default="", db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)

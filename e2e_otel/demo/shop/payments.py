@@ -15,6 +15,9 @@ from .faults import get_faults
 
 tracer = trace.get_tracer("e2e_otel.demo.shop")
 
+# Reserved .invalid name: nothing is ever sent; the latency is simulated.
+PAYMENT_HOST = "payments.demo.invalid"
+
 
 class PaymentDeclined(APIException):
     """The gateway refused the charge; the API answers 502 because the fault is upstream."""
@@ -27,13 +30,14 @@ class PaymentDeclined(APIException):
 def charge(amount: Decimal, method: str) -> str:
     """Charge ``amount``; returns a payment reference or raises :class:`PaymentDeclined`.
 
-    The span is a CLIENT span with ``peer.service`` like a real HTTP call to a provider would be, so
+    The span is a CLIENT span with HTTP client attributes like a real call to a provider would be, so
     it lands on the external layer; the exception is recorded on it before it propagates.
     """
     with tracer.start_as_current_span(
         "payment.charge",
         kind=SpanKind.CLIENT,
-        attributes={"peer.service": "demo-payments", "payment.method": method, "payment.amount": float(amount)},
+        attributes={"http.request.method": "POST", "server.address": PAYMENT_HOST, "peer.service": "demo-payments",
+                    "payment.method": method, "payment.amount": float(amount)},
     ):
         time.sleep(random.uniform(0.02, 0.06))
         schedule = get_faults().payment_failure

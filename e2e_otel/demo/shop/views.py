@@ -17,6 +17,7 @@ import e2e_otel
 from .checkout import place_order
 from .faults import get_faults
 from .models import Cart, CartItem, Category, Order, Product
+from .payments import PaymentDeclined
 from .serializers import (
     AddToCartSerializer,
     CartSerializer,
@@ -146,8 +147,15 @@ class CheckoutView(APIView):
         payload = CheckoutSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         # Names the workflow explicitly, whatever route or baggage say.
-        with e2e_otel.workflow("checkout"):
-            order = place_order(request.user, **payload.validated_data)
+        with e2e_otel.workflow("checkout", user=request.user) as checkout:
+            try:
+                order = place_order(request.user, **payload.validated_data)
+            except PaymentDeclined as exc:
+                # The exception is already recorded on the payment span (one error group); the
+                # workflow is closed as failed explicitly and the client gets a clean 502.
+                e2e_otel.WorkflowTracer.fail_workflow(checkout, str(exc.detail))
+                return Response({"detail": exc.detail, "code": "payment_declined",
+                                 "correlation_id": checkout.correlation_id}, status=exc.status_code)
         order = Order.objects.prefetch_related("items__product").get(pk=order.pk)
         return Response(OrderSerializer(order).data, status=status.HTTP_201_CREATED)
 

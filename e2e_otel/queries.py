@@ -1,0 +1,204 @@
+"""N+1 and slow-query detection, derived from the database spans of each trace.
+
+``QueryAnalyzer`` runs on span-ending threads. Per database span it does a dict update keyed by the
+statement text as the driver saw it: ORM queries keep their ``%s`` placeholders, so the N+1 pattern
+(the same statement once per row of an outer loop) shows up as one key with a high count without any
+parsing on the hot path. The statements are scrubbed and fingerprinted only when a finding is made,
+at the end of the trace's local root span. State is bounded: at most ``max_traces`` open traces and
+``max_shapes`` distinct statements per trace; the oldest trace is evicted first.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+
+from .propagation import format_correlation_id
+from .sanitize import scrub_sql, sql_fingerprint, sql_operation_and_table
+
+if TYPE_CHECKING:
+    from .bootstrap import Runtime
+
+__all__ = ["QueryFinding", "QueryAnalyzer", "build_query_analyzer", "advice_for"]
+
+_STATEMENT_KEYS = ("db.statement", "db.query.text")
+_MAX_STATEMENT_CHARS = 2048
+
+
+@dataclass(frozen=True)
+class QueryFinding:
+    """One problem found in one trace, with what to do about it."""
+
+    kind: str  # "n_plus_one" | "slow_query"
+    correlation_id: str
+    route: str
+    table: str
+    operation: str
+    statement: str  # scrubbed: literals replaced by ?
+    fingerprint: str
+    count: int
+    total_ms: float
+    max_ms: float
+    advice: str
+    detected_at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def advice_for(kind: str, operation: str, table: str, statement: str, count: int = 1) -> str:
+    """Concrete optimisation advice for a finding, from the statement's shape."""
+    if kind == "n_plus_one":
+        return (
+            f"The same {operation} on {table or 'a table'} ran {count} times in one request: a query per "
+            "row of an outer loop. Load the related rows with the outer query instead: "
+            "select_related() for ForeignKey/OneToOne fields, prefetch_related() (or Prefetch()) for "
+            "reverse ForeignKey and ManyToMany relations, or aggregate with annotate()."
+        )
+    text = statement.upper()
+    tips = []
+    if "LIKE '%" in text or "LIKE %S" in text:  # Django's contains/icontains bind '%value%'
+
+        tips.append("a leading-wildcard LIKE cannot use an index; consider a full-text index")
+    if " WHERE " not in text and operation in ("SELECT", "UPDATE", "DELETE"):
+        tips.append("there is no WHERE clause: the whole table is read; filter or paginate")
+    if "ORDER BY" in text and "LIMIT" not in text:
+        tips.append("ORDER BY without LIMIT sorts every matching row; paginate")
+    if "SELECT *" in text or ".*" in text:
+        tips.append("select only the columns you need (.only()/.values())")
+    if " IN (" in text:
+        tips.append("large IN lists are slow; join or use a temporary table")
+    if not tips:
+        tips.append(
+            "run EXPLAIN on it; add an index covering the WHERE/ORDER BY columns "
+            "(Meta.indexes) if it scans"
+        )
+    return f"Slow {operation} on {table or 'a table'}: " + "; ".join(tips) + "."
+
+
+@dataclass
+class _Shape:
+    count: int = 0
+    total_ns: int = 0
+    max_ns: int = 0
+
+
+@dataclass
+class _TraceQueries:
+    shapes: dict[str, _Shape] = field(default_factory=dict)
+    slow: list[tuple[str, int]] = field(default_factory=list)
+
+
+class QueryAnalyzer(SpanProcessor):
+    """Per-trace query statistics → findings at local-root end. Runs on span-ending threads; the
+    short lock guards dict operations only."""
+
+    def __init__(self, *, slow_query_ms: float, n_plus_one_threshold: int, max_traces: int = 2000,
+                 max_shapes: int = 200, max_findings: int = 500) -> None:
+        if n_plus_one_threshold < 2:
+            raise ValueError(f"n_plus_one_threshold must be >= 2, got {n_plus_one_threshold!r}")
+        if slow_query_ms < 0:
+            raise ValueError(f"slow_query_ms must be >= 0, got {slow_query_ms!r}")
+        self._slow_ns = int(slow_query_ms * 1_000_000)
+        self._threshold = n_plus_one_threshold
+        self._max_traces = max_traces
+        self._max_shapes = max_shapes
+        self._traces: OrderedDict[int, _TraceQueries] = OrderedDict()
+        self._lock = threading.Lock()
+        self.recent: deque[QueryFinding] = deque(maxlen=max_findings)
+        self.listeners: list[Callable[[QueryFinding], None]] = []
+        self.evicted_traces = 0
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        attributes = span.attributes or {}
+        trace_id = span.context.trace_id
+        statement = next((attributes[k] for k in _STATEMENT_KEYS if k in attributes), None)
+        if isinstance(statement, str):
+            self._observe(trace_id, statement[:_MAX_STATEMENT_CHARS], (span.end_time or 0) - (span.start_time or 0))
+        if span.parent is None or span.parent.is_remote:
+            self._finish(trace_id, span)
+
+    def _observe(self, trace_id: int, statement: str, duration_ns: int) -> None:
+        with self._lock:
+            queries = self._traces.get(trace_id)
+            if queries is None:
+                if len(self._traces) >= self._max_traces:
+                    self._traces.popitem(last=False)
+                    self.evicted_traces += 1
+                queries = self._traces[trace_id] = _TraceQueries()
+            shape = queries.shapes.get(statement)
+            if shape is None:
+                if len(queries.shapes) >= self._max_shapes:
+                    return
+                shape = queries.shapes[statement] = _Shape()
+            shape.count += 1
+            shape.total_ns += duration_ns
+            shape.max_ns = max(shape.max_ns, duration_ns)
+            if duration_ns > self._slow_ns and len(queries.slow) < self._max_shapes:
+                queries.slow.append((statement, duration_ns))
+
+    def _finish(self, trace_id: int, root: ReadableSpan) -> None:
+        with self._lock:
+            queries = self._traces.pop(trace_id, None)
+        if queries is None:
+            return
+        route = str((root.attributes or {}).get("http.route") or root.name)[:190]
+        correlation_id = format_correlation_id(trace_id)
+        findings = []
+        for statement, shape in queries.shapes.items():
+            if shape.count >= self._threshold:
+                findings.append(self._finding("n_plus_one", correlation_id, route, statement,
+                                              shape.count, shape.total_ns, shape.max_ns))
+        for statement, duration_ns in queries.slow:
+            findings.append(self._finding("slow_query", correlation_id, route, statement, 1,
+                                          duration_ns, duration_ns))
+        for finding in findings:
+            self.recent.append(finding)
+            for listener in self.listeners:
+                listener(finding)
+
+    @staticmethod
+    def _finding(kind: str, correlation_id: str, route: str, statement: str, count: int,
+                 total_ns: int, max_ns: int) -> QueryFinding:
+        operation, table = sql_operation_and_table(statement)
+        scrubbed = scrub_sql(statement)
+        return QueryFinding(
+            kind=kind, correlation_id=correlation_id, route=route, table=table or "",
+            operation=operation, statement=scrubbed, fingerprint=sql_fingerprint(statement),
+            count=count, total_ms=round(total_ns / 1e6, 3), max_ms=round(max_ns / 1e6, 3),
+            advice=advice_for(kind, operation, table or "", statement, count),
+        )
+
+    def findings(self, kind: str | None = None) -> list[QueryFinding]:
+        """Recent findings, newest first."""
+        items = list(self.recent)
+        items.reverse()
+        return [f for f in items if kind is None or f.kind == kind]
+
+
+def build_query_analyzer(runtime: Runtime) -> QueryAnalyzer | None:
+    """``PROCESSOR_FACTORIES`` entry; findings also feed the Prometheus counters when metrics are on."""
+    config = runtime.config
+    analyzer = QueryAnalyzer(slow_query_ms=float(config.SLOW_QUERY_MS),
+                             n_plus_one_threshold=int(config.N_PLUS_ONE_THRESHOLD))
+    if config.METRICS_ENABLED:
+        from .metrics import get_metrics
+
+        metrics = get_metrics()
+
+        def count(finding: QueryFinding) -> None:
+            counter = metrics.n_plus_one if finding.kind == "n_plus_one" else metrics.slow_queries
+            counter.labels(component=metrics.component_label("database", finding.table or "<unknown>")).inc()
+
+        analyzer.listeners.append(count)
+    return analyzer

@@ -1,0 +1,72 @@
+"""The overhead benchmark runs end to end (``--quick``). Not a timed test: nothing here looks at speed.
+
+It starts the real sidecar (OTLP receiver + MariaDB proxy) and one worker process per configuration,
+so it checks that every configuration really serves the views, that the traced ones export to the
+receiver, and that the record writer of the e2e-otel configuration writes TraceSteps to MariaDB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "benchmarks" / "overhead.py"
+
+pytestmark = [pytest.mark.mysql, pytest.mark.slow]
+
+
+def _db_name() -> str:
+    # Derived from the per-run test database name so parallel runs never share a benchmark schema.
+    return os.environ.get("E2E_MYSQL_TEST_DATABASE", "test_e2e_otel")[:48] + "_bench"
+
+
+def test_quick_benchmark_runs_and_reports(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--json", str(out), "--db-name", _db_name(),
+         "--log-dir", str(tmp_path / "logs"), "--proxy-delay", "0.05"],
+        cwd=REPO, capture_output=True, text=True, timeout=240, check=False,
+    )
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted((tmp_path / "logs").glob("*.log")))
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}\n{logs}"
+    report = json.loads(out.read_text())
+
+    configs = {"plain", "otel", "e2e", "e2e_stalled"}
+    assert set(report["latency"]) == configs
+    for config in configs:
+        for view in ("one", "heavy"):
+            row = report["latency"][config][view]
+            assert row["requests"] == report["parameters"]["requests_per_config_and_view"] == 20
+            assert row["median_us"] > 0 and row["p90_us"] >= row["median_us"]
+    for view in ("one", "heavy"):
+        assert set(report["ratios"][view]) == {"e2e-otel / stock OTel", "e2e-otel / plain",
+                                               "stock OTel / plain", "stalled record DB / e2e-otel"}
+
+    # Both traced configurations exported over OTLP/gRPC; plain Django exported nothing.
+    received = report["spans_received"]
+    assert received.get("bench-stock-otel", 0) > 0
+    assert received.get("bench-e2e-otel", 0) > 0
+    assert set(received) <= {"bench-stock-otel", "bench-e2e-otel", "bench-e2e-otel-stalled"}
+
+    # The record writer really wrote TraceSteps into MariaDB (counted rows, not only its counters).
+    (load,) = report["writer_load"]
+    assert "unavailable" not in load, load
+    assert load["steps_written"] > 0
+    assert load["step_rows_added"] == load["steps_written"]
+    assert load["steps_written"] + load["dropped_total"] <= load["offered_spans"]
+
+    assert "e2e-otel / stock OTel" in report["table"] and "median" in report["table"]
+    assert proc.stdout.strip() == report["table"]
+
+
+def test_rejects_nonsense_arguments() -> None:
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--rounds", "5", "--requests", "2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "--requests >= --rounds" in proc.stderr

@@ -1,0 +1,214 @@
+"""Provider set-up: resource, sampler, exporter chain, fan-out, bounded shutdown, install once."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+
+import pytest
+from django.conf import settings
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+from e2e_otel.apps import MIDDLEWARE_PATH, OTEL_MIDDLEWARE_PATH
+from e2e_otel.bootstrap import build_resource, build_runtime, get_runtime, install
+from e2e_otel.conf import get_config, resolve
+from e2e_otel.exporters import PerProcessExporter, SanitizingSpanExporter, build_span_exporter
+from e2e_otel.fanout import FanOutSpanProcessor
+from e2e_otel.sanitize import Sanitizer
+
+
+def _config(**user):
+    return resolve({"METRICS_ENABLED": False, "RECORDS_ENABLED": False, **user}, {})
+
+
+class _Collect(SpanProcessor):
+    """Sees every recorded span, sampled or not (like our derived processors)."""
+
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.spans.append(span)
+
+
+def test_resource_attributes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "team=payments,deployment.environment=ignored")
+    resource = build_resource(_config(SERVICE_NAME="shop", SERVICE_VERSION="1.2.3", ENVIRONMENT="production",
+                                      RESOURCE_ATTRIBUTES={"region": "eu"}))
+    attrs = resource.attributes
+    assert attrs["service.name"] == "shop" and attrs["service.version"] == "1.2.3"
+    assert attrs["deployment.environment"] == "production"  # ours beat OTEL_RESOURCE_ATTRIBUTES
+    assert attrs["team"] == "payments" and attrs["region"] == "eu"
+    assert attrs["host.name"] and attrs["process.pid"] == os.getpid()
+    assert attrs["telemetry.distro.name"] == "e2e-otel"
+
+
+def test_service_name_from_otel_resource_attributes_when_not_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=from-resource-env")
+    assert build_resource(_config()).attributes["service.name"] == "from-resource-env"
+    assert build_resource(_config(SERVICE_NAME="explicit")).attributes["service.name"] == "explicit"
+
+
+def test_testing_profile_has_no_exporter_and_otlp_is_wrapped() -> None:
+    runtime = build_runtime(_config(ENVIRONMENT="testing"), with_derived=False)
+    assert runtime.exporter is None and runtime.export_processor is None and runtime.owns_provider
+    exporter = build_span_exporter(_config(), Sanitizer())
+    assert isinstance(exporter, SanitizingSpanExporter)
+    assert isinstance(exporter.inner, PerProcessExporter)
+    assert build_span_exporter(_config(TRACES_EXPORTER="none"), Sanitizer()) is None
+
+
+def test_existing_provider_gets_our_processors_not_a_second_exporter() -> None:
+    provider = TracerProvider()
+    runtime = build_runtime(_config(), provider=provider, with_derived=False)
+    assert runtime.provider is provider and not runtime.owns_provider
+    assert runtime.exporter is None
+    collect = _Collect()
+    runtime.derived.add(collect)
+    provider.get_tracer("t").start_span("s").end()
+    assert [s.name for s in collect.spans] == ["s"]
+
+
+def test_production_sampling_records_everything_exports_a_tenth() -> None:
+    runtime = build_runtime(_config(ENVIRONMENT="production", RECORDS_ENABLED=True, TRACES_EXPORTER="none"),
+                            with_derived=False)
+    assert runtime.config.SAMPLE_RATE == 0.1
+    exported = InMemorySpanExporter()
+    runtime.provider.add_span_processor(SimpleSpanProcessor(exported))  # exports sampled spans only
+    collect = _Collect()
+    runtime.derived.add(collect)
+    tracer = runtime.provider.get_tracer("t")
+    for _ in range(2000):
+        tracer.start_span("root").end()
+    assert len(collect.spans) == 2000  # processors see every span
+    sampled = len(exported.get_finished_spans())
+    assert 100 < sampled < 320, sampled  # ~10 % exported
+    assert all(not s.context.trace_flags.sampled for s in collect.spans if s not in exported.get_finished_spans())
+
+
+def test_sampling_is_parent_based() -> None:
+    runtime = build_runtime(_config(SAMPLE_RATE=0.0, RECORDS_ENABLED=True, TRACES_EXPORTER="none"),
+                            with_derived=False)
+    tracer = runtime.provider.get_tracer("t")
+    for flags, expected in ((TraceFlags.SAMPLED, True), (TraceFlags.DEFAULT, False)):
+        parent = NonRecordingSpan(SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(flags)))
+        span = tracer.start_span("child", context=trace.set_span_in_context(parent))
+        assert span.is_recording()  # unsampled spans are still recorded for local processors
+        assert span.get_span_context().trace_flags.sampled is expected
+        span.end()
+    assert not tracer.start_span("root").get_span_context().trace_flags.sampled
+    plain = build_runtime(_config(SAMPLE_RATE=0.0, TRACES_EXPORTER="none"), with_derived=False)
+    assert not plain.provider.get_tracer("t").start_span("root").is_recording()  # records off: dropped
+
+
+def test_fanout_isolates_failing_children_and_can_detach() -> None:
+    class Broken(SpanProcessor):
+        def on_start(self, span, parent_context=None) -> None:
+            raise RuntimeError("boom")
+
+        def on_end(self, span) -> None:
+            raise RuntimeError("boom")
+
+    fanout = FanOutSpanProcessor([Broken()])
+    collect = _Collect()
+    fanout.add(collect)
+    provider = TracerProvider()
+    provider.add_span_processor(fanout)
+    provider.get_tracer("t").start_span("a").end()  # no exception reaches the caller
+    fanout.remove(collect)
+    provider.get_tracer("t").start_span("b").end()
+    assert [s.name for s in collect.spans] == ["a"]
+
+
+def test_shutdown_is_bounded_by_the_timeout() -> None:
+    class Stuck(SpanProcessor):
+        def shutdown(self) -> None:
+            time.sleep(5)
+
+    runtime = build_runtime(_config(TRACES_EXPORTER="none"), with_derived=False)
+    runtime.derived.add(Stuck())
+    started = time.monotonic()
+    assert runtime.shutdown(timeout=0.3) is False
+    assert time.monotonic() - started < 1.5
+    assert runtime.shutdown() is True  # second call is a no-op
+
+
+def test_shutdown_default_budget_keeps_exit_under_five_seconds() -> None:
+    assert resolve(None, {}).SHUTDOWN_TIMEOUT <= 3.0
+
+
+def test_live_runtime_is_installed_once_with_middleware_in_place() -> None:
+    runtime = get_runtime()
+    assert runtime is not None and install(get_config()) is runtime
+    assert trace.get_tracer_provider() is runtime.provider
+    middleware = list(settings.MIDDLEWARE)
+    assert middleware.count(OTEL_MIDDLEWARE_PATH) == 1 and middleware.count(MIDDLEWARE_PATH) == 1
+    assert middleware.index(MIDDLEWARE_PATH) == middleware.index(OTEL_MIDDLEWARE_PATH) + 1
+
+
+class _PidRecorder(SpanExporter):
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.batches: list[Sequence[ReadableSpan]] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.batches.append(spans)
+        return SpanExportResult.SUCCESS
+
+
+def _span_with_resource(pid: int) -> ReadableSpan:
+    provider = TracerProvider(resource=Resource({"service.name": "s", "process.pid": pid}))
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.get_tracer("t").start_span("s").end()
+    return exporter.get_finished_spans()[0]
+
+
+def test_per_process_exporter_keeps_own_pid_spans_untouched() -> None:
+    made: list[_PidRecorder] = []
+    exporter = PerProcessExporter(lambda: made.append(_PidRecorder()) or made[-1])
+    span = _span_with_resource(os.getpid())
+    exporter.export([span])
+    assert len(made) == 1 and made[0].batches[0][0] is span
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_per_process_exporter_after_fork_builds_a_new_exporter_and_names_the_child() -> None:
+    made: list[_PidRecorder] = []
+    exporter = PerProcessExporter(lambda: made.append(_PidRecorder()) or made[-1])
+    parent_pid = os.getpid()
+    span = _span_with_resource(parent_pid)  # resource built before fork, like gunicorn --preload
+    exporter.export([span])
+    read_fd, write_fd = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            exporter.export([span])
+            latest = made[-1]
+            exported = latest.batches[-1][0]
+            ok = (len(made) == 2 and latest.pid == os.getpid()
+                  and exported.resource.attributes["process.pid"] == os.getpid()
+                  and exported.resource.attributes["service.name"] == "s"
+                  and exported.context == span.context and exported.name == span.name)
+            os.write(write_fd, b"ok" if ok else b"bad")
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    answer = os.read(read_fd, 10)
+    os.close(read_fd)
+    os.waitpid(child, 0)
+    assert answer == b"ok"
+    assert len(made) == 1 and threading.current_thread() is threading.main_thread()
+
+
+def test_similar_resource_key_does_not_hide_our_service_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "myservice.name=other")
+    attrs = build_resource(_config()).attributes
+    assert attrs["service.name"] == "django-app" and attrs["myservice.name"] == "other"

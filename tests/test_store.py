@@ -1,0 +1,164 @@
+"""RecordWriter: bounded queue, drop counters, outage back-off and recovery, flush, fork, privacy."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.db import connections
+from opentelemetry.trace import SpanKind
+
+from e2e_otel.conf import resolve
+from e2e_otel.models import ErrorLog, TraceStep, WorkflowSession
+from e2e_otel.sanitize import Sanitizer
+from e2e_otel.spans_to_records import ErrorData, StepData, WorkflowHints, error_fingerprint
+
+_trace_counter = iter(range(1, 1_000_000))
+
+
+def make_step(trace_id: int | None = None, *, root: bool = True, name: str = "GET /x/", layer: str = "api",
+              attributes: dict[str, Any] | None = None, errors: tuple[ErrorData, ...] = (),
+              status: str = "ok") -> StepData:
+    now = time.time_ns()
+    return StepData(
+        trace_id=trace_id or uuid.uuid4().int, span_id=f"{next(_trace_counter):016x}", parent_span_id="",
+        name=name, layer=layer, component="/x/", operation="GET", start_ns=now - 5_000_000, end_ns=now,
+        status=status, is_local_root=root, sampled=True, hints=WorkflowHints(route_key="GET /x/"),
+        attributes=attributes or {}, errors=errors,
+    )
+
+
+def config(**options: Any) -> Any:
+    return resolve({"ENVIRONMENT": "testing", "RECORD_FLUSH_INTERVAL": 0.02, **options}, environ={})
+
+
+@pytest.fixture
+def writers() -> Iterator[Any]:
+    from e2e_otel.store import RecordWriter
+
+    made: list[RecordWriter] = []
+
+    def make(*, start: bool = True, alias: str | None = None, **options: Any) -> RecordWriter:
+        made.append(RecordWriter(config(**options), Sanitizer(), alias=alias, start=start))
+        return made[-1]
+
+    yield make
+    for writer in made:
+        writer.shutdown(2)
+
+
+def test_full_queue_drops_and_counts_without_blocking(writers: Any) -> None:
+    writer = writers(start=False, RECORD_QUEUE_SIZE=3)
+    started = time.perf_counter()
+    results = [writer.submit(make_step()) for _ in range(5)]
+    assert time.perf_counter() - started < 0.05
+    assert results == [True, True, True, False, False]
+    stats = writer.stats()
+    assert stats["queue_depth"] == 3 and stats["queue_capacity"] == 3
+    assert stats["dropped"] == {"queue_full": 2, "db_error": 0, "step_cap": 0, "unsampled_overflow": 0}
+    assert stats["written"] == {"session": 0, "step": 0, "error": 0, "snapshot": 0}
+    assert stats["last_error"] is None and stats["last_flush_ts"] is None
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True, databases=["default", "unreachable"])
+def test_database_outage_backs_off_keeps_newest_and_recovers(writers: Any) -> None:
+    writer = writers(alias="unreachable", RECORD_QUEUE_SIZE=4)
+    steps = [make_step() for _ in range(6)]
+    for step in steps[:2]:
+        writer.submit(step)
+    assert not writer.force_flush(0.5)  # nothing can be written
+    assert "OperationalError" in (writer.stats()["last_error"] or "")
+    started = time.perf_counter()
+    for step in steps[2:]:
+        assert writer.submit(step)
+    assert time.perf_counter() - started < 0.05  # producers never wait for the database
+    deadline = time.monotonic() + 5
+    while writer.stats()["dropped"]["db_error"] < 2 and time.monotonic() < deadline:
+        writer.force_flush(0.2)
+    assert writer.stats()["dropped"]["db_error"] == 2  # pending capped at 4: the two oldest went
+    assert writer.stats()["queue_depth"] == 4
+
+    settings = connections.settings["unreachable"]
+    saved = dict(settings)
+    default = connections["default"].settings_dict
+    settings.update(PORT=default["PORT"], NAME=default["NAME"], HOST=default["HOST"])
+    try:
+        assert writer.force_flush(10)  # cuts the back-off short and writes the backlog
+    finally:
+        settings.clear()
+        settings.update(saved)
+    stored = set(WorkflowSession.objects.values_list("correlation_id", flat=True))
+    assert stored == {uuid.UUID(int=s.trace_id) for s in steps[2:]}
+    assert writer.stats()["written"]["step"] == 4 and writer.stats()["queue_depth"] == 0
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_force_flush_returns_when_written_not_after_the_interval(writers: Any) -> None:
+    writer = writers(RECORD_FLUSH_INTERVAL=30, RECORD_BATCH_SIZE=1000)
+    steps = [make_step() for _ in range(5)]
+    for step in steps:
+        writer.submit(step)
+    started = time.monotonic()
+    assert writer.force_flush(10)
+    assert time.monotonic() - started < 5
+    assert TraceStep.objects.filter(correlation_id__in=[uuid.UUID(int=s.trace_id) for s in steps]).count() == 5
+    assert writer.stats()["last_flush_ts"] is not None
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_writer_sanitises_before_storage(writers: Any) -> None:
+    writer = writers()
+    trace_id = uuid.uuid4().int
+    stack = 'Traceback:\n  File "app.py", line 3, in login\n    check(password="hunter2")\nError: token=abc123xyz'
+    error = ErrorData(error_type="AuthError", message="bad password=hunter2 for Bearer abc123xyz",
+                      stacktrace=stack, layer="api", component="/login/", operation="POST",
+                      fingerprint=error_fingerprint("AuthError", "api", "/login/", "POST", stack),
+                      severity="warning", category="auth", timestamp_ns=time.time_ns(),
+                      metadata={"password": "hunter2"})
+    writer.submit(make_step(trace_id, status="error", errors=(error,), attributes={
+        "db.statement": "SELECT 1 FROM auth_user WHERE password = 'hunter2' AND id = 42",
+        "api_token": "abc123xyz", "http.route": "login/"}))
+    assert writer.force_flush(10)
+    step = TraceStep.objects.get(correlation_id=uuid.UUID(int=trace_id))
+    assert step.metadata["db.statement"] == "SELECT ? FROM auth_user WHERE password = ? AND id = ?"
+    assert step.metadata["api_token"] == "[REDACTED]" and step.metadata["http.route"] == "login/"
+    row = ErrorLog.objects.get(correlation_id=uuid.UUID(int=trace_id))
+    stored = f"{row.error_message}|{row.stack_trace}|{row.metadata}"
+    assert "hunter2" not in stored and "abc123xyz" not in stored
+    assert "[REDACTED]" in row.error_message and 'in login' in row.stack_trace
+
+
+def test_fork_restarts_the_writer_with_an_empty_queue(writers: Any) -> None:
+    writer = writers(alias="unreachable")
+    for _ in range(3):
+        writer.submit(make_step())
+    parent_thread = writer._thread
+    pid = os.fork()
+    if pid == 0:  # child: must not touch the database or pytest state
+        ok = (writer.stats()["queue_depth"] == 0 and writer._thread is not None
+              and writer._thread.is_alive() and writer._thread is not parent_thread)
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert writer.stats()["queue_depth"] >= 1  # the parent's backlog is untouched
+
+
+def test_unknown_kind_of_span_is_not_a_workflow() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from e2e_otel.processors import _is_stray_query
+    from e2e_otel.spans_to_records import step_from_span
+
+    provider = TracerProvider()
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT, attributes={"db.system": "mysql"}) as span:
+        pass
+    step = step_from_span(span)  # type: ignore[arg-type]
+    assert step is not None and step.layer == "database" and _is_stray_query(step)
