@@ -36,6 +36,7 @@ LABELS = {
     "e2e_stalled": "C' e2e-otel, record DB stalled",
     "e2e_bare": "Cb e2e-otel, records+metrics off",
     "e2e_norecords": "Cm e2e-otel, records off",
+    "e2e_patched": "C+ e2e-otel, patched (--patched)",
 }
 BREAKDOWN_CONFIGS = "e2e_bare,e2e_norecords"
 EXPECTED_QUERIES = {"one": 1, "heavy": 10}
@@ -162,6 +163,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     per_batch = max(1, args.requests // args.rounds)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(BENCH_DIR), str(REPO_DIR), env.get("PYTHONPATH", "")])
+    if args.patched:
+        configs.append("e2e_patched")
     env["BENCH_DB_NAME"], env["BENCH_DB_HOST"] = args.db_name, args.db_host
     env["BENCH_DB_PORT"] = str(args.db_port)
     for key in [k for k in env if k.startswith("OTEL_")]:
@@ -192,7 +195,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         env["BENCH_RECORDS_PROXY_PORT"] = str(endpoints["proxy_port"])
 
         for config in configs:
-            procs[config] = Proc(config, [sys.executable, "-m", "bench_project.worker", config], env,
+            worker_env = dict(env)
+            if config == "e2e_patched":  # the patched package shadows the tree's, for this worker only
+                worker_env["PYTHONPATH"] = os.pathsep.join([str(Path(args.patched).resolve()), env["PYTHONPATH"]])
+            procs[config] = Proc(config, [sys.executable, "-m", "bench_project.worker", config], worker_env,
                                  open(log_dir / f"worker-{config}.log", "w"))
         for config in configs:
             procs[config].read()  # "ready"
@@ -229,18 +235,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["record_writer"] = {c: procs[c].send({"op": "stats"})["records"]
                                    for c in configs if c.startswith("e2e")}
 
-        if "e2e" in procs and args.writer_seconds > 0:
-            report["writer_load"] = []
+        for config, key in (("e2e", "writer_load"), ("e2e_patched", "writer_load_patched")):
+            if config not in procs or args.writer_seconds <= 0:
+                continue
+            report[key] = []
             for rate in [float(r) for r in args.writer_rates.split(",") if r]:
-                say(f"record writer: offering {rate:.0f} spans/s for {args.writer_seconds}s")
-                report["writer_load"].append(procs["e2e"].send(
+                say(f"record writer [{config}]: offering {rate:.0f} spans/s for {args.writer_seconds}s")
+                report[key].append(procs[config].send(
                     {"op": "writer_load", "rate": rate, "seconds": args.writer_seconds,
                      "steps_per_trace": 10}))
+        if "e2e" in procs and args.profile_requests > 0:
+            say("profiling the record writer thread")
+            report["writer_profile"] = [procs["e2e"].send(
+                {"op": "profile_writer", "traces": max(20, args.profile_requests // 2), "steps_per_trace": k})
+                for k in (2, 11)]
+        if args.hook_requests > 0:
+            say("timing the tracing hooks on the request path")
+            report["hook_costs"] = {config: {view: procs[config].send(
+                {"op": "hook_costs", "view": view, "n": args.hook_requests}) for view in views}
+                for config in configs if config in ("otel", "e2e", "e2e_patched")}
         if args.profile_requests > 0:
             say("profiling the request path of configurations B and C")
             report["profile"] = {config: {view: procs[config].send(
                 {"op": "profile", "view": view, "n": args.profile_requests}) for view in views}
-                for config in ("otel", "e2e") if config in procs}
+                for config in ("otel", "e2e", "e2e_bare") if config in procs}
         report["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         return report
     finally:
@@ -260,6 +278,8 @@ RATIO_PAIRS = {
     "e2e core (Cb) / stock OTel": ("e2e_bare", "otel"),
     "+metrics (Cm) / Cb": ("e2e_norecords", "e2e_bare"),
     "+records (C) / Cm": ("e2e", "e2e_norecords"),
+    "patched (C+) / e2e-otel": ("e2e_patched", "e2e"),
+    "patched (C+) / stock OTel": ("e2e_patched", "otel"),
 }
 
 
@@ -341,8 +361,20 @@ def format_report(report: dict[str, Any]) -> str:
     lines += ["", f"spans received by the OTLP receiver: {report['spans_received']}"]
     for config, stats in report.get("record_writer", {}).items():
         lines.append(f"record writer after the rounds [{config}]: {json.dumps(stats, sort_keys=True)}")
+    if report.get("hook_costs"):
+        lines += ["", "CPU time in tracing hooks on the request thread (us per request; thread_time_ns around "
+                      "each call, so GIL waits are excluded; total = request-thread CPU of the request):"]
+        for config, by_view in report["hook_costs"].items():
+            for view, costs in by_view.items():
+                hooks = costs["hooks_us_per_request"]
+                lines.append(f"  {'/' + view + '/':<9}{LABELS[config]:<33}total {sum(hooks.values()):.0f} of "
+                             f"{costs['request_us']:.0f} per request")
+                for name, us in hooks.items():
+                    lines.append(f"      {name:<58}{us:>8.1f}  ({costs['calls_per_request'][name]:.0f} calls)")
     for load in report.get("writer_load", []):
         lines.append(format_load(load))
+    for load in report.get("writer_load_patched", []):
+        lines.append("[C+] " + format_load(load))
     return "\n".join(lines)
 
 
@@ -368,12 +400,17 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"add configurations {BREAKDOWN_CONFIGS} to split C's cost by feature")
     parser.add_argument("--writer-rates", default="2000,20000", help="offered spans/s for the writer test")
     parser.add_argument("--writer-seconds", type=float, default=5.0, help="0 skips the writer test")
+    parser.add_argument("--hook-requests", type=int, default=500,
+                        help="requests per traced configuration and view for the hook timing (0: skip)")
     parser.add_argument("--profile-requests", type=int, default=0, help="cProfile N requests of config C")
     parser.add_argument("--proxy-delay", type=float, default=0.25,
                         help="seconds the stalling proxy holds each packet (config C')")
     parser.add_argument("--db-host", default="127.0.0.1")
     parser.add_argument("--db-port", type=int, default=3306)
     parser.add_argument("--db-name", default="e2e_otel_bench")
+    parser.add_argument("--patched", metavar="DIR",
+                        help="add configuration C+: e2e-otel imported from DIR (a patched copy of the "
+                             "package), measured interleaved with C")
     parser.add_argument("--keep-db", action="store_true", help="do not drop the database at the end")
     parser.add_argument("--json", metavar="PATH", help="also write the full results as JSON")
     parser.add_argument("--json-only", action="store_true", help="no progress output")
@@ -386,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         args.requests, args.rounds, args.warmup = 20, 2, 5
         args.writer_rates, args.writer_seconds = "500", 0.5
         args.profile_requests = min(args.profile_requests, 10)
+        args.hook_requests = min(args.hook_requests, 10)
     if args.rounds < 1 or args.requests < args.rounds:
         parser.error("need --rounds >= 1 and --requests >= --rounds")
     report = run(args)

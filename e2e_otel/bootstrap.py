@@ -21,11 +21,11 @@ from opentelemetry import trace
 from opentelemetry.propagate import set_global_textmap
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from . import __version__
 from .conf import Config
-from .exporters import build_span_exporter
+from .exporters import CountingBatchSpanProcessor, build_span_exporter
 from .fanout import FanOutSpanProcessor
 from .propagation import CorrelationIdGenerator, default_propagator
 from .sampling import build_sampler
@@ -138,13 +138,15 @@ def build_runtime(
     provider.add_span_processor(derived)
     if owns:
         exporter = build_span_exporter(config, sanitizer)
+        on_drop = None
         if exporter is not None and config.METRICS_ENABLED:
-            from .metrics import CountingSpanExporter  # exported_spans_total / exporter_up
+            from .metrics import CountingSpanExporter, get_metrics  # exported_spans_total / exporter_up
 
             exporter = CountingSpanExporter(exporter)
+            on_drop = get_metrics().export_dropped.inc
         if exporter is not None:
             runtime.exporter = exporter
-            runtime.export_processor = BatchSpanProcessor(exporter)
+            runtime.export_processor = CountingBatchSpanProcessor(exporter, on_drop)
             provider.add_span_processor(runtime.export_processor)
     for path in PROCESSOR_FACTORIES if with_derived else ():
         try:
@@ -184,7 +186,7 @@ def install(config: Config) -> Runtime | None:
             runtime = build_runtime(config)
             trace.set_tracer_provider(runtime.provider)
         if not os.environ.get("OTEL_PROPAGATORS"):
-            set_global_textmap(default_propagator())
+            set_global_textmap(default_propagator(config.CORRELATION_HEADER))
         _instrument(runtime)
         atexit.register(runtime.shutdown)
         _runtime = runtime

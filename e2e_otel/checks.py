@@ -3,7 +3,8 @@
 Ids are stable: E001 unknown key, E002 invalid value, W001 production without an API key,
 W002 ingestion without an ingest key, W003 a MySQL database whose driver is not PyMySQL (its
 queries would not be traced), W004 provider settings ignored because the provider was configured
-before Django (``opentelemetry-instrument``).
+before Django (``opentelemetry-instrument``), W005 a WORKFLOWS rule pattern that matches no URL
+pattern (``e2e_otel.discovery``).
 """
 
 from __future__ import annotations
@@ -103,3 +104,24 @@ def mysql_driver_warnings(databases: Mapping[str, Mapping[str, Any]]) -> list[An
             id="e2e_otel.W003",
         ))
     return messages
+
+
+@register(Tags.urls, _SETTINGS_TAG)
+def check_workflow_rules(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """W005: a WORKFLOWS pattern no endpoint matches never names a workflow (usually a typo)."""
+    config = get_config()
+    if not config.WORKFLOWS:
+        return []
+    from .discovery import unmatched_rules
+
+    try:
+        unmatched = unmatched_rules(rules=config.WORKFLOWS)
+    except Exception:  # noqa: BLE001 - a broken URLconf is reported by Django's own URL checks
+        return []
+    return [Warning(
+        f"WORKFLOWS rule {rule.pattern!r} for workflow {rule.workflow!r} matches no URL pattern.",
+        hint=(f"Close routes: {', '.join(rule.close)}. " if rule.close else "")
+        + 'Rules match "METHOD /route" with the route as http.route records it (see '
+          "`manage.py discover_endpoints`); fnmatch wildcards * ? [] apply.",
+        id="e2e_otel.W005",
+    ) for rule in unmatched]

@@ -56,6 +56,18 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
+def _exporter_list(value: Any) -> str:
+    """``OTEL_TRACES_EXPORTER`` may name several exporters (``otlp,console``); kept as that string."""
+    names: list[str] = []
+    for item in str(value).split(","):
+        name = _choice(*EXPORTERS)(item)
+        if name not in names:
+            names.append(name)
+    if "none" in names and len(names) > 1:
+        raise ValueError(f"'none' cannot be combined with other exporters, got {value!r}")
+    return ",".join(names)
+
+
 def _optional_str(value: Any) -> str | None:
     if value is None:
         return None
@@ -166,7 +178,8 @@ OPTIONS: dict[str, Option] = {
     "RESOURCE_ATTRIBUTES": Option({}, "Extra resource attributes; OTEL_RESOURCE_ATTRIBUTES is merged below.",
                                   _mapping),
     # --- export ---
-    "TRACES_EXPORTER": Option("otlp", "otlp | console | none.", _choice(*EXPORTERS),
+    "TRACES_EXPORTER": Option("otlp", "otlp | console | none, or a comma list such as otlp,console.",
+                              _exporter_list,
                               env=("OTEL_TRACES_EXPORTER",), profile={"testing": "none"}),
     "OTLP_ENDPOINT": Option(None, "Collector endpoint. Unset: the SDK reads OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT "
                             "or uses localhost:4317 / :4318.", _optional_str),

@@ -14,12 +14,44 @@ from urllib.parse import urlsplit
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
-from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
 
 from .conf import Config
 from .sanitize import MASK, Sanitizer
 
 logger = logging.getLogger(__name__)
+
+
+class CountingBatchSpanProcessor(BatchSpanProcessor):
+    """The SDK's batch processor, plus a count of the spans it drops when its queue is full.
+
+    Runs on span-ending threads (``on_end``). The SDK drops silently (one log line per span); we
+    read its queue length before handing the span over — two attribute reads, no lock (the SDK
+    clears that deque in place after fork, so the reference stays valid). If a future
+    SDK renames those internals, counting stops (``counting`` is False) but export is unaffected.
+    """
+
+    def __init__(self, exporter: SpanExporter, on_drop: Callable[[], None] | None = None) -> None:
+        super().__init__(exporter)
+        self.dropped = 0
+        self._on_drop = on_drop
+        batch = getattr(self, "_batch_processor", None)
+        self._queue = getattr(batch, "_queue", None)
+        self._capacity = getattr(batch, "_max_queue_size", None)
+        self.counting = self._queue is not None and isinstance(self._capacity, int)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.counting and span.context is not None and span.context.trace_flags.sampled:
+            if len(self._queue) >= self._capacity:  # type: ignore[arg-type]
+                self.dropped += 1
+                if self._on_drop is not None:
+                    self._on_drop()
+        super().on_end(span)
 
 
 class PerProcessExporter(SpanExporter):
@@ -34,6 +66,7 @@ class PerProcessExporter(SpanExporter):
         self._pid: int | None = None
         self._exporter: SpanExporter | None = None
         self._lock = threading.Lock()
+        self._origin_pid = os.getpid()  # the process that built the provider and its resource
         self._resource_pid: int | None = None
         self._resources: dict[int, tuple[Resource, Resource]] = {}
 
@@ -55,16 +88,19 @@ class PerProcessExporter(SpanExporter):
         """Spans made in a forked child name the child's pid, not the preloading parent's.
 
         The provider's resource (with ``process.pid``) was built before ``fork()``; without this every
-        gunicorn worker would report the master's pid and their spans could not be told apart.
+        gunicorn worker would report the master's pid and their spans could not be told apart. Only
+        that inherited pid is replaced (spans ingested from elsewhere keep their own resource).
         """
         pid = os.getpid()
+        if pid == self._origin_pid:
+            return spans
         if self._resource_pid != pid:
             self._resources = {}
             self._resource_pid = pid
         result: list[ReadableSpan] | None = None
         for index, span in enumerate(spans):
             resource = span.resource
-            if resource is None or resource.attributes.get("process.pid", pid) == pid:
+            if resource is None or resource.attributes.get("process.pid") != self._origin_pid:
                 continue
             cached = self._resources.get(id(resource))
             if cached is None or cached[0] is not resource:
@@ -188,10 +224,34 @@ def _otlp_exporter_factory(config: Config) -> Callable[[], SpanExporter]:
 
 
 def build_span_exporter(config: Config, sanitizer: Sanitizer) -> SpanExporter | None:
-    """The exporter ``TRACES_EXPORTER`` asks for, wrapped for fork-safety and scrubbing; or ``None``."""
-    kind = config.TRACES_EXPORTER
-    if kind == "none":
+    """The exporter(s) ``TRACES_EXPORTER`` asks for, wrapped for fork-safety and scrubbing; or ``None``."""
+    exporters: list[SpanExporter] = []
+    for kind in config.TRACES_EXPORTER.split(","):
+        if kind == "console":
+            exporters.append(ConsoleSpanExporter())
+        elif kind == "otlp":
+            exporters.append(PerProcessExporter(_otlp_exporter_factory(config)))
+    if not exporters:
         return None
-    if kind == "console":
-        return SanitizingSpanExporter(ConsoleSpanExporter(), sanitizer)
-    return SanitizingSpanExporter(PerProcessExporter(_otlp_exporter_factory(config)), sanitizer)
+    inner = exporters[0] if len(exporters) == 1 else MultiSpanExporter(exporters)
+    return SanitizingSpanExporter(inner, sanitizer)
+
+
+class MultiSpanExporter(SpanExporter):
+    """Several exporters behind one batch processor (``OTEL_TRACES_EXPORTER=otlp,console``).
+    Runs on the export thread; the batch succeeds only if every exporter took it."""
+
+    def __init__(self, exporters: Sequence[SpanExporter]) -> None:
+        self.exporters = tuple(exporters)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        results = [exporter.export(spans) for exporter in self.exporters]
+        ok = all(result is SpanExportResult.SUCCESS for result in results)
+        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        for exporter in self.exporters:
+            exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return all([exporter.force_flush(timeout_millis) for exporter in self.exporters])

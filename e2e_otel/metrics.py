@@ -132,6 +132,9 @@ class E2EMetrics:
         self.exporter_up.set(1)  # no export has failed (also when no exporter is configured)
         self.exported_spans = Counter(
             f"{PREFIX}_exported_spans", "Spans handed to the exporter, by result.", ["result"], registry=r)
+        self.export_dropped = Counter(
+            f"{PREFIX}_export_dropped_spans", "Spans dropped because the SDK's export queue was full.",
+            registry=r)
         self.slow_queries = Counter(
             f"{PREFIX}_slow_queries", "SQL statements slower than SLOW_QUERY_MS, by component.",
             ["component"], registry=r)

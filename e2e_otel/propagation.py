@@ -278,7 +278,14 @@ class CorrelationIdPropagator(textmap.TextMapPropagator):
     :data:`CORRELATION_TRACE_ID_KEY`; no span context is created (a fake remote parent would make the
     server span a child of a span that never existed). Nothing is injected: outgoing requests carry
     ``traceparent``, whose trace id already equals the correlation id.
+
+    ``header`` is the correlation header's name (``E2E_OTEL["CORRELATION_HEADER"]``), any case.
     """
+
+    def __init__(self, header: str = CORRELATION_HEADER) -> None:
+        if not header or not header.strip():
+            raise ValueError(f"correlation header name must not be empty, got {header!r}")
+        self.header = header.strip().lower()
 
     def extract(
         self,
@@ -291,7 +298,7 @@ class CorrelationIdPropagator(textmap.TextMapPropagator):
             context = Context()
         if trace.get_current_span(context).get_span_context().is_valid:
             return context
-        values = getter.get(carrier, CORRELATION_HEADER)
+        values = getter.get(carrier, self.header)
         if not values or len(values) != 1:
             return context
         trace_id = parse_correlation_id(values[0])
@@ -353,10 +360,10 @@ class CorrelationIdGenerator(RandomIdGenerator):
         return _correlation_trace_id() is None
 
 
-def default_propagator() -> textmap.TextMapPropagator:
+def default_propagator(correlation_header: str = CORRELATION_HEADER) -> textmap.TextMapPropagator:
     """Trace context, then baggage, then correlation id; the order matters because
     ``CompositePropagator`` feeds each propagator the context returned by the previous one and the
     correlation propagator checks whether trace context produced a valid parent."""
     return CompositePropagator(
-        [W3CTraceContextPropagator(), W3CBaggagePropagator(), CorrelationIdPropagator()]
+        [W3CTraceContextPropagator(), W3CBaggagePropagator(), CorrelationIdPropagator(correlation_header)]
     )

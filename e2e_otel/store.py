@@ -39,6 +39,7 @@ _UNKNOWN_TYPE = ("unknown", "unknown")
 _SOURCE_RANK = {**WORKFLOW_SOURCES, "unknown": 99}
 _SQL_KEYS = ("db.statement", "db.query.text")
 _SWEEP_LIMIT = 500
+LOCK_WAIT_TIMEOUT = 5  # seconds the writer waits for a row lock (MySQL/MariaDB) before retrying
 _PING_AFTER_IDLE = 60.0  # seconds without a write after which the connection is pinged first
 
 
@@ -299,6 +300,12 @@ class RecordWriter:
         would reconnect every batch) but drop it when it failed or idled long enough for the server
         to have closed it."""
         if connection.connection is None:
+            connection.ensure_connection()
+            if connection.vendor == "mysql":
+                # A host-app transaction holding row locks must not park the writer for InnoDB's
+                # default 50 s: give up quickly, back off and retry the batch.
+                with connection.cursor() as cursor:
+                    cursor.execute("SET SESSION innodb_lock_wait_timeout = %s", [LOCK_WAIT_TIMEOUT])
             return
         stale = time.monotonic() - self._last_used > _PING_AFTER_IDLE
         if (connection.errors_occurred or stale) and not connection.is_usable():

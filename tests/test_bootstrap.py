@@ -212,3 +212,24 @@ def test_similar_resource_key_does_not_hide_our_service_name(monkeypatch: pytest
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "myservice.name=other")
     attrs = build_resource(_config()).attributes
     assert attrs["service.name"] == "django-app" and attrs["myservice.name"] == "other"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_per_process_exporter_leaves_foreign_resources_alone_after_fork() -> None:
+    made: list[_PidRecorder] = []
+    exporter = PerProcessExporter(lambda: made.append(_PidRecorder()) or made[-1])
+    browser_span = _span_with_resource(1)  # e.g. ingested from elsewhere, not our inherited resource
+    read_fd, write_fd = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            exporter.export([browser_span])
+            ok = made[-1].batches[-1][0] is browser_span
+            os.write(write_fd, b"ok" if ok else b"bad")
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    answer = os.read(read_fd, 10)
+    os.close(read_fd)
+    os.waitpid(child, 0)
+    assert answer == b"ok"

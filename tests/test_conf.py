@@ -187,3 +187,15 @@ def test_non_dict_setting_is_an_error() -> None:
         cfg = get_config()
         assert [e.key for e in cfg.errors] == ["E2E_OTEL"]
         assert cfg.SERVICE_NAME  # defaults still usable
+
+
+def test_traces_exporter_accepts_the_spec_comma_list() -> None:
+    from e2e_otel.bootstrap import build_sanitizer
+    from e2e_otel.exporters import MultiSpanExporter, build_span_exporter
+
+    cfg = resolve(None, {"OTEL_TRACES_EXPORTER": "otlp, console,otlp"})
+    assert cfg.errors == [] and cfg.TRACES_EXPORTER == "otlp,console"
+    exporter = build_span_exporter(cfg, build_sanitizer(cfg))
+    assert isinstance(exporter.inner, MultiSpanExporter) and len(exporter.inner.exporters) == 2
+    bad = resolve(None, {"OTEL_TRACES_EXPORTER": "none,console"})
+    assert [e.key for e in bad.errors] == ["TRACES_EXPORTER"]

@@ -118,3 +118,35 @@ def test_e2e_otel_dict_endpoint_and_headers_win_over_environment(otlp_receiver: 
         (span,) = _trace(otlp_receiver, correlation_id, with_query=False)
     assert span.kind == SERVER and span.transport == "http"
     assert {r.headers.get("x-tenant") for r in otlp_receiver.requests} == {"from-settings"}
+
+
+def test_spans_dropped_by_a_full_export_queue_are_counted() -> None:
+    """The SDK drops silently when its queue is full; we count every such span."""
+    import threading
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    from e2e_otel.exporters import CountingBatchSpanProcessor
+
+    release = threading.Event()
+
+    class StuckExporter(SpanExporter):
+        def export(self, spans):  # type: ignore[no-untyped-def]
+            release.wait(10)
+            return SpanExportResult.SUCCESS
+
+    drops: list[int] = []
+    processor = CountingBatchSpanProcessor(StuckExporter(), lambda: drops.append(1))
+    assert processor.counting
+    capacity = processor._capacity
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("t")
+    for _ in range(capacity + 700):  # the worker takes one batch (≤ 512) and then blocks in export
+        tracer.start_span("s").end()
+    try:
+        assert processor.dropped >= 700 - 512 and processor.dropped == len(drops)
+    finally:
+        release.set()
+        provider.shutdown()

@@ -91,7 +91,7 @@ def _post(server: ServerProcess, path: str, body: bytes, headers: dict[str, str]
 
 def _drive_traffic(server: ServerProcess) -> None:
     ok = ["/ping/", "/items/", "/raw-sql/", "/items/1/"]
-    slow = ["/slow/?seconds=0.35", "/slow/?seconds=0.6"]
+    slow = ["/slow/?seconds=0.35", "/slow/?seconds=0.6"] + ["/slow-sql/?seconds=0.01"] * 4
     statuses: dict[str, set[int]] = {}
 
     def hit(path: str) -> None:

@@ -573,3 +573,13 @@ def test_django_instrumentation_path_uses_correlation_id(tracer: trace.Tracer) -
 def test_entry_point_classes_construct_without_arguments() -> None:
     assert isinstance(W3CTraceContextPropagator(), W3CTraceContextPropagator)
     assert isinstance(CorrelationIdPropagator(), CorrelationIdPropagator)
+
+
+def test_custom_correlation_header_name_is_read_case_insensitively() -> None:
+    propagator = CorrelationIdPropagator("X-Request-ID")
+    ctx = propagator.extract({"x-request-id": UUID_DASHED}, Context())
+    assert context.get_value(CORRELATION_TRACE_ID_KEY, ctx) == int(UUID_DASHED.replace("-", ""), 16)
+    ignored = propagator.extract({CORRELATION_HEADER: UUID_DASHED}, Context())
+    assert context.get_value(CORRELATION_TRACE_ID_KEY, ignored) is None
+    with pytest.raises(ValueError):
+        CorrelationIdPropagator(" ")

@@ -10,6 +10,7 @@ urlpatterns = [
     path("items-n-plus-one/", views.items_n_plus_one),
     path("raw-sql/", views.raw_sql),
     path("slow/", views.slow),
+    path("slow-sql/", views.slow_sql),
     path("fail/", views.fail),
     path("login/", views.login),
     path("pid/", views.pid),

@@ -80,6 +80,72 @@ def _sum(mapping: dict[str, int] | None) -> int:
     return sum((mapping or {}).values())
 
 
+def _offer_traces(tracer: Any, count: int, steps_per_trace: int, first: int = 0) -> None:
+    for n in range(first, first + count):
+        with tracer.start_as_current_span(
+            "GET /orders/<int:pk>/", kind=SpanKind.SERVER,
+            attributes={"http.request.method": "GET", "http.route": "/orders/<int:pk>/",
+                        "url.path": f"/orders/{n}/", "http.response.status_code": 200},
+        ):
+            for i in range(steps_per_trace - 1):
+                with tracer.start_as_current_span(
+                    "SELECT", kind=SpanKind.CLIENT,
+                    attributes={"db.system": "mysql", "db.name": "shop",
+                                "db.statement": f"SELECT id, name FROM shop_product WHERE id = %s LIMIT {i + 1}"},
+                ):
+                    pass
+
+
+def profile_writer(runtime: Any, *, traces: int, steps_per_trace: int) -> dict[str, Any]:
+    """cProfile the record writer thread while it writes ``traces`` offered traces.
+
+    Diagnostic only: wraps the writer instance's ``_write`` (a private method of
+    ``e2e_otel.store.RecordWriter``) so the profiler runs on the writer thread; removed afterwards.
+    """
+    import cProfile
+    import pstats
+
+    processor = record_processor(runtime)
+    found = writer(runtime)
+    if processor is None or found is None or not hasattr(found, "_write"):
+        return {"unavailable": "RecordWriter._write not available"}
+    flush(runtime, 60.0)
+    profiler = cProfile.Profile()
+    original = found._write
+
+    def profiled(*args: Any, **kwargs: Any) -> Any:
+        profiler.enable()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            profiler.disable()
+
+    provider = TracerProvider()
+    provider.add_span_processor(_Forward(processor))
+    found._write = profiled
+    try:
+        _offer_traces(provider.get_tracer("bench.writer_profile"), traces, steps_per_trace)
+        flush(runtime, 120.0)
+    finally:
+        del found._write
+    stats = pstats.Stats(profiler)
+    areas: dict[str, float] = {}
+    sql = 0
+    for (filename, _line, func), (_cc, calls, tottime, _cum, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        area = ("django/db" if "django/db" in filename else "django (other)" if "/django/" in filename
+                else "pymysql" if "pymysql" in filename else "e2e_otel" if "e2e_otel" in filename
+                else "socket I/O (waiting for MariaDB)" if func.startswith("<method 'recv_into'")
+                or func.startswith("<method 'sendall'") else "other")
+        areas[area] = areas.get(area, 0.0) + tottime
+        if "pymysql/cursors.py" in filename and func == "execute":
+            sql += calls
+    total = stats.total_tt  # type: ignore[attr-defined]
+    return {"traces": traces, "steps_per_trace": steps_per_trace,
+            "writer_us_per_trace": total / traces * 1e6,
+            "sql_statements_per_trace": sql / traces,
+            "us_per_trace_by_area": {k: v / traces * 1e6 for k, v in sorted(areas.items(), key=lambda kv: -kv[1])}}
+
+
 def offer_load(runtime: Any, *, rate: float, seconds: float, steps_per_trace: int) -> dict[str, Any]:
     """Offer ``rate`` spans/s for ``seconds`` straight to the record processor, then wait for the
     writer to drain; report what was written (by ``stats()`` and by counting rows) and dropped.
@@ -111,18 +177,7 @@ def offer_load(runtime: Any, *, rate: float, seconds: float, steps_per_trace: in
         if now < next_at:
             time.sleep(min(next_at - now, 0.01))
             continue
-        with tracer.start_as_current_span(
-            "GET /orders/<int:pk>/", kind=SpanKind.SERVER,
-            attributes={"http.request.method": "GET", "http.route": "/orders/<int:pk>/",
-                        "url.path": f"/orders/{traces}/", "http.response.status_code": 200},
-        ):
-            for i in range(steps_per_trace - 1):
-                with tracer.start_as_current_span(
-                    "SELECT", kind=SpanKind.CLIENT,
-                    attributes={"db.system": "mysql", "db.name": "shop",
-                                "db.statement": f"SELECT id, name FROM shop_product WHERE id = %s LIMIT {i + 1}"},
-                ):
-                    pass
+        _offer_traces(tracer, 1, steps_per_trace, first=traces)
         offered += steps_per_trace
         traces += 1
         next_at += interval

@@ -11,10 +11,16 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 
+#: The BatchSpanProcessor, kept so the worker can time its hooks.
+processor: BatchSpanProcessor | None = None
+
+
 def install(endpoint: str) -> TracerProvider:
     """Global provider + BatchSpanProcessor(OTLP gRPC) + Django and PyMySQL instrumentors."""
+    global processor
     provider = TracerProvider(resource=Resource.create({"service.name": "bench-stock-otel"}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True)))
+    processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True))
+    provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
     DjangoInstrumentor().instrument(tracer_provider=provider)
     PyMySQLInstrumentor().instrument(tracer_provider=provider)

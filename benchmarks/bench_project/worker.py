@@ -31,7 +31,11 @@ SETTINGS = {
     "e2e_stalled": "bench_project.settings_e2e_stalled",
     "e2e_bare": "bench_project.settings_e2e_bare",
     "e2e_norecords": "bench_project.settings_e2e_norecords",
+    "e2e_patched": "bench_project.settings_e2e_patched",
 }
+#: Configurations whose record writer is healthy: their batches wait for it to drain, so the
+#: writer's CPU is charged to the batch that caused it.
+FLUSH_RECORDS = ("e2e", "e2e_patched")
 
 PATHS = {"one": "/one/", "heavy": "/heavy/"}
 
@@ -151,7 +155,7 @@ class Worker:
             thread_cpu.append(cpu)
         wall = time.perf_counter_ns() - wall0
         self._flush_export()
-        if self.config == "e2e":
+        if self.config in FLUSH_RECORDS:
             self._flush_records(30.0)
         cpu = time.process_time_ns() - cpu0
         threads1 = thread_cpu_ns()
@@ -194,6 +198,69 @@ class Worker:
             areas[area] = areas.get(area, 0.0) + row["tottime_us_per_req"]
         return {"total_us_per_req": total / n * 1e6, "top_own": by_own, "e2e_otel_by_cum": ours_by_cum,
                 "own_time_by_area_us_per_req": dict(sorted(areas.items(), key=lambda kv: -kv[1]))}
+
+    def op_profile_writer(self, traces: int, steps_per_trace: int) -> dict[str, Any]:
+        from bench_project import records
+
+        return records.profile_writer(self.runtime, traces=traces, steps_per_trace=steps_per_trace)
+
+    def _hooks(self) -> list[tuple[str, Any, str]]:
+        """(label, object, method) of every tracing hook that runs on the request thread."""
+        hooks: list[tuple[str, Any, str]] = []
+        if self.stock_provider is not None:
+            from bench_project import stock_otel
+
+            provider, processors = self.stock_provider, [stock_otel.processor]
+        elif self.runtime is not None:
+            runtime = self.runtime
+            provider = runtime.provider
+            processors = [*runtime.derived.processors, runtime.export_processor]
+        else:
+            return hooks
+        for processor in processors:
+            if processor is not None:
+                hooks += [(f"{type(processor).__name__}.{m}", processor, m) for m in ("on_start", "on_end")]
+        hooks.append((f"sampler {type(provider.sampler).__name__}.should_sample", provider.sampler, "should_sample"))
+        for method in ("generate_trace_id", "generate_span_id"):
+            hooks.append((f"ids {type(provider.id_generator).__name__}.{method}", provider.id_generator, method))
+        return hooks
+
+    def op_hook_costs(self, view: str, n: int) -> dict[str, Any]:
+        """Time every tracing hook on the request thread for ``n`` requests: thread CPU time
+        (``thread_time_ns``, so waits for the GIL are not counted) around each call, through
+        instance-level wrappers removed afterwards. Returns us per request per hook."""
+        totals: dict[str, int] = {}
+        calls: dict[str, int] = {}
+        hooks = self._hooks()
+
+        def wrap(label: str, func: Callable[..., Any]) -> Callable[..., Any]:
+            def timed(*args: Any, **kwargs: Any) -> Any:
+                start = time.thread_time_ns()
+                try:
+                    return func(*args, **kwargs)
+                finally:
+                    totals[label] = totals.get(label, 0) + time.thread_time_ns() - start
+                    calls[label] = calls.get(label, 0) + 1
+            return timed
+
+        for label, obj, method in hooks:
+            setattr(obj, method, wrap(label, getattr(obj, method)))
+        try:
+            request_ns = 0
+            for _ in range(n):
+                request_ns += self._call(view)[1]
+        finally:
+            for _label, obj, method in hooks:
+                try:
+                    delattr(obj, method)
+                except AttributeError:
+                    pass
+        self._flush_export()
+        if self.config in FLUSH_RECORDS:
+            self._flush_records(30.0)
+        return {"request_us": request_ns / n / 1000,
+                "hooks_us_per_request": {k: v / n / 1000 for k, v in sorted(totals.items(), key=lambda kv: -kv[1])},
+                "calls_per_request": {k: v / n for k, v in calls.items()}}
 
     def op_writer_load(self, rate: float, seconds: float, steps_per_trace: int) -> dict[str, Any]:
         from bench_project import records

@@ -8,8 +8,10 @@ from rest_framework.routers import SimpleRouter
 
 from . import schema as _schema  # noqa: F401  (registers the auth scheme)
 from . import views
+from .endpoints import EndpointDiscoveryView
 from .findings import QueryFindingsView
 from .permissions import AUTHENTICATION_CLASSES, IsStaffOrApiKey
+from .reports import DebuggingReportView
 
 API_PREFIX = "api/v1/debugging/"
 
@@ -24,6 +26,8 @@ router.register("performance-thresholds", views.PerformanceThresholdViewSet, bas
 api_patterns: list[URLPattern | URLResolver] = [
     path("system-health/", views.SystemHealthView.as_view(), name="system-health"),
     path("query-findings/", QueryFindingsView.as_view(), name="query-findings"),
+    path("reports/", DebuggingReportView.as_view(), name="reports"),
+    path("endpoints/", EndpointDiscoveryView.as_view(), name="endpoints"),
     *router.urls,
 ]
 

@@ -443,5 +443,5 @@ def _exporter_info(config: Any) -> dict[str, Any]:
     return {
         "configured": bool(runtime is not None and runtime.exporter is not None),
         "traces_exporter": config.TRACES_EXPORTER,
-        "protocol": config.OTLP_PROTOCOL if config.TRACES_EXPORTER == "otlp" else None,
+        "protocol": config.OTLP_PROTOCOL if "otlp" in config.TRACES_EXPORTER.split(",") else None,
     }

@@ -84,3 +84,12 @@ def items_n_plus_one(request: HttpRequest) -> JsonResponse:
     """One query per item: the N+1 pattern the query analyzer must find."""
     names = [Item.objects.get(pk=pk).name for pk in Item.objects.values_list("pk", flat=True)[:10]]
     return JsonResponse({"items": names})
+
+
+def slow_sql(request: HttpRequest) -> JsonResponse:
+    """A database step of known duration (MySQL/MariaDB ``SLEEP``), for threshold tests."""
+    seconds = min(1.0, max(0.0, float(request.GET.get("seconds", "0.01"))))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT SLEEP(%s)", [seconds])
+        cursor.fetchone()
+    return JsonResponse({"slept": seconds})

@@ -1,0 +1,265 @@
+"""Debugging reports: what went wrong and what was slow over a time window, read from the record tables.
+
+Pure functions over the span-derived tables (plus the live ``QueryAnalyzer``'s in-memory findings),
+so the CLI (``manage.py debugging_report``), the API (``reports/``) and the demo summary can share one
+implementation. Every query is bounded (top-N, capped duration samples) and the percentiles are
+computed in Python, so it behaves the same on MySQL and SQLite. Runs on the caller's thread.
+
+Renderers (text, Markdown, JSON) live in :mod:`e2e_otel.report_render`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+__all__ = ["Report", "WorkflowTypeStats", "StepRow", "BreachGroup", "ErrorGroup", "build_report",
+           "parse_since", "percentile"]
+
+#: Durations fetched per workflow type for p50/p95 (the most recent ones); bounds memory and time.
+DURATION_SAMPLE = 5000
+MAX_WORKFLOW_TYPES = 50
+MAX_GROUPS = 20
+_RECENT_IDS = 5
+_SINCE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+@dataclass(frozen=True)
+class WorkflowTypeStats:
+    workflow_type: str
+    total: int
+    completed: int
+    failed: int
+    in_progress: int
+    failure_rate: float  # failed / (completed + failed): in-progress sessions have no outcome yet
+    p50_ms: float | None
+    p95_ms: float | None
+    sampled: int  # how many durations p50/p95 were computed from
+
+
+@dataclass(frozen=True)
+class StepRow:
+    layer: str
+    component: str
+    operation: str
+    duration_ms: float
+    status: str
+    workflow_type: str
+    correlation_id: str
+
+
+@dataclass(frozen=True)
+class BreachGroup:
+    layer: str
+    metric_name: str
+    component: str
+    severity: str  # warning | critical
+    count: int
+    min_value: float
+    max_value: float
+    unit: str
+    last_seen: datetime
+    latest_correlation_id: str | None
+
+
+@dataclass(frozen=True)
+class ErrorGroup:
+    error_type: str
+    layer: str
+    component: str
+    severity: str
+    category: str
+    occurrences: int
+    first_seen: datetime
+    last_seen: datetime
+    message: str  # scrubbed again and cut short: reports get pasted into tickets
+    correlation_ids: tuple[str, ...]  # newest first
+
+
+@dataclass(frozen=True)
+class Report:
+    since: datetime
+    until: datetime
+    workflows: tuple[WorkflowTypeStats, ...]
+    slowest_steps: dict[str, tuple[StepRow, ...]]  # layer -> top N, slowest first
+    breaches: tuple[BreachGroup, ...]
+    errors: tuple[ErrorGroup, ...]
+    query_findings: tuple[dict[str, Any], ...] | None  # None: no QueryAnalyzer in this process
+    totals: dict[str, int] = field(default_factory=dict)
+
+
+def parse_since(text: str) -> timedelta:
+    """``"24h"`` → ``timedelta(hours=24)``; units s, m, h, d, w. ``ValueError`` with the value otherwise."""
+    match = _SINCE_RE.match(text or "")
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"invalid duration {text!r}: expected a positive number and a unit s|m|h|d|w, e.g. 24h")
+    return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+
+
+def percentile(values: Sequence[float], pct: float) -> float | None:
+    """Nearest-rank percentile (always one of ``values``); ``None`` for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def build_report(*, since: timedelta | datetime, now: datetime | None = None, top: int = 5,
+                 using: str | None = None) -> Report:
+    """The report for ``[now - since, now]`` (or from an absolute ``since``) on database ``using``."""
+    from django.utils import timezone
+
+    from .conf import get_config
+
+    until = now or timezone.now()
+    start = until - since if isinstance(since, timedelta) else since
+    alias = using or get_config().DATABASE_ALIAS
+    workflows = _workflow_stats(alias, start, until)
+    return Report(
+        since=start,
+        until=until,
+        workflows=workflows,
+        slowest_steps=_slowest_steps(alias, start, until, top),
+        breaches=_breaches(alias, start, until),
+        errors=_errors(alias, start, until),
+        query_findings=_query_findings(start, until),
+        totals={
+            "workflows": sum(w.total for w in workflows),
+            "failed": sum(w.failed for w in workflows),
+            "in_progress": sum(w.in_progress for w in workflows),
+        },
+    )
+
+
+def _workflow_stats(alias: str, start: datetime, until: datetime) -> tuple[WorkflowTypeStats, ...]:
+    from django.db.models import Count, Q
+
+    from .models import WorkflowSession, WorkflowStatus
+
+    sessions = WorkflowSession.objects.using(alias).filter(start_time__gte=start, start_time__lte=until)
+    rows = list(
+        sessions.order_by().values("workflow_type").annotate(
+            total=Count("id"),
+            completed=Count("id", filter=Q(status=WorkflowStatus.COMPLETED)),
+            failed=Count("id", filter=Q(status=WorkflowStatus.FAILED)),
+            in_progress=Count("id", filter=Q(status=WorkflowStatus.IN_PROGRESS)),
+        ).order_by("-total", "workflow_type")[:MAX_WORKFLOW_TYPES]
+    )
+    stats = []
+    for row in rows:
+        durations = list(
+            sessions.filter(workflow_type=row["workflow_type"], duration_ms__isnull=False)
+            .exclude(status=WorkflowStatus.IN_PROGRESS)
+            .order_by("-start_time").values_list("duration_ms", flat=True)[:DURATION_SAMPLE]
+        )
+        finished = row["completed"] + row["failed"]
+        stats.append(WorkflowTypeStats(
+            workflow_type=row["workflow_type"], total=row["total"], completed=row["completed"],
+            failed=row["failed"], in_progress=row["in_progress"],
+            failure_rate=(row["failed"] / finished) if finished else 0.0,
+            p50_ms=percentile(durations, 50), p95_ms=percentile(durations, 95), sampled=len(durations),
+        ))
+    return tuple(stats)
+
+
+def _slowest_steps(alias: str, start: datetime, until: datetime, top: int) -> dict[str, tuple[StepRow, ...]]:
+    from .models import Layer, TraceStep
+
+    steps = TraceStep.objects.using(alias).filter(start_time__gte=start, start_time__lte=until,
+                                                  duration_ms__isnull=False)
+    result: dict[str, tuple[StepRow, ...]] = {}
+    for layer in Layer.values:
+        rows = steps.filter(layer=layer).order_by("-duration_ms", "id").values(
+            "component", "operation", "duration_ms", "status", "correlation_id",
+            "workflow_session__workflow_type")[:top]
+        found = tuple(StepRow(layer=layer, component=r["component"], operation=r["operation"],
+                              duration_ms=float(r["duration_ms"]), status=r["status"],
+                              workflow_type=r["workflow_session__workflow_type"] or "",
+                              correlation_id=str(r["correlation_id"])) for r in rows)
+        if found:
+            result[layer] = found
+    return result
+
+
+def _breaches(alias: str, start: datetime, until: datetime) -> tuple[BreachGroup, ...]:
+    from django.db.models import Count, Max, Min
+
+    from .models import PerformanceSnapshot, ThresholdStatus
+
+    snapshots = PerformanceSnapshot.objects.using(alias).filter(
+        timestamp__gte=start, timestamp__lte=until,
+        threshold_status__in=[ThresholdStatus.WARNING, ThresholdStatus.CRITICAL])
+    rows = list(
+        snapshots.order_by().values("layer", "metric_name", "component", "threshold_status", "unit")
+        .annotate(count=Count("id"), low=Min("metric_value"), high=Max("metric_value"), last=Max("timestamp"))
+        .order_by("-count", "layer", "metric_name", "component", "threshold_status")[:MAX_GROUPS * 2]
+    )
+    # critical before warning, then the most frequent; bounded before the per-group lookup
+    rows.sort(key=lambda r: (r["threshold_status"] != ThresholdStatus.CRITICAL, -r["count"], r["layer"],
+                             r["metric_name"], r["component"]))
+    groups = []
+    for r in rows[:MAX_GROUPS]:
+        latest = (snapshots.filter(layer=r["layer"], metric_name=r["metric_name"], component=r["component"],
+                                   threshold_status=r["threshold_status"], correlation_id__isnull=False)
+                  .order_by("-timestamp", "-id").values_list("correlation_id", flat=True).first())
+        groups.append(BreachGroup(
+            layer=r["layer"], metric_name=r["metric_name"], component=r["component"],
+            severity=r["threshold_status"], count=r["count"], min_value=float(r["low"]),
+            max_value=float(r["high"]), unit=r["unit"], last_seen=r["last"],
+            latest_correlation_id=str(latest) if latest else None))
+    return tuple(groups)
+
+
+def _errors(alias: str, start: datetime, until: datetime) -> tuple[ErrorGroup, ...]:
+    from .models import ErrorLog, StepStatus, TraceStep
+    from .sanitize import Sanitizer
+
+    scrub = _sanitizer() or Sanitizer()
+    rows = (ErrorLog.objects.using(alias).filter(resolved=False, last_seen__gte=start, last_seen__lte=until)
+            .order_by("-occurrences", "-last_seen", "-id")[:MAX_GROUPS])
+    groups = []
+    for error in rows:
+        ids: list[str] = [str(error.correlation_id)] if error.correlation_id else []
+        recent = (TraceStep.objects.using(alias)
+                  .filter(status=StepStatus.ERROR, layer=error.layer, component=error.component,
+                          start_time__gte=start, start_time__lte=until)
+                  .order_by("-start_time", "-id").values_list("correlation_id", flat=True)[:_RECENT_IDS * 4])
+        for cid in recent:
+            if str(cid) not in ids and len(ids) < _RECENT_IDS:
+                ids.append(str(cid))
+        message = scrub.scrub_text(" ".join((error.error_message or "").split())[:300])
+        groups.append(ErrorGroup(
+            error_type=error.error_type, layer=error.layer, component=error.component, severity=error.severity,
+            category=error.category, occurrences=error.occurrences, first_seen=error.timestamp,
+            last_seen=error.last_seen, message=message[:200], correlation_ids=tuple(ids)))
+    return tuple(groups)
+
+
+def _sanitizer() -> Any:
+    from .bootstrap import get_runtime
+
+    runtime = get_runtime()
+    return runtime.sanitizer if runtime is not None else None
+
+
+def _query_findings(start: datetime, until: datetime) -> tuple[dict[str, Any], ...] | None:
+    """Findings of this process's ``QueryAnalyzer`` detected in the window, N+1 first, worst first."""
+    from .bootstrap import get_runtime
+    from .queries import QueryAnalyzer
+
+    runtime = get_runtime()
+    analyzer = runtime.processor(QueryAnalyzer) if runtime is not None else None
+    if not isinstance(analyzer, QueryAnalyzer):
+        return None
+    low, high = start.timestamp(), until.timestamp()
+    found = [f for f in analyzer.findings() if low <= f.detected_at <= high]
+    found.sort(key=lambda f: (f.kind != "n_plus_one", -f.count, -f.max_ms))
+    keep = ("kind", "route", "table", "operation", "count", "total_ms", "max_ms", "correlation_id",
+            "statement", "advice")
+    return tuple({k: f.as_dict()[k] for k in keep} for f in found[:MAX_GROUPS])
