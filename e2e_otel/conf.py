@@ -204,8 +204,7 @@ OPTIONS: dict[str, Option] = {
     "MASK_SENSITIVE_DATA": Option(True, "Mask secrets in metadata, messages and stack traces.", _bool),
     "SENSITIVE_KEYS": Option((), "Extra key names to mask (added to the built-in deny-list).", _str_list),
     # --- records ---
-    "RECORDS_ENABLED": Option(True, "Derive WorkflowSession/TraceStep/ErrorLog rows from spans.", _bool,
-                              profile={"testing": True}),
+    "RECORDS_ENABLED": Option(True, "Derive WorkflowSession/TraceStep/ErrorLog rows from spans.", _bool),
     "DATABASE_ALIAS": Option("default", "Database alias the record writer uses.", _str),
     "RECORD_QUEUE_SIZE": Option(10_000, "Bound of the span->record queue; overflow is dropped and counted.",
                                 _number(1, integer=True)),

@@ -20,7 +20,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from .spans_to_records import match_rule
 
-__all__ = ["Endpoint", "UnmatchedRule", "discover_endpoints", "unmatched_rules", "close_routes"]
+__all__ = ["Endpoint", "UnmatchedRule", "close_routes", "discover_endpoints", "unmatched_rules"]
 
 #: Methods tried for views whose methods can't be known (function views).
 ANY_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")

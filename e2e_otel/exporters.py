@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import (
 )
 
 from .conf import Config
-from .sanitize import MASK, Sanitizer
+from .sanitize import MASK, Sanitizer, ansi_quotes_for
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def _clean_attributes(attributes, sanitizer: Sanitizer):  # type: ignore[no-unty
     for key, value in attributes.items():
         new = value
         if key in _SQL_ATTRIBUTES and isinstance(value, str):
-            new = sanitizer.scrub_sql(value)
+            new = sanitizer.scrub_sql(value, ansi_quotes=ansi_quotes_for(attributes.get("db.system")))
         elif sanitizer.enabled and sanitizer.is_sensitive_key(key):
             new = MASK
         elif key in _TEXT_ATTRIBUTES and isinstance(value, str):

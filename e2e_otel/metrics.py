@@ -236,6 +236,7 @@ def series_bound(max_labels: int = 200, *, rules: int = 7, drop_reasons: int = 4
         + BREACH_METRICS * 2 * 2   # threshold_breaches_total
         + rules * 2                # threshold_value
         + 2 * (drop_reasons + written_kinds + 2)  # records_dropped/written, exported_spans
+        + 2                        # export_dropped_spans_total + _created
         + 7                        # six plain gauges + build_info
     )
 

@@ -21,7 +21,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from .propagation import format_correlation_id
-from .sanitize import scrub_sql, sql_fingerprint, sql_operation_and_table
+from .sanitize import ansi_quotes_for, scrub_sql, sql_fingerprint, sql_operation_and_table
 
 if TYPE_CHECKING:
     from .bootstrap import Runtime
@@ -92,6 +92,7 @@ class _Shape:
 
 @dataclass
 class _TraceQueries:
+    ansi_quotes: bool = False  # "..." quotes names (SQLite, PostgreSQL), not strings (MySQL)
     shapes: dict[str, _Shape] = field(default_factory=dict)
     slow: list[tuple[str, int]] = field(default_factory=list)
 
@@ -124,18 +125,19 @@ class QueryAnalyzer(SpanProcessor):
         trace_id = span.context.trace_id
         statement = next((attributes[k] for k in _STATEMENT_KEYS if k in attributes), None)
         if isinstance(statement, str):
-            self._observe(trace_id, statement[:_MAX_STATEMENT_CHARS], (span.end_time or 0) - (span.start_time or 0))
+            self._observe(trace_id, statement[:_MAX_STATEMENT_CHARS], (span.end_time or 0) - (span.start_time or 0),
+                          ansi_quotes_for(attributes.get("db.system")))
         if span.parent is None or span.parent.is_remote:
             self._finish(trace_id, span)
 
-    def _observe(self, trace_id: int, statement: str, duration_ns: int) -> None:
+    def _observe(self, trace_id: int, statement: str, duration_ns: int, ansi_quotes: bool) -> None:
         with self._lock:
             queries = self._traces.get(trace_id)
             if queries is None:
                 if len(self._traces) >= self._max_traces:
                     self._traces.popitem(last=False)
                     self.evicted_traces += 1
-                queries = self._traces[trace_id] = _TraceQueries()
+                queries = self._traces[trace_id] = _TraceQueries(ansi_quotes=ansi_quotes)
             shape = queries.shapes.get(statement)
             if shape is None:
                 if len(queries.shapes) >= self._max_shapes:
@@ -158,10 +160,10 @@ class QueryAnalyzer(SpanProcessor):
         for statement, shape in queries.shapes.items():
             if shape.count >= self._threshold:
                 findings.append(self._finding("n_plus_one", correlation_id, route, statement,
-                                              shape.count, shape.total_ns, shape.max_ns))
+                                              shape.count, shape.total_ns, shape.max_ns, queries.ansi_quotes))
         for statement, duration_ns in queries.slow:
             findings.append(self._finding("slow_query", correlation_id, route, statement, 1,
-                                          duration_ns, duration_ns))
+                                          duration_ns, duration_ns, queries.ansi_quotes))
         for finding in findings:
             self.recent.append(finding)
             for listener in self.listeners:
@@ -169,12 +171,12 @@ class QueryAnalyzer(SpanProcessor):
 
     @staticmethod
     def _finding(kind: str, correlation_id: str, route: str, statement: str, count: int,
-                 total_ns: int, max_ns: int) -> QueryFinding:
+                 total_ns: int, max_ns: int, ansi_quotes: bool) -> QueryFinding:
         operation, table = sql_operation_and_table(statement)
-        scrubbed = scrub_sql(statement)
+        scrubbed = scrub_sql(statement, ansi_quotes=ansi_quotes)
         return QueryFinding(
             kind=kind, correlation_id=correlation_id, route=route, table=table or "",
-            operation=operation, statement=scrubbed, fingerprint=sql_fingerprint(statement),
+            operation=operation, statement=scrubbed, fingerprint=sql_fingerprint(statement, ansi_quotes=ansi_quotes),
             count=count, total_ms=round(total_ns / 1e6, 3), max_ms=round(max_ns / 1e6, 3),
             advice=advice_for(kind, operation, table or "", statement, count),
         )

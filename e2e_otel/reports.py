@@ -17,8 +17,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-__all__ = ["Report", "WorkflowTypeStats", "StepRow", "BreachGroup", "ErrorGroup", "build_report",
-           "parse_since", "percentile"]
+__all__ = [
+    "BreachGroup",
+    "ErrorGroup",
+    "Report",
+    "StepRow",
+    "WorkflowTypeStats",
+    "build_report",
+    "parse_since",
+    "percentile",
+]
 
 #: Durations fetched per workflow type for p50/p95 (the most recent ones); bounds memory and time.
 DURATION_SAMPLE = 5000

@@ -40,6 +40,7 @@ __all__ = [
     "Sanitizer",
     "default_sanitizer",
     "scrub_sql",
+    "ansi_quotes_for",
     "sql_fingerprint",
     "sql_operation_and_table",
 ]
@@ -331,13 +332,13 @@ class Sanitizer:
 
     # --- SQL ---------------------------------------------------------------------------------------
 
-    def scrub_sql(self, sql: str | bytes) -> str:
+    def scrub_sql(self, sql: str | bytes, *, ansi_quotes: bool = False) -> str:
         """See :func:`scrub_sql`; always scrubs, whatever ``enabled`` says."""
-        return scrub_sql(sql)
+        return scrub_sql(sql, ansi_quotes=ansi_quotes)
 
-    def sql_fingerprint(self, sql: str | bytes) -> str:
+    def sql_fingerprint(self, sql: str | bytes, *, ansi_quotes: bool = False) -> str:
         """See :func:`sql_fingerprint`."""
-        return sql_fingerprint(sql)
+        return sql_fingerprint(sql, ansi_quotes=ansi_quotes)
 
     def sql_operation_and_table(self, sql: str | bytes) -> tuple[str, str | None]:
         """See :func:`sql_operation_and_table`."""
@@ -348,21 +349,39 @@ class Sanitizer:
 # Every repetition below either has disjoint alternatives or can always end successfully (closing
 # delimiter *or* end of input), so a statement is scanned once: linear time, even when truncated.
 
-_SQL_LITERALS = re.compile(
-    r"""
+_SQL_LITERAL_PATTERN = r"""
       (?P<comment>/\*.*?(?:\*/|\Z) | --[^\n]* | \#[^\n]*)
       # Backquoted names and the harmless text after them, as one match: Django quotes every name,
       # so this saves a Python callback per name. The run stops where a literal or comment may start.
     | (?P<ident>(?:`[^`]*(?:``[^`]*)*(?:`|\Z) (?:[^`'"\#/\-0-9.]|\.(?![0-9]))*)+)
+    DOUBLE_QUOTED
     | (?P<string>
           (?:(?<![\w$])(?:[xXbBnN]|_[A-Za-z0-9]+))?'[^'\\]*(?:(?:\\.?|'')[^'\\]*)*(?:'|\Z)
-        | "[^"\\]*(?:(?:\\.?|"")[^"\\]*)*(?:"|\Z))
-    | (?P<number>(?<![\w$.:@`])(?P<sign>-\s{0,16})?
+        DOUBLE_QUOTED_STRING)
+    | (?P<number>(?<![\w$.:@`"])(?P<sign>-\s{0,16})?
           (?:0[xX][0-9a-fA-F]+ | 0[bB][01]+ | (?:[0-9]+(?:\.[0-9]*)? | \.[0-9]+)(?:[eE][+-]?[0-9]+)?)
-          (?![\w$`]))
-    """,
+          (?![\w$`"]))
+    """
+# MySQL (default sql_mode): "..." is a string. ANSI SQL, SQLite, PostgreSQL: "..." is a name.
+_SQL_LITERALS = re.compile(
+    _SQL_LITERAL_PATTERN.replace("DOUBLE_QUOTED_STRING", '| "[^"\\\\]*(?:(?:\\\\.?|"")[^"\\\\]*)*(?:"|\\Z)')
+    .replace("DOUBLE_QUOTED", ""),
     re.VERBOSE | re.DOTALL,
 )
+_SQL_LITERALS_ANSI = re.compile(
+    _SQL_LITERAL_PATTERN.replace("DOUBLE_QUOTED_STRING", "")
+    .replace("DOUBLE_QUOTED", '| (?P<qident>"[^"]*(?:""[^"]*)*(?:"|\\Z))'),
+    re.VERBOSE | re.DOTALL,
+)
+#: ``db.system`` values whose SQL uses backquotes for names and "..." for strings.
+_MYSQL_SYSTEMS = frozenset({"mysql", "mariadb"})
+
+
+def ansi_quotes_for(db_system: object) -> bool:
+    """Whether ``"..."`` is an identifier in the SQL of this ``db.system`` (everything but MySQL)."""
+    return isinstance(db_system, str) and bool(db_system) and db_system.lower() not in _MYSQL_SYSTEMS
+
+
 _PLACEHOLDER = r"(?:\?|%s|%\([^()]{1,64}\)s|:\w+)"
 # Starts at the literal "(" (fast to find); _collapse_in_list checks that IN precedes it.
 _PLACEHOLDER_LIST = re.compile(rf"\(\s*({_PLACEHOLDER})(?:\s*,\s*{_PLACEHOLDER})+\s*\)")
@@ -391,7 +410,7 @@ def _is_binary_minus(sql: str, pos: int) -> bool:
 
 def _replace_sql_literal(match: re.Match[str]) -> str:
     kind = match.lastgroup
-    if kind == "ident":
+    if kind == "ident" or kind == "qident":
         return match.group()
     if kind == "comment":
         return " "
@@ -411,7 +430,7 @@ def _as_text(sql: str | bytes) -> str:
     return sql.decode("utf-8", "replace") if isinstance(sql, (bytes, bytearray)) else str(sql)
 
 
-def scrub_sql(sql: str | bytes) -> str:
+def scrub_sql(sql: str | bytes, *, ansi_quotes: bool = False) -> str:
     """``sql`` with every literal replaced by ``?`` and comments removed.
 
     Replaced: quoted strings (``''`` and backslash escapes, ``X'..'``/``_utf8mb4'..'`` forms, MySQL's
@@ -421,25 +440,26 @@ def scrub_sql(sql: str | bytes) -> str:
     ``/* */``, ``--`` and ``#`` comments are removed (sqlcommenter's ``traceparent`` included). Lists
     of placeholders ``IN (?, ?, ?)`` collapse to ``IN (?)`` so that queries differing only in list
     length group together. Input beyond ``MAX_SQL_LENGTH`` characters is dropped, marked with
-    ``…[truncated]``. Assumes MySQL's default quoting (backslash escapes on, ANSI_QUOTES off).
+    ``…[truncated]``. Assumes MySQL's default quoting (backslash escapes on, ANSI_QUOTES off) unless
+    ``ansi_quotes`` (SQLite, PostgreSQL: see ``ansi_quotes_for``) makes ``"..."`` an identifier.
     """
     text = _as_text(sql)
     cut = len(text) > MAX_SQL_LENGTH
     if cut:
         text = text[:MAX_SQL_LENGTH]
-    text = _SQL_LITERALS.sub(_replace_sql_literal, text)
+    text = (_SQL_LITERALS_ANSI if ansi_quotes else _SQL_LITERALS).sub(_replace_sql_literal, text)
     if "," in text:
         text = _PLACEHOLDER_LIST.sub(_collapse_in_list, text)
     text = text.strip()
     return f"{text} {TRUNCATION_MARKER}" if cut else text
 
 
-def sql_fingerprint(sql: str | bytes) -> str:
+def sql_fingerprint(sql: str | bytes, *, ansi_quotes: bool = False) -> str:
     """The scrubbed statement with whitespace collapsed: equal for queries of the same shape.
 
     Used to group repeated queries (N+1 detection). Case is kept: table names can be case-sensitive.
     """
-    return " ".join(scrub_sql(sql).split()).rstrip(";").rstrip()
+    return " ".join(scrub_sql(sql, ansi_quotes=ansi_quotes).split()).rstrip(";").rstrip()
 
 
 _NAME_PART = r"""(?:`[^`]*(?:``[^`]*)*`|"[^"\\]*"|\[[^\]]*\]|[\w$]+)"""

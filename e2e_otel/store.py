@@ -25,7 +25,7 @@ from typing import Any
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from .conf import Config
-from .sanitize import Sanitizer
+from .sanitize import Sanitizer, ansi_quotes_for
 from .spans_to_records import WORKFLOW_SOURCES, ErrorData, StepData, resolve_workflow_type
 
 logger = logging.getLogger(__name__)
@@ -506,7 +506,9 @@ class RecordWriter:
         )
 
     def _metadata(self, attributes: Any) -> dict[str, Any]:
-        sql = {k: self._sanitizer.scrub_sql(v) for k, v in attributes.items() if k in _SQL_KEYS and isinstance(v, str)}
+        ansi = ansi_quotes_for(attributes.get("db.system"))
+        sql = {k: self._sanitizer.scrub_sql(v, ansi_quotes=ansi) for k, v in attributes.items()
+               if k in _SQL_KEYS and isinstance(v, str)}
         rest = {k: v for k, v in attributes.items() if k not in sql}
         return {**self._sanitizer.clean_mapping(rest), **sql}
 

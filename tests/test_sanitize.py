@@ -492,3 +492,13 @@ def test_pathological_sql_returns(sql: str) -> None:
     assert isinstance(sql_fingerprint(sql), str)
     operation, _ = sql_operation_and_table(sql)
     assert isinstance(operation, str)
+
+
+def test_ansi_quoting_keeps_double_quoted_names_for_sqlite_and_postgresql() -> None:
+    from e2e_otel.sanitize import ansi_quotes_for, scrub_sql
+
+    sql = 'SELECT "shop"."id" FROM "shop" WHERE "shop"."name" = \'hunter2\' AND "shop"."n" > 42'
+    assert scrub_sql(sql, ansi_quotes=True) == 'SELECT "shop"."id" FROM "shop" WHERE "shop"."name" = ? AND "shop"."n" > ?'
+    assert "shop" not in scrub_sql(sql)  # MySQL default mode: "..." is a string literal
+    assert [ansi_quotes_for(s) for s in ("sqlite", "postgresql", "mysql", "MariaDB", None)] == [
+        True, True, False, False, False]

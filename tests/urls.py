@@ -15,6 +15,7 @@ urlpatterns = [
     path("login/", views.login),
     path("pid/", views.pid),
     path("call-out/", views.call_out),
+    path("browser/checkout/", views.browser_checkout),
     path("admin/", admin.site.urls),
     path("", include("e2e_otel.urls")),
 ]

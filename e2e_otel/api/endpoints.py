@@ -18,8 +18,6 @@ from .views import DebuggingAPIMixin, extend_schema
 class EndpointDiscoveryView(DebuggingAPIMixin, APIView):
     """What ``manage.py discover_endpoints --format json`` prints."""
 
-    pagination_class = None
-
     @extend_schema(responses={200: inline_serializer("EndpointDiscovery", {
         "count": serializers.IntegerField(),
         "endpoints": serializers.ListField(child=serializers.DictField()),

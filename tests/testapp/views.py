@@ -93,3 +93,29 @@ def slow_sql(request: HttpRequest) -> JsonResponse:
         cursor.execute("SELECT SLEEP(%s)", [seconds])
         cursor.fetchone()
     return JsonResponse({"slept": seconds})
+
+
+@csrf_exempt
+def browser_checkout(request: HttpRequest) -> HttpResponse:
+    """The cross-origin API the browser test's page calls (tests/test_browser.py).
+
+    Open to every origin, like django-cors-headers with ``CORS_ALLOW_ALL_ORIGINS``, so only the ingest
+    endpoint's allow-list decides whether a page's spans are accepted; the preflight allows the trace
+    headers the OTel fetch instrumentation adds (``traceparent``, ``tracestate``, ``baggage``).
+    """
+    if request.method == "OPTIONS":
+        response = HttpResponse(status=204)
+        response["Access-Control-Allow-Methods"] = "POST, OPTIONS"
+        response["Access-Control-Allow-Headers"] = "content-type, traceparent, tracestate, baggage"
+        response["Access-Control-Max-Age"] = "600"
+    elif request.method == "POST":
+        names = list(Item.objects.order_by("id").values_list("name", flat=True)[:10])
+        response = JsonResponse({"ordered": names, "correlation_id": request.correlation_id})
+        response["Access-Control-Expose-Headers"] = "X-Correlation-ID, traceresponse"
+    else:
+        return HttpResponse(status=405, headers={"Allow": "POST, OPTIONS"})
+    origin = request.headers.get("Origin")
+    if origin:
+        response["Access-Control-Allow-Origin"] = origin
+        response["Vary"] = "Origin"
+    return response

@@ -1,0 +1,129 @@
+"""Endpoint discovery on the real test URLconf, compared with the http.route the instrumentation records."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.test import Client, override_settings
+from opentelemetry.trace import SpanKind
+
+from e2e_otel.discovery import discover_endpoints, unmatched_rules
+from e2e_otel.spans_to_records import resolve_workflow_type, step_from_span
+
+AUTH = {"HTTP_AUTHORIZATION": "Bearer test-api-key"}
+RULES = {"browse": ["GET /items/<int:pk>/"], "checkout": ["POST /items/*"],
+         "typo": ["GET /itmes/*"], "admin_work": ["* /api/v1/debugging/error-logs/*/resolve/*"]}
+
+
+def _by_route() -> dict[str, object]:
+    return {e.route: e for e in discover_endpoints(rules=RULES)}
+
+
+def _server_span(exporter) -> object:
+    (span,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    return span
+
+
+def test_methods_views_and_rules_of_known_endpoints() -> None:
+    routes = _by_route()
+    ping = routes["ping/"]
+    assert (ping.view, ping.methods, ping.workflows) == ("tests.testapp.views.ping", ("*",), {})
+    detail = routes["items/<int:pk>/"]
+    assert detail.workflows == {"GET": "browse", "POST": "checkout"}  # first rule wins, per method
+    health = routes["api/v1/debugging/system-health/"]
+    assert (health.view, health.methods) == ("e2e_otel.api.views.SystemHealthView", ("GET", "HEAD", "OPTIONS"))
+    assert health.name == "e2e_otel:system-health"
+    # DRF router, two includes deep: the regex is joined verbatim (its ^ dropped), actions give methods
+    resolve = routes["api/v1/debugging/error-logs/(?P<pk>[^/.]+)/resolve/$"]
+    assert resolve.methods == ("OPTIONS", "POST")
+    assert resolve.view == "e2e_otel.api.views.ErrorLogViewSet"
+    assert resolve.workflows == {"OPTIONS": "admin_work", "POST": "admin_work"}
+    configs = routes["api/v1/debugging/debug-configurations/(?P<pk>[^/.]+)/$"]
+    assert configs.methods == ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "PUT")
+    assert "api/v1/debugging/reports/" in routes and "api/v1/debugging/endpoints/" in routes
+
+
+def test_unmatched_rules_name_the_typo_and_close_routes() -> None:
+    unmatched = unmatched_rules(rules=RULES)
+    assert [(u.workflow, u.pattern) for u in unmatched] == [("typo", "GET /itmes/*")]
+    assert unmatched[0].close[0] == "GET /items/"
+    assert unmatched_rules(rules={"ok": ["GET /ping/"]}) == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("method", "path"), [
+    ("get", "/items/7/"), ("post", "/items/7/"), ("get", "/ping/"),
+    ("get", f"/api/v1/debugging/workflow-sessions/{uuid.uuid4()}/"),
+    ("post", "/api/v1/debugging/error-logs/3/resolve/"), ("get", "/metrics"),
+])
+def test_discovered_route_equals_recorded_http_route(spans, method: str, path: str) -> None:
+    """A real request: the server span's http.route is one of the discovered routes, and the workflow
+    rule discovery reports for it is the one the record pipeline derives from that very span."""
+    response = getattr(Client(), method)(path, **AUTH)
+    assert response.status_code < 500
+    span = _server_span(spans)
+    endpoint = _by_route()[span.attributes["http.route"]]
+    step = step_from_span(span)
+    if path.startswith(("/api/", "/metrics")):
+        assert step is None  # e2e-otel's own endpoints are tooling, never recorded as workflows
+        assert f"{method.upper()} /{span.attributes['http.route']}" in endpoint.route_keys()
+        return
+    assert step.hints.route_key in endpoint.route_keys()
+    expected = endpoint.workflows.get(method.upper())
+    resolved = resolve_workflow_type([step.hints], RULES)
+    assert resolved == ((expected, "rule") if expected else (step.hints.route_key, "route"))
+    if path == "/items/7/":
+        assert resolved == ({"GET": "browse", "POST": "checkout"}[method.upper()], "rule")
+
+
+def test_system_check_warns_about_rule_matching_nothing() -> None:
+    out = io.StringIO()
+    with override_settings(E2E_OTEL={**settings.E2E_OTEL, "WORKFLOWS": {"checkout": ["POST /chekout/*"],
+                                                                         "browse": ["GET /items/*"]}}):
+        call_command("check", stdout=out, stderr=out)
+    text = out.getvalue()
+    assert "e2e_otel.W005" in text
+    assert "WORKFLOWS rule 'POST /chekout/*' for workflow 'checkout' matches no URL pattern" in text
+    assert "HINT: Close routes:" in text and "GET /items/*" not in text
+    out = io.StringIO()
+    with override_settings(E2E_OTEL={**settings.E2E_OTEL, "WORKFLOWS": {"browse": ["GET /items/*"]}}):
+        call_command("check", stdout=out, stderr=out)
+    assert "W005" not in out.getvalue()
+
+
+def test_command_text_and_json(capsys) -> None:
+    with override_settings(E2E_OTEL={**settings.E2E_OTEL, "WORKFLOWS": RULES}):
+        call_command("discover_endpoints", "--format", "json")
+        body = json.loads(capsys.readouterr().out)
+        call_command("discover_endpoints")
+        text = capsys.readouterr().out
+    routes = {e["route"]: e for e in body["endpoints"]}
+    assert routes["items/<int:pk>/"]["workflows"] == {"GET": "browse", "POST": "checkout"}
+    assert body["unmatched_rules"][0]["pattern"] == "GET /itmes/*"
+    line = next(line for line in text.splitlines() if " items/<int:pk>/ " in line)
+    assert line.split()[:2] == ["*", "items/<int:pk>/"] and "tests.testapp.views.item_detail" in line
+    assert "WORKFLOWS rule 'GET /itmes/*' for workflow 'typo' matches no URL pattern" in text
+
+
+@pytest.mark.django_db
+def test_api_requires_auth_and_lists_endpoints() -> None:
+    client = Client()
+    url = "/api/v1/debugging/endpoints/"
+    assert client.get(url).status_code == 401
+    client.force_login(get_user_model().objects.create_user("nonstaff", password="pw-nonstaff-1"))
+    assert client.get(url).status_code == 403
+    client.logout()
+    with override_settings(E2E_OTEL={**settings.E2E_OTEL, "WORKFLOWS": RULES}):
+        body = client.get(url, **AUTH).json()
+    assert body["count"] == len(body["endpoints"]) > 20
+    ping = next(e for e in body["endpoints"] if e["route"] == "ping/")
+    assert ping == {"route": "ping/", "view": "tests.testapp.views.ping", "name": None, "methods": ["*"],
+                    "workflows": {}}
+    assert [u["workflow"] for u in body["unmatched_rules"]] == ["typo"]
+    assert "test-api-key" not in json.dumps(body)
