@@ -14,6 +14,7 @@ processes' GIL. See benchmarks/README.md for what each figure means.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -22,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -149,6 +149,7 @@ def ratios(results: dict[str, dict[str, Any]], view: str, num: str, den: str) ->
         "p90": a["p90_us"] / b["p90_us"],
         "thread_cpu_median": a["thread_cpu_median_us"] / b["thread_cpu_median_us"],
         "cpu": a["cpu_us_per_request"] / b["cpu_us_per_request"],
+        "round_median": statistics.median(per_round) if per_round else float("nan"),
         "round_min": min(per_round) if per_round else float("nan"),
         "round_max": max(per_round) if per_round else float("nan"),
     }
@@ -179,6 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     create_database(args)
     procs: dict[str, Proc] = {}
     sidecar: Proc | None = None
+    logs = contextlib.ExitStack()
     try:
         seed = subprocess.run([sys.executable, "-m", "bench_project.seed"], cwd=BENCH_DIR, env=env,
                               capture_output=True, text=True, check=False)
@@ -189,7 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         sidecar = Proc("sidecar", [sys.executable, "-m", "bench_project.sidecar",
                                    "--proxy-delay", str(args.proxy_delay)], env,
-                       open(log_dir / "sidecar.log", "w"))
+                       logs.enter_context(open(log_dir / "sidecar.log", "w")))  # noqa: SIM115
         endpoints = sidecar.read()
         env["BENCH_OTLP_ENDPOINT"] = endpoints["grpc_endpoint"]
         env["BENCH_RECORDS_PROXY_PORT"] = str(endpoints["proxy_port"])
@@ -199,7 +201,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if config == "e2e_patched":  # the patched package shadows the tree's, for this worker only
                 worker_env["PYTHONPATH"] = os.pathsep.join([str(Path(args.patched).resolve()), env["PYTHONPATH"]])
             procs[config] = Proc(config, [sys.executable, "-m", "bench_project.worker", config], worker_env,
-                                 open(log_dir / f"worker-{config}.log", "w"))
+                                 logs.enter_context(open(log_dir / f"worker-{config}.log", "w")))  # noqa: SIM115
         for config in configs:
             procs[config].read()  # "ready"
             for view in views:
@@ -228,7 +230,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            "batch": per_batch, "warmup": args.warmup, "proxy_delay_s": args.proxy_delay},
             "seed": seeded,
             "latency": results,
-            "ratios": {view: {name: ratios(results, view, num, den) for name, (num, den) in RATIO_PAIRS.items()}
+            "ratios": {view: {name: ratios(results, view, num, den) for name, (num, den) in RATIO_PAIRS.items()
+                              if num in results and den in results}
                        for view in views},
         }
         report["spans_received"] = sidecar.send("counts")
@@ -268,6 +271,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sidecar.stop("quit")
         if not args.keep_db:
             drop_database(args)
+        logs.close()
 
 
 RATIO_PAIRS = {
@@ -316,18 +320,18 @@ def format_report(report: dict[str, Any]) -> str:
     m, p = report["machine"], report["parameters"]
     lines = [
         f"e2e-otel overhead benchmark, {report['started_utc']} (UTC)",
-        f"machine: {m['cpus']} CPUs ({m['cpu_model']}), load avg at start {m['load_average_at_start'][0]:.2f}; "
-        f"Python {m['python']}, Django {m['django']}, OTel SDK {m['opentelemetry_sdk']} / "
-        f"instrumentation {m['instrumentation']}, PyMySQL {m['pymysql']}, MariaDB {m['mariadb']}",
-        f"{p['requests_per_config_and_view']} requests per configuration and view, {p['rounds']} interleaved "
-        f"rounds of {p['batch']}, after {p['warmup']} warm-up requests; in-process WSGI calls",
+        (f"machine: {m['cpus']} CPUs ({m['cpu_model']}), load avg at start {m['load_average_at_start'][0]:.2f}; "
+         f"Python {m['python']}, Django {m['django']}, OTel SDK {m['opentelemetry_sdk']} / "
+         f"instrumentation {m['instrumentation']}, PyMySQL {m['pymysql']}, MariaDB {m['mariadb']}"),
+        (f"{p['requests_per_config_and_view']} requests per configuration and view, {p['rounds']} interleaved "
+         f"rounds of {p['batch']}, after {p['warmup']} warm-up requests; in-process WSGI calls"),
         "",
         "wall = request latency (perf_counter); req CPU = CPU time of the request thread for the request;",
         "CPU/req = whole-process CPU (all threads: request, span export, record writer, ...) over the",
         "batch and its flush, divided by the requests.",
         "",
-        f"{'view':<9}{'configuration':<33}{'wall med':>9}{'wall p90':>9}{'req CPU med':>12}"
-        f"{'req CPU p90':>12}{'CPU/req':>9}   (microseconds)",
+        (f"{'view':<9}{'configuration':<33}{'wall med':>9}{'wall p90':>9}{'req CPU med':>12}"
+         f"{'req CPU p90':>12}{'CPU/req':>9}   (microseconds)"),
     ]
     for view in next(iter(report["latency"].values())):
         for config, by_view in report["latency"].items():
@@ -335,18 +339,21 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"{'/' + view + '/':<9}{LABELS[config]:<33}{r['median_us']:>9.0f}{r['p90_us']:>9.0f}"
                          f"{r['thread_cpu_median_us']:>12.0f}{r['thread_cpu_p90_us']:>12.0f}"
                          f"{r['cpu_us_per_request']:>9.0f}")
-    lines += ["", f"{'ratio':<30}{'view':<9}{'wall med':>9}{'wall p90':>9}{'req CPU med':>12}{'CPU/req':>9}"
-                  "   req CPU med per round"]
+    lines += ["", "ratios: pooled medians, except 'paired' = median over rounds of the per-round ratio of",
+              "request-thread CPU medians (adjacent batches, so drift cancels), with its min .. max.",
+              (f"{'ratio':<30}{'view':<9}{'wall med':>9}{'wall p90':>9}{'req CPU med':>12}{'CPU/req':>9}"
+               f"{'paired':>8}   min .. max")]
     for view, pairs in report["ratios"].items():
         for name, r in pairs.items():
             if r is None:
                 continue
             lines.append(f"{name:<30}{'/' + view + '/':<9}{r['median']:>9.3f}{r['p90']:>9.3f}"
-                         f"{r['thread_cpu_median']:>12.3f}{r['cpu']:>9.3f}"
+                         f"{r['thread_cpu_median']:>12.3f}{r['cpu']:>9.3f}{r['round_median']:>8.3f}"
                          f"   {r['round_min']:.3f} .. {r['round_max']:.3f}")
     target = [pairs.get("e2e-otel / stock OTel") for pairs in report["ratios"].values()]
     if target and all(target):
-        for key, what in (("thread_cpu_median", "request-thread CPU median"), ("median", "wall median"),
+        for key, what in (("thread_cpu_median", "request-thread CPU median"),
+                          ("round_median", "request-thread CPU, paired per round"), ("median", "wall median"),
                           ("cpu", "whole-process CPU per request")):
             worst = max(r[key] for r in target if r)
             verdict = "met" if worst <= 1.05 else "NOT met"
@@ -362,8 +369,8 @@ def format_report(report: dict[str, Any]) -> str:
     for config, stats in report.get("record_writer", {}).items():
         lines.append(f"record writer after the rounds [{config}]: {json.dumps(stats, sort_keys=True)}")
     if report.get("hook_costs"):
-        lines += ["", "CPU time in tracing hooks on the request thread (us per request; thread_time_ns around "
-                      "each call, so GIL waits are excluded; total = request-thread CPU of the request):"]
+        lines += ["", ("CPU time in tracing hooks on the request thread (us per request; thread_time_ns around "
+                       "each call, so GIL waits are excluded; total = request-thread CPU of the request):")]
         for config, by_view in report["hook_costs"].items():
             for view, costs in by_view.items():
                 hooks = costs["hooks_us_per_request"]

@@ -135,7 +135,6 @@ def build_runtime(
         )
     derived = FanOutSpanProcessor()
     runtime = Runtime(config=config, provider=provider, sanitizer=sanitizer, derived=derived, owns_provider=owns)
-    provider.add_span_processor(derived)
     if owns:
         exporter = build_span_exporter(config, sanitizer)
         on_drop = None
@@ -148,11 +147,14 @@ def build_runtime(
             runtime.exporter = exporter
             runtime.export_processor = CountingBatchSpanProcessor(exporter, on_drop)
             provider.add_span_processor(runtime.export_processor)
+    # Added after the exporter: the SDK shuts processors down in order, so pending spans are flushed
+    # to the collector before the record writer and monitor threads spend the exit budget.
+    provider.add_span_processor(derived)
     for path in PROCESSOR_FACTORIES if with_derived else ():
         try:
             factory = import_string(path)
         except ImportError:
-            logger.debug("e2e-otel: %s not available", path)
+            logger.warning("e2e-otel: cannot import %s; that feature is off", path, exc_info=True)
             continue
         processor = factory(runtime)
         if processor is not None:

@@ -247,6 +247,10 @@ OPTIONS: dict[str, Option] = {
 }
 
 
+#: Options whose values are credentials: never shown in ``repr``.
+SECRET_OPTIONS = frozenset({"API_KEY", "INGEST_KEY", "METRICS_KEY", "OTLP_HEADERS"})
+
+
 class Config(Mapping[str, Any]):
     """Resolved settings: read-only, attribute or item access; unknown names raise."""
 
@@ -273,7 +277,10 @@ class Config(Mapping[str, Any]):
         return len(self._values)
 
     def __repr__(self) -> str:
-        return f"Config({self._values!r})"
+        # Masked: a Config in a traceback's locals (Django's debug page, error trackers) must not
+        # show keys or export headers.
+        shown = {k: ("********" if k in SECRET_OPTIONS and v else v) for k, v in self._values.items()}
+        return f"Config({shown!r})"
 
     @property
     def is_active(self) -> bool:

@@ -18,6 +18,9 @@ from opentelemetry.trace import Span, SpanContext
 from .conf import get_config
 from .propagation import format_correlation_id
 
+#: Span attribute marking e2e-otel's own traffic (see ``CorrelationMiddleware.process_view``).
+ATTR_INTERNAL = "e2e.internal"
+
 __all__ = ["get_correlation_id", "inject_headers", "CorrelationMiddleware", "traceresponse_value"]
 
 
@@ -57,7 +60,7 @@ class CorrelationMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
         if iscoroutinefunction(self):
-            return self.__acall__(request)
+            return CorrelationMiddleware.__acall__(self, request)
         context = self._before(request)
         return self._after(self.get_response(request), context)
 
@@ -71,6 +74,21 @@ class CorrelationMiddleware:
             format_correlation_id(context.trace_id) if context.is_valid else None
         )
         return context
+
+    def process_view(self, request: HttpRequest, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
+        """Mark e2e-otel's own pages (debugging API, ingestion, /metrics, its admin) as internal.
+
+        Runs after URL resolution and before the view, so the view's queries are started under a
+        marked server span; derived views (records, breaches, query findings) skip that traffic.
+        """
+        match = getattr(request, "resolver_match", None)
+        if match is None:
+            return None
+        if match.app_name == "e2e_otel" or (match.url_name or "").startswith("e2e_otel_"):
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.set_attribute(ATTR_INTERNAL, "admin" if match.app_name == "admin" else "e2e_otel")
+        return None
 
     def _after(self, response: HttpResponseBase, context: SpanContext) -> HttpResponseBase:
         if context.is_valid:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.trace import Link, Status
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
@@ -25,6 +27,40 @@ from .conf import Config
 from .sanitize import MASK, Sanitizer, ansi_quotes_for
 
 logger = logging.getLogger(__name__)
+
+
+class QueueFullLogFilter(logging.Filter):
+    """Lets the SDK's per-span "Queue full, dropping span" warning through once a minute.
+
+    During a collector outage the SDK logs one warning per dropped span on the request thread;
+    the drops are counted in ``e2e_otel_export_dropped_spans_total`` instead.
+    """
+
+    def __init__(self, interval: float = 60.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self._next = 0.0
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Queue full"):
+            return True
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self.interval
+            return True
+        self.suppressed += 1
+        return False
+
+
+_SDK_QUEUE_LOGGER = "opentelemetry.sdk._shared_internal"
+_queue_full_filter = QueueFullLogFilter()
+
+
+def _install_queue_full_filter() -> None:
+    sdk_logger = logging.getLogger(_SDK_QUEUE_LOGGER)
+    if _queue_full_filter not in sdk_logger.filters:
+        sdk_logger.addFilter(_queue_full_filter)
 
 
 class CountingBatchSpanProcessor(BatchSpanProcessor):
@@ -44,10 +80,12 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         self._queue = getattr(batch, "_queue", None)
         self._capacity = getattr(batch, "_max_queue_size", None)
         self.counting = self._queue is not None and isinstance(self._capacity, int)
+        if self.counting:
+            _install_queue_full_filter()
 
     def on_end(self, span: ReadableSpan) -> None:
         if self.counting and span.context is not None and span.context.trace_flags.sampled:
-            if len(self._queue) >= self._capacity:  # type: ignore[arg-type]
+            if len(self._queue) >= self._capacity:  # type: ignore[arg-type,operator]
                 self.dropped += 1
                 if self._on_drop is not None:
                     self._on_drop()
@@ -68,7 +106,9 @@ class PerProcessExporter(SpanExporter):
         self._lock = threading.Lock()
         self._origin_pid = os.getpid()  # the process that built the provider and its resource
         self._resource_pid: int | None = None
-        self._resources: dict[int, tuple[Resource, Resource]] = {}
+        # (inherited resource, same with our pid): the provider's spans all share one Resource, so
+        # one entry is enough, and spans from elsewhere can't grow it.
+        self._resource_cache: tuple[Resource, Resource] | None = None
 
     @property
     def exporter(self) -> SpanExporter:
@@ -95,17 +135,17 @@ class PerProcessExporter(SpanExporter):
         if pid == self._origin_pid:
             return spans
         if self._resource_pid != pid:
-            self._resources = {}
+            self._resource_cache = None
             self._resource_pid = pid
         result: list[ReadableSpan] | None = None
         for index, span in enumerate(spans):
             resource = span.resource
             if resource is None or resource.attributes.get("process.pid") != self._origin_pid:
                 continue
-            cached = self._resources.get(id(resource))
+            cached = self._resource_cache
             if cached is None or cached[0] is not resource:
                 cached = (resource, resource.merge(Resource({"process.pid": pid}, resource.schema_url)))
-                self._resources[id(resource)] = cached
+                self._resource_cache = cached
             if result is None:
                 result = list(spans)
             result[index] = replace_span(span, resource=cached[1])
@@ -128,19 +168,29 @@ _SQL_ATTRIBUTES = ("db.statement", "db.query.text")
 
 
 def sanitize_span(span: ReadableSpan, sanitizer: Sanitizer) -> ReadableSpan:
-    """A copy of ``span`` with SQL literals, sensitive attributes and secrets in text removed."""
+    """A copy of ``span`` with SQL literals, sensitive attributes and secrets in text removed: in
+    attributes, event attributes, link attributes and the status description (the SDK writes
+    ``"ExcType: message"`` there when an exception escapes a span)."""
+    changes: dict[str, Any] = {}
     attributes = _clean_attributes(span.attributes or {}, sanitizer)
-    events = [Event(e.name, _clean_attributes(e.attributes or {}, sanitizer), e.timestamp) for e in span.events]
-    if attributes is None and all(clean is None for clean in events):
-        return span
-    return replace_span(
-        span,
-        attributes=attributes if attributes is not None else span.attributes,
-        events=[
-            clean if clean.attributes is not None else original
-            for clean, original in zip(events, span.events)
-        ],
-    )
+    if attributes is not None:
+        changes["attributes"] = attributes
+    events = [_clean_attributes(e.attributes or {}, sanitizer) for e in span.events]
+    if any(clean is not None for clean in events):
+        changes["events"] = [
+            Event(e.name, clean, e.timestamp) if clean is not None else e for clean, e in zip(events, span.events)
+        ]
+    links = [_clean_attributes(link.attributes or {}, sanitizer) for link in span.links]
+    if any(clean is not None for clean in links):
+        changes["links"] = [
+            Link(link.context, clean) if clean is not None else link for clean, link in zip(links, span.links)
+        ]
+    description = span.status.description
+    if description:
+        scrubbed = sanitizer.scrub_text(description)
+        if scrubbed != description:
+            changes["status"] = Status(span.status.status_code, scrubbed)
+    return replace_span(span, **changes) if changes else span
 
 
 def replace_span(span: ReadableSpan, **changes: Any) -> ReadableSpan:

@@ -21,11 +21,18 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
+from . import forksafe
+
 logger = logging.getLogger(__name__)
 
 PREFIX = "e2e_otel"
 OTHER = "other"
 UNMATCHED = "<unmatched>"
+#: models.Layer; every (layer, x) label pair has a cap per layer, so one layer cannot fill another's.
+LAYERS: tuple[str, ...] = ("frontend", "api", "database", "cache", "external", "internal", "system")
+MAX_LABEL_LENGTH = 100
+FRONTEND_COMPONENTS = 50
+ERROR_TYPES_PER_LAYER = 50
 
 #: Step durations: the default thresholds (0.1/0.5 s database, 0.5/2 s api, 0.2/1 s frontend) are
 #: bucket bounds, so "above warning" is exact in PromQL.
@@ -39,12 +46,12 @@ def multiprocess_dir() -> str | None:
 
 
 class LabelCap:
-    """At most ``limit`` distinct label keys; a new key beyond that is reported as not admitted.
+    """At most ``limit`` distinct label values; a new value beyond that is reported as not admitted.
 
-    Keys are label values or tuples of them (``(layer, component)``), so the cap bounds label
-    *combinations*, not just values. Thread-safe: looking up a known key takes no lock (set membership
-    is atomic in CPython); admitting a new one takes a lock that is never held across I/O. The cap is
-    per process (in multiprocess mode each worker admits its own first ``limit`` keys).
+    Thread-safe, run by any thread: looking up a known value takes no lock (set membership is atomic
+    in CPython); admitting a new one takes a lock that is never held across I/O. The cap is per process
+    (in multiprocess mode each worker admits its own first ``limit`` values); the lock is re-created
+    in a forked child.
     """
 
     def __init__(self, limit: int) -> None:
@@ -53,6 +60,7 @@ class LabelCap:
         self.limit = limit
         self._seen: set[object] = set()
         self._lock = threading.Lock()
+        forksafe.register(self)
 
     def admit(self, key: object) -> bool:
         if key in self._seen:
@@ -65,24 +73,48 @@ class LabelCap:
             self._seen.add(key)
             return True
 
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # the parent may have held it while forking
+
     def __len__(self) -> int:
         return len(self._seen)
+
+
+def clip(value: str) -> str:
+    """A label value cut to ``MAX_LABEL_LENGTH`` characters (span names and exception types are
+    unbounded strings)."""
+    return value if len(value) <= MAX_LABEL_LENGTH else value[:MAX_LABEL_LENGTH]
+
+
+def component_budget(layer: str, max_labels: int) -> int:
+    """Distinct components one layer may use. Browser spans name their own components (any page can
+    post them to the ingest endpoint), so ``frontend`` gets a smaller budget of its own."""
+    return min(FRONTEND_COMPONENTS, max_labels) if layer == "frontend" else max_labels
+
+
+def error_type_budget(max_labels: int) -> int:
+    """Distinct ``error_type`` values per layer: exception type names are a small set in any app."""
+    return min(ERROR_TYPES_PER_LAYER, max_labels)
 
 
 class E2EMetrics:
     """Every e2e-otel metric family (the METRICS CONTRACT), registered on one registry.
 
-    Safe from any thread. ``max_labels`` caps, each separately, the (layer, component) pairs, the
-    (layer, error_type) pairs and the workflow types; anything beyond becomes ``other``. Always label
-    through ``component_label``/``error_type_label``/``workflow_type_label``.
+    Safe from any thread (span-ending, record writer, monitor and request threads all use it). Every
+    layer has its own component cap (``max_labels``; ``frontend``: ``component_budget``) and its own
+    error_type cap (``error_type_budget``); workflow types share one cap of ``max_labels``. A value
+    beyond its cap becomes ``other``; every value is cut to ``MAX_LABEL_LENGTH``. Always label through
+    ``component_label``/``error_type_label``/``workflow_type_label``.
     """
 
     def __init__(self, registry: CollectorRegistry | None = REGISTRY, *, max_labels: int = 200) -> None:
+        if max_labels < 1:
+            raise ValueError(f"max_labels must be >= 1, got {max_labels!r}")
         self.registry = registry
         self.max_labels = max_labels
-        self._components = LabelCap(max_labels)
+        self._components = {layer: LabelCap(component_budget(layer, max_labels)) for layer in LAYERS}
+        self._error_types = {layer: LabelCap(error_type_budget(max_labels)) for layer in LAYERS}
         self._workflow_types = LabelCap(max_labels)
-        self._error_types = LabelCap(max_labels)
         r = registry
         self.step_duration = Histogram(
             f"{PREFIX}_step_duration_seconds", "Duration of workflow steps (spans) by layer and component.",
@@ -132,6 +164,9 @@ class E2EMetrics:
         self.exporter_up.set(1)  # no export has failed (also when no exporter is configured)
         self.exported_spans = Counter(
             f"{PREFIX}_exported_spans", "Spans handed to the exporter, by result.", ["result"], registry=r)
+        self.breach_signals_dropped = Counter(
+            f"{PREFIX}_breach_signals_dropped", "Span breaches never signalled because the pending queue "
+            "(1,000) was full; the breach counter still has them.", registry=r)
         self.export_dropped = Counter(
             f"{PREFIX}_export_dropped_spans", "Spans dropped because the SDK's export queue was full.",
             registry=r)
@@ -146,15 +181,25 @@ class E2EMetrics:
         self._stats_lock = threading.Lock()
         self._build_labels: tuple[str, str, str] | None = None
         self._last_stats: dict[tuple[int, str, str], float] = {}
+        forksafe.register(self)
 
     def component_label(self, layer: str, component: str) -> str:
-        """``component`` as a label value for ``layer``: ``other`` once the pair cap is full."""
-        return component if self._components.admit((layer, component)) else OTHER
+        """``component`` as a label value for ``layer``: ``other`` once that layer's cap is full."""
+        component = clip(component)
+        cap = self._components.get(layer)
+        if cap is None:  # not a layer (LabelCap defines __len__, so no ``or`` here)
+            cap = self._components["internal"]
+        return component if cap.admit(component) else OTHER
 
     def error_type_label(self, layer: str, error_type: str) -> str:
-        return error_type if self._error_types.admit((layer, error_type)) else OTHER
+        error_type = clip(error_type)
+        cap = self._error_types.get(layer)
+        if cap is None:
+            cap = self._error_types["internal"]
+        return error_type if cap.admit(error_type) else OTHER
 
     def workflow_type_label(self, workflow_type: str) -> str:
+        workflow_type = clip(workflow_type)
         return workflow_type if self._workflow_types.admit(workflow_type) else OTHER
 
     def observe_query_finding(self, finding: Any) -> None:
@@ -163,7 +208,7 @@ class E2EMetrics:
         try:
             family = {"slow_query": self.slow_queries, "n_plus_one": self.n_plus_one}.get(finding.kind)
             if family is not None:
-                table = str(getattr(finding, "table", "") or "unknown")
+                table = str(getattr(finding, "table", "") or "<unknown>")
                 family.labels(self.component_label("database", table)).inc()
         except Exception:
             logger.debug("e2e-otel: query finding not counted", exc_info=True)
@@ -174,9 +219,11 @@ class E2EMetrics:
         self._build_labels = (__version__, service, environment)
         self.build_info.labels(*self._build_labels).set(1)
 
-    def reset_after_fork(self) -> None:
-        """Re-apply the constant gauges in a forked child: in multiprocess mode its values start from
-        its own, empty file (a 0 in ``exporter_up`` would read as an outage)."""
+    def _after_fork_in_child(self) -> None:
+        """Fresh lock, and the constant gauges re-applied: in multiprocess mode a child's values start
+        from its own, empty file (a 0 in ``exporter_up`` would read as an outage). ``_last_stats`` is
+        kept: the child's record processors continue the parent's cumulative numbers."""
+        self._stats_lock = threading.Lock()
         self.exporter_up.set(1)
         self.cache_hit_ratio.set(1.0)
         if self._build_labels is not None:
@@ -213,7 +260,6 @@ class E2EMetrics:
             self.record_queue_depth.set(depth)
 
 
-LAYER_COUNT = 7  # models.Layer
 BREACH_METRICS = 7  # response_time, query_time, render_time, memory_usage, cpu_usage, error_rate, hit_rate
 
 
@@ -223,26 +269,39 @@ def series_bound(max_labels: int = 200, *, rules: int = 7, drop_reasons: int = 4
     ``rules`` is the number of enabled layer-wide threshold rules. Counts the ``_created`` samples of
     single-process mode; multiprocess scrapes have fewer per worker.
     """
-    pairs = max_labels + LAYER_COUNT  # admitted (layer, x) pairs + one "other" per layer
+    layers = len(LAYERS)
+    # admitted (layer, x) pairs + one "other" per layer
+    pairs = sum(component_budget(layer, max_labels) for layer in LAYERS) + layers
+    error_pairs = layers * error_type_budget(max_labels) + layers
+    database = max_labels + 1  # the database layer's components (+ other)
     types = max_labels + 1
     histogram = len(STEP_BUCKETS) + 1 + 3  # buckets incl. +Inf, _sum, _count, _created
     return (
         histogram * pairs          # step_duration_seconds
         + 2 * 2 * pairs            # steps_total {ok,error} + _created
-        + 2 * pairs                # errors_total (own (layer, error_type) cap)
-        + 2 * 2 * types            # slow_queries_total, n_plus_one_total (database-layer components)
+        + 2 * error_pairs          # errors_total
+        + 2 * 2 * database         # slow_queries_total, n_plus_one_total (database-layer components)
         + 2 * 2 * types            # workflows_total {completed,failed}
         + (len(WORKFLOW_BUCKETS) + 4) * types  # workflow_duration_seconds
         + BREACH_METRICS * 2 * 2   # threshold_breaches_total
         + rules * 2                # threshold_value
         + 2 * (drop_reasons + written_kinds + 2)  # records_dropped/written, exported_spans
-        + 2                        # export_dropped_spans_total + _created
+        + 2 * 2                    # export_dropped_spans_total, breach_signals_dropped_total (+ _created)
         + 7                        # six plain gauges + build_info
     )
 
 
 _metrics: E2EMetrics | None = None
 _metrics_lock = threading.Lock()
+
+
+def _new_module_lock_in_child() -> None:
+    global _metrics_lock
+    _metrics_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_module_lock_in_child)
 
 
 def get_metrics(max_labels: int | None = None) -> E2EMetrics:

@@ -21,7 +21,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from .propagation import format_correlation_id
-from .sanitize import ansi_quotes_for, scrub_sql, sql_fingerprint, sql_operation_and_table
+from .sanitize import ansi_quotes_for, scrub_sql, sql_operation_and_table
 
 if TYPE_CHECKING:
     from .bootstrap import Runtime
@@ -30,6 +30,9 @@ __all__ = ["QueryFinding", "QueryAnalyzer", "build_query_analyzer", "advice_for"
 
 _STATEMENT_KEYS = ("db.statement", "db.query.text")
 _MAX_STATEMENT_CHARS = 2048
+#: Findings built per trace, worst (most total time) first: building one scrubs SQL, and it happens
+#: on the thread that ends the root span.
+MAX_FINDINGS_PER_TRACE = 5
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,10 @@ class QueryAnalyzer(SpanProcessor):
             self._observe(trace_id, statement[:_MAX_STATEMENT_CHARS], (span.end_time or 0) - (span.start_time or 0),
                           ansi_quotes_for(attributes.get("db.system")))
         if span.parent is None or span.parent.is_remote:
+            if "e2e.internal" in attributes:  # e2e-otel's own pages: not the app's queries
+                with self._lock:
+                    self._traces.pop(trace_id, None)
+                return
             self._finish(trace_id, span)
 
     def _observe(self, trace_id: int, statement: str, duration_ns: int, ansi_quotes: bool) -> None:
@@ -156,14 +163,18 @@ class QueryAnalyzer(SpanProcessor):
             return
         route = str((root.attributes or {}).get("http.route") or root.name)[:190]
         correlation_id = format_correlation_id(trace_id)
-        findings = []
-        for statement, shape in queries.shapes.items():
-            if shape.count >= self._threshold:
-                findings.append(self._finding("n_plus_one", correlation_id, route, statement,
-                                              shape.count, shape.total_ns, shape.max_ns, queries.ansi_quotes))
-        for statement, duration_ns in queries.slow:
-            findings.append(self._finding("slow_query", correlation_id, route, statement, 1,
-                                          duration_ns, duration_ns, queries.ansi_quotes))
+        repeated = sorted(((s.total_ns, statement, s) for statement, s in queries.shapes.items()
+                           if s.count >= self._threshold), key=lambda item: item[0], reverse=True)
+        slow = sorted(queries.slow, key=lambda item: item[1], reverse=True)
+        findings = [
+            self._finding("n_plus_one", correlation_id, route, statement, shape.count, shape.total_ns,
+                          shape.max_ns, queries.ansi_quotes)
+            for _, statement, shape in repeated[:MAX_FINDINGS_PER_TRACE]
+        ] + [
+            self._finding("slow_query", correlation_id, route, statement, 1, duration_ns, duration_ns,
+                          queries.ansi_quotes)
+            for statement, duration_ns in slow[:MAX_FINDINGS_PER_TRACE]
+        ]
         for finding in findings:
             self.recent.append(finding)
             for listener in self.listeners:
@@ -174,9 +185,10 @@ class QueryAnalyzer(SpanProcessor):
                  total_ns: int, max_ns: int, ansi_quotes: bool) -> QueryFinding:
         operation, table = sql_operation_and_table(statement)
         scrubbed = scrub_sql(statement, ansi_quotes=ansi_quotes)
+        fingerprint = " ".join(scrubbed.split()).rstrip(";").rstrip()  # sql_fingerprint, minus a 2nd scrub
         return QueryFinding(
             kind=kind, correlation_id=correlation_id, route=route, table=table or "",
-            operation=operation, statement=scrubbed, fingerprint=sql_fingerprint(statement, ansi_quotes=ansi_quotes),
+            operation=operation, statement=scrubbed, fingerprint=fingerprint,
             count=count, total_ms=round(total_ns / 1e6, 3), max_ms=round(max_ns / 1e6, 3),
             advice=advice_for(kind, operation, table or "", statement, count),
         )
@@ -196,11 +208,5 @@ def build_query_analyzer(runtime: Runtime) -> QueryAnalyzer | None:
     if config.METRICS_ENABLED:
         from .metrics import get_metrics
 
-        metrics = get_metrics()
-
-        def count(finding: QueryFinding) -> None:
-            counter = metrics.n_plus_one if finding.kind == "n_plus_one" else metrics.slow_queries
-            counter.labels(component=metrics.component_label("database", finding.table or "<unknown>")).inc()
-
-        analyzer.listeners.append(count)
+        analyzer.listeners.append(get_metrics().observe_query_finding)
     return analyzer

@@ -206,13 +206,11 @@ def _breaches(alias: str, start: datetime, until: datetime) -> tuple[BreachGroup
     rows = list(
         snapshots.order_by().values("layer", "metric_name", "component", "threshold_status", "unit")
         .annotate(count=Count("id"), low=Min("metric_value"), high=Max("metric_value"), last=Max("timestamp"))
-        .order_by("-count", "layer", "metric_name", "component", "threshold_status")[:MAX_GROUPS * 2]
+        # "critical" sorts before "warning": critical groups first, then the most frequent
+        .order_by("threshold_status", "-count", "layer", "metric_name", "component")[:MAX_GROUPS]
     )
-    # critical before warning, then the most frequent; bounded before the per-group lookup
-    rows.sort(key=lambda r: (r["threshold_status"] != ThresholdStatus.CRITICAL, -r["count"], r["layer"],
-                             r["metric_name"], r["component"]))
     groups = []
-    for r in rows[:MAX_GROUPS]:
+    for r in rows:
         latest = (snapshots.filter(layer=r["layer"], metric_name=r["metric_name"], component=r["component"],
                                    threshold_status=r["threshold_status"], correlation_id__isnull=False)
                   .order_by("-timestamp", "-id").values_list("correlation_id", flat=True).first())

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
-from .sanitize import sql_operation_and_table
+from .sanitize import MAX_SQL_LENGTH, sql_operation_and_table
 
 __all__ = [
     "WORKFLOW_SOURCES",
@@ -82,6 +82,12 @@ _MAX_ERRORS_PER_SPAN = 8
 _MAX_METRICS_PER_SPAN = 32
 _FINGERPRINT_FRAMES = 5
 _MAX_COMPONENT = 190
+# Raw text is cut here, at capture, so a queued step holds bounded memory whatever the span carried.
+# SQL keeps one character over the sanitiser's limit so ``scrub_sql`` still marks it truncated; a
+# stack trace keeps its end (Python prints the innermost frame last).
+_MAX_SQL_CAPTURE = MAX_SQL_LENGTH + 1
+_MAX_MESSAGE = 5 * 1024
+_MAX_STACKTRACE = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +332,10 @@ def step_from_span(span: ReadableSpan) -> StepData | None:
     attributes = dict(span.attributes or {})  # one copy: plain dict lookups are much cheaper
     if ATTR_INTERNAL in attributes:
         return None
+    for key in _STATEMENT_KEYS:
+        statement = attributes.get(key)
+        if isinstance(statement, str) and len(statement) > _MAX_SQL_CAPTURE:
+            attributes[key] = statement[:_MAX_SQL_CAPTURE]
     layer, component, operation = _classify(span, attributes)
     parent = span.parent
     errors: list[ErrorData] = []
@@ -386,8 +396,9 @@ def _error_from_event(
     attributes: Mapping[str, Any], timestamp: int, layer: str, component: str, operation: str
 ) -> ErrorData:
     error_type = str(attributes.get("exception.type") or "Error")[:_MAX_COMPONENT]
-    message = str(attributes.get("exception.message") or "")
-    stacktrace = str(attributes.get("exception.stacktrace") or "")
+    message = str(attributes.get("exception.message") or "")[:_MAX_MESSAGE]
+    raw_stacktrace = str(attributes.get("exception.stacktrace") or "")
+    stacktrace = raw_stacktrace[-_MAX_STACKTRACE:]
     layer = str(attributes.get(ATTR_LAYER) or layer)
     component = str(attributes.get(ATTR_COMPONENT) or component)[:_MAX_COMPONENT]
     severity, category = classify_error(error_type, message)
@@ -404,7 +415,7 @@ def _error_from_event(
         layer=layer,
         component=component,
         operation=operation,
-        fingerprint=error_fingerprint(error_type, layer, component, operation, stacktrace),
+        fingerprint=error_fingerprint(error_type, layer, component, operation, raw_stacktrace),
         severity=severity,
         category=category,
         timestamp_ns=timestamp,
@@ -441,18 +452,32 @@ def classify_error(error_type: str, message: str = "") -> tuple[str, str]:
     return "error", "unknown"
 
 
-_PY_FRAME = re.compile(r'File "([^"]+)", line \d+, in ([^\s]+)')
-_JS_FRAME = re.compile(r"at\s+([^\s(]+)\s*\(?([^\s():]+)")
+# Stack traces reach us from browsers (the public ingestion endpoint), so every pattern here is
+# linear: repetitions are bounded and nothing starts with an unanchored ``.*`` (which made a crafted
+# path cost quadratic time per frame).
+_PY_FRAME = re.compile(r'File "([^"]{1,512})", line \d{1,9}, in ([^\s]{1,256})')
+_JS_FRAME = re.compile(r"at\s{1,32}([^\s(]{1,256})\s{0,32}\(?([^\s():]{1,512})")
 _VOLATILE = re.compile(r"0x[0-9a-fA-F]+|\b[0-9a-fA-F]{8}-[0-9a-fA-F-]{27}\b|\d+")
-_SITE = re.compile(r".*[/\\](?:site-packages|dist-packages|lib[/\\]python[\d.]+)[/\\]")
+_SITE_MARK = re.compile(r"[/\\](?:site-packages|dist-packages|lib[/\\]python[\d.]{1,16})(?=[/\\])")
+_MAX_FRAME_PATH = 512
+_MAX_STACK_SCAN = 20_000
+
+
+def _strip_install_prefix(path: str) -> str:
+    """``path`` after its last ``site-packages``/``dist-packages``/``lib/pythonX.Y`` directory."""
+    path = path[-_MAX_FRAME_PATH:]
+    last = None
+    for last in _SITE_MARK.finditer(path):
+        pass
+    return path if last is None else path[last.end() + 1:]
 
 
 def _normalised_frames(stacktrace: str) -> list[str]:
     """The innermost frames as ``file:function`` without line numbers, ids or install prefixes."""
-    frames = [f"{_SITE.sub('', path)}:{func}" for path, func in _PY_FRAME.findall(stacktrace[-20_000:])]
-    if frames:
-        return frames[-_FINGERPRINT_FRAMES:]  # Python prints the innermost frame last
-    js = [f"{func}:{path.rsplit('/', 1)[-1]}" for func, path in _JS_FRAME.findall(stacktrace[:20_000])]
+    found = _PY_FRAME.findall(stacktrace[-_MAX_STACK_SCAN:])
+    if found:  # Python prints the innermost frame last
+        return [f"{_strip_install_prefix(path)}:{func}" for path, func in found[-_FINGERPRINT_FRAMES:]]
+    js = [f"{func}:{path.rsplit('/', 1)[-1]}" for func, path in _JS_FRAME.findall(stacktrace[:_MAX_STACK_SCAN])]
     return [_VOLATILE.sub("#", frame) for frame in js[:_FINGERPRINT_FRAMES]]
 
 

@@ -40,6 +40,9 @@ _SOURCE_RANK = {**WORKFLOW_SOURCES, "unknown": 99}
 _SQL_KEYS = ("db.statement", "db.query.text")
 _SWEEP_LIMIT = 500
 LOCK_WAIT_TIMEOUT = 5  # seconds the writer waits for a row lock (MySQL/MariaDB) before retrying
+# MySQL/MariaDB lock wait timeout and deadlock: the transaction was rolled back on a healthy
+# connection; the same data goes in once the other transaction is done, so back off and retry.
+_RETRYABLE_CODES = frozenset({1205, 1213})
 _PING_AFTER_IDLE = 60.0  # seconds without a write after which the connection is pinged first
 
 
@@ -54,6 +57,12 @@ class _FlushToken:
 
 
 _STOP = object()
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    """MySQL/MariaDB lock wait timeout (1205) or deadlock (1213); Django keeps the driver's args."""
+    code = exc.args[0] if exc.args else None
+    return isinstance(code, int) and code in _RETRYABLE_CODES
 
 
 def _dt(ns: int) -> datetime:
@@ -273,8 +282,9 @@ class RecordWriter:
             self._release_tokens()
 
     def _attempt(self, func: Any, *args: Any) -> str:
-        """Run ``func`` on our connection: ``"ok"``, ``"retry"`` (connection trouble: back off) or
-        ``"dropped"`` (the data itself was refused; retrying would fail the same way)."""
+        """Run ``func`` on our connection: ``"ok"``, ``"retry"`` (connection trouble, lock wait
+        timeout or deadlock: back off) or ``"dropped"`` (the data itself was refused; retrying would
+        fail the same way)."""
         from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
         try:
@@ -299,26 +309,28 @@ class RecordWriter:
         """Keep one long-lived connection (``CONN_MAX_AGE`` is a per-request notion; honouring 0
         would reconnect every batch) but drop it when it failed or idled long enough for the server
         to have closed it."""
+        if connection.connection is not None:
+            stale = time.monotonic() - self._last_used > _PING_AFTER_IDLE
+            if (connection.errors_occurred or stale) and not connection.is_usable():
+                connection.close()
+            connection.errors_occurred = False
         if connection.connection is None:
+            # Connect here rather than letting the ORM reconnect implicitly, so every connection the
+            # writer uses gets the session setting below.
             connection.ensure_connection()
             if connection.vendor == "mysql":
                 # A host-app transaction holding row locks must not park the writer for InnoDB's
                 # default 50 s: give up quickly, back off and retry the batch.
                 with connection.cursor() as cursor:
                     cursor.execute("SET SESSION innodb_lock_wait_timeout = %s", [LOCK_WAIT_TIMEOUT])
-            return
-        stale = time.monotonic() - self._last_used > _PING_AFTER_IDLE
-        if (connection.errors_occurred or stale) and not connection.is_usable():
-            connection.close()
-        connection.errors_occurred = False
 
     def _back_off(self, exc: BaseException) -> str:
         self._note_error(exc)
         self._close_connection()
         self._backoff = min(MAX_BACKOFF, max(0.5, self._backoff * 2))
         self._retry_at = time.monotonic() + self._backoff
-        logger.warning("e2e-otel: record writer cannot reach the database (%s); retry in %.1fs", exc,
-                       self._backoff)
+        trouble = "waited too long for a row lock" if _is_retryable(exc) else "cannot reach the database"
+        logger.warning("e2e-otel: record writer %s (%s); retry in %.1fs", trouble, exc, self._backoff)
         return "retry"
 
     def _note_error(self, exc: BaseException) -> None:
@@ -365,8 +377,11 @@ class RecordWriter:
             try:
                 self._write_trace(trace_id, group)
             except (OperationalError, InterfaceError) as exc:
-                if not self._connection_usable():
-                    raise  # the database went away: back off and retry the rest of the chunk
+                if _is_retryable(exc) or not self._connection_usable():
+                    # Lock wait timeout / deadlock (rolled back, retry later) or the database went
+                    # away: back off and retry the rest of the chunk; ``_chunk_done`` skips the
+                    # traces already committed.
+                    raise
                 self._note_error(exc)  # e.g. MySQL 1292 arrives as OperationalError: data, not outage
                 self.count_drop("db_error", len(group))
                 logger.warning("e2e-otel: records of trace %032x refused by the database: %s", trace_id, exc)

@@ -387,3 +387,12 @@ def test_created_workflow_goes_through_workflow_tracer(keyed, live_records):
     writer = keyed.get(BASE + "system-health/").json()["record_writer"]
     assert writer["available"] is True
     assert isinstance(writer["stats"], dict) and writer["stats"]
+
+
+@pytest.mark.django_db
+def test_creating_an_existing_correlation_id_is_refused_with_a_field_error(keyed):
+    cid = str(uuid.uuid4())
+    first = keyed.post(BASE + "workflow-sessions/", {"workflow_type": "import", "correlation_id": cid}, format="json")
+    again = keyed.post(BASE + "workflow-sessions/", {"workflow_type": "import", "correlation_id": cid}, format="json")
+    assert (first.status_code, again.status_code) == (201, 400)
+    assert "correlation_id" in again.json()

@@ -6,8 +6,9 @@ span with W3C baggage ``e2e.workflow=checkout``; the fetch instrumentation calls
 another origin with ``traceparent`` + ``baggage`` (``propagateTraceHeaderCorsUrls``); the OTLP/HTTP
 exporter posts the browser's spans to e2e-otel's ingestion endpoint with ``X-E2E-Ingest-Key`` after a
 CORS preflight. Django runs as a ``runserver`` subprocess on the pytest-django MariaDB test database,
-records enabled. The same page served from a second origin that is not on the ingest allow-list must
-have its spans refused (by the browser, after the endpoint's 403 preflight), while its API call works.
+records enabled, exporting to the test OTLP receiver. The same page served from a second origin that
+is not on the ingest allow-list must have its spans refused (by the browser, after the endpoint's 403
+preflight), while its API call works.
 
 Needs node, tests/browser/node_modules (``npm ci --prefix tests/browser``) and Chromium
 (``/usr/bin/chromium`` or ``CHROMIUM_PATH``); skips without them unless ``E2E_OTEL_REQUIRE_BROWSER=1``
@@ -17,10 +18,12 @@ directory (``E2E_BROWSER_SCREENSHOT`` overrides the path), never into the reposi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -76,7 +79,7 @@ def bundle_dir() -> Iterator[Path]:
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -103,12 +106,23 @@ def _write_page(directory: Path, api_base: str) -> None:
 
 
 def _drive(job: dict[str, Any], timeout: float = 45) -> dict[str, Any]:
+    """Run tests/browser/drive.mjs in its own process group; the group (node + Chromium) is killed
+    if it overruns, so a hung browser never outlives the test."""
     env = {**os.environ, "CHROMIUM_PATH": CHROMIUM}
-    completed = subprocess.run(["node", "drive.mjs", json.dumps(job)], cwd=BROWSER_DIR, env=env,
-                               capture_output=True, text=True, timeout=timeout)
-    if completed.returncode != 0:
-        raise AssertionError(f"drive.mjs failed ({completed.returncode}):\n{completed.stderr[-4000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    process = subprocess.Popen(["node", "drive.mjs", json.dumps(job)], cwd=BROWSER_DIR, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"drive.mjs timed out after {timeout}s:\n{stderr[-4000:]}") from None
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)  # stray Chromium helpers of the group
+    if process.returncode != 0:
+        raise AssertionError(f"drive.mjs failed ({process.returncode}):\n{stderr[-4000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def _steps(trace_id: str) -> list[Any]:
@@ -117,7 +131,7 @@ def _steps(trace_id: str) -> list[Any]:
     return list(TraceStep.objects.filter(correlation_id=uuid.UUID(trace_id)).order_by("start_time", "id"))
 
 
-def _wait_for_steps(trace_id: str, layers: set[str], minimum: int, timeout: float = 15) -> list[Any]:
+def _wait_for_steps(trace_id: str, layers: set[str], minimum: int, timeout: float = 20) -> list[Any]:
     deadline = time.monotonic() + timeout
     steps = _steps(trace_id)
     while time.monotonic() < deadline:
@@ -130,7 +144,7 @@ def _wait_for_steps(trace_id: str, layers: set[str], minimum: int, timeout: floa
 
 
 @pytest.mark.django_db(transaction=True)
-def test_browser_checkout_becomes_one_workflow(frontend: int, bundle_dir: Path) -> None:
+def test_browser_checkout_becomes_one_workflow(frontend: int, bundle_dir: Path, otlp_receiver: Any) -> None:
     from django.contrib.auth import get_user_model
     from django.db import connection
 
@@ -146,8 +160,10 @@ def test_browser_checkout_becomes_one_workflow(frontend: int, bundle_dir: Path) 
     env = subprocess_env({
         "DJANGO_SETTINGS_MODULE": "tests.settings_export",
         "E2E_MYSQL_DATABASE": connection.settings_dict["NAME"],
-        "E2E_TEST_OTEL_OVERRIDES": json.dumps({
-            "TRACES_EXPORTER": "none", "INGEST_ALLOWED_ORIGINS": [allowed_origin]}),
+        "E2E_TEST_OTEL_OVERRIDES": json.dumps({"INGEST_ALLOWED_ORIGINS": [allowed_origin]}),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.http_base_endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
     })
     # --insecure: serve the admin's CSS with DEBUG off, so the screenshot shows the real admin.
     argv = [PYTHON, "-m", "django", "runserver", f"127.0.0.1:{port}", "--noreload", "--insecure"]
@@ -167,24 +183,31 @@ def test_browser_checkout_becomes_one_workflow(frontend: int, bundle_dir: Path) 
         steps = _wait_for_steps(trace_id, {"frontend", "api", "database"}, minimum=4)
         logs = server.logs()
         assert {step.layer for step in steps} == {"frontend", "api", "database"}, (
-            [(s.layer, s.name) for s in steps], logs[-3000:])
+            [(s.layer, s.name) for s in steps], WorkflowSession.objects.count(), logs[-3000:])
         sessions = list(WorkflowSession.objects.filter(correlation_id=uuid.UUID(trace_id)))
         assert len(sessions) == 1
         session = sessions[0]
         assert (session.workflow_type, session.workflow_type_source) == ("checkout", "baggage")
         assert all(step.workflow_session_id == session.pk for step in steps)
 
-        by_name = {step.name: step for step in steps}
-        click, fetch = by_name["click checkout"], by_name["HTTP POST"]
-        api = next(step for step in steps if step.layer == "api")
-        assert [step.layer for step in steps][:3] == ["frontend", "frontend", "api"]
-        assert steps[0].name == "click checkout" and steps[1].name == "HTTP POST"
+        # start-time order: the click, the browser's fetch, Django's request, then its queries
+        assert [step.layer for step in steps][:3] == ["frontend", "frontend", "api"], steps
         assert all(step.layer == "database" for step in steps[3:])
+        click, fetch, api = steps[:3]
+        assert fetch.name == "POST"  # instrumentation-fetch names the span after the method
         assert (click.layer, click.component, click.operation) == ("frontend", "CheckoutButton", "click")
         assert fetch.component == "/browser/checkout/"  # a URL template, not the raw URL
         assert fetch.parent_span_id == click.span_id
         assert api.parent_span_id == fetch.span_id  # traceparent crossed origins (CORS-allowed header)
         assert all(step.parent_span_id == api.span_id for step in steps[3:])
+
+        # The collector (Jaeger's view) got the same trace: browser spans + Django's, one trace id.
+        otlp_receiver.wait_for(lambda spans: sum(1 for s in spans if s.trace_id == trace_id) >= len(steps),
+                               timeout=15)
+        exported = otlp_receiver.spans_for_trace(trace_id)
+        assert {s.span_id for s in exported} >= {step.span_id for step in steps}
+        assert {s.resource.get("service.name") for s in exported if s.attributes.get("e2e.layer") == "frontend"} == {
+            "shop-web"}
 
         # The exporter's POST needed a preflight (custom header + JSON); the endpoint allowed it.
         assert f'"OPTIONS {INGEST_PATH} HTTP/1.1" 204' in logs

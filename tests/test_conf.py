@@ -199,3 +199,10 @@ def test_traces_exporter_accepts_the_spec_comma_list() -> None:
     assert isinstance(exporter.inner, MultiSpanExporter) and len(exporter.inner.exporters) == 2
     bad = resolve(None, {"OTEL_TRACES_EXPORTER": "none,console"})
     assert [e.key for e in bad.errors] == ["TRACES_EXPORTER"]
+
+
+def test_repr_never_shows_credentials() -> None:
+    cfg = resolve({"API_KEY": "sekret-api", "INGEST_KEY": "sekret-ingest", "METRICS_KEY": "sekret-metrics",
+                   "OTLP_HEADERS": {"authorization": "Bearer sekret-otlp"}}, {})
+    assert "sekret" not in repr(cfg) and "sekret" not in str(cfg)
+    assert cfg.API_KEY == "sekret-api"

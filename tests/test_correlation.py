@@ -234,3 +234,31 @@ def test_asgi_handler_gets_the_same_contract(spans) -> None:
     assert response.status_code == 200
     assert response.json()["correlation_id"] == correlation_id
     _assert_headers_match_span(response, _only_server_span(spans))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_e2e_otel_own_pages_are_marked_internal_and_not_recorded(spans) -> None:
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    from e2e_otel.bootstrap import get_runtime
+    from e2e_otel.models import WorkflowSession
+
+    staff = get_user_model().objects.create_user("staff", password="pw-for-tests", is_staff=True,
+                                                 is_superuser=True)
+    client = Client()
+    client.force_login(staff)
+    admin = client.get("/admin/e2e_otel/workflowsession/")
+    scrape = client.get("/metrics")
+    app = client.get("/ping/")
+    assert (admin.status_code, scrape.status_code, app.status_code) == (200, 200, 200)
+    servers = {s.context.trace_id: s for s in spans.get_finished_spans() if s.kind.name == "SERVER"}
+    internal = {f"{tid:032x}": s.attributes.get("e2e.internal") for tid, s in servers.items()}
+    assert internal[admin["X-Correlation-ID"].replace("-", "")] == "admin"
+    assert internal[scrape["X-Correlation-ID"].replace("-", "")]  # "metrics"
+    assert internal[app["X-Correlation-ID"].replace("-", "")] is None
+    runtime = get_runtime()
+    assert runtime is not None and runtime.force_flush(10)
+    recorded = {str(c) for c in WorkflowSession.objects.values_list("correlation_id", flat=True)}
+    assert app["X-Correlation-ID"] in recorded
+    assert admin["X-Correlation-ID"] not in recorded and scrape["X-Correlation-ID"] not in recorded

@@ -150,3 +150,43 @@ def test_spans_dropped_by_a_full_export_queue_are_counted() -> None:
     finally:
         release.set()
         provider.shutdown()
+
+
+def test_exported_status_description_and_link_attributes_are_scrubbed() -> None:
+    """The SDK copies an escaping exception's message into the status description."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import Link, StatusCode
+
+    from e2e_otel.exporters import SanitizingSpanExporter
+    from e2e_otel.sanitize import Sanitizer
+
+    sink = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(SanitizingSpanExporter(sink, Sanitizer())))
+    tracer = provider.get_tracer("t")
+    other = tracer.start_span("other")
+    other.end()
+    with pytest.raises(RuntimeError):
+        with tracer.start_as_current_span("s", links=[Link(other.get_span_context(), {"api_key": "k-123"})]):
+            raise RuntimeError("login failed password=hunter2 Authorization: Bearer abc.def.ghi")
+    exported = [s for s in sink.get_finished_spans() if s.name == "s"][0]
+    assert exported.status.status_code is StatusCode.ERROR
+    text = repr((exported.status.description, [e.attributes for e in exported.events],
+                 [link.attributes for link in exported.links]))
+    assert "hunter2" not in text and "abc.def.ghi" not in text and "k-123" not in text
+    assert exported.status.description.startswith("RuntimeError: login failed password=")
+
+
+def test_queue_full_warnings_are_rate_limited() -> None:
+    import logging
+
+    from e2e_otel.exporters import QueueFullLogFilter
+
+    log_filter = QueueFullLogFilter(interval=60)
+    record = logging.LogRecord("opentelemetry.sdk._shared_internal", logging.WARNING, "", 0,
+                               "Queue full, dropping %s.", ("span",), None)
+    other = logging.LogRecord("x", logging.WARNING, "", 0, "something else", None, None)
+    assert [log_filter.filter(record) for _ in range(5)] == [True, False, False, False, False]
+    assert log_filter.suppressed == 4 and log_filter.filter(other)

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from e2e_otel.bootstrap import get_runtime
 from e2e_otel.conf import get_config
 from e2e_otel.metrics import UNMATCHED, CountingSpanExporter, E2EMetrics, series_bound
-from e2e_otel.thresholds import ThresholdEvaluator
+from e2e_otel.evaluator import ThresholdEvaluator
 
 CONTRACT = {
     "e2e_otel_step_duration_seconds": "histogram",

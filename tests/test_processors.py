@@ -263,6 +263,7 @@ from opentelemetry.sdk.resources import Resource
 
 from e2e_otel.spans_to_records import (
     classify,
+    _normalised_frames,
     classify_error,
     error_fingerprint,
     is_frontend_span,
@@ -337,3 +338,56 @@ def test_debugging_api_and_metrics_traffic_is_not_recorded_as_workflows() -> Non
     recorded = set(WorkflowSession.objects.values_list("correlation_id", flat=True))
     assert str(next(iter(recorded))) == app["X-Correlation-ID"] and len(recorded) == 1
     assert TraceStep.objects.filter(correlation_id=api["X-Correlation-ID"]).count() == 0
+
+
+@pytest.mark.django_db(transaction=False)
+def test_fingerprint_of_hostile_stack_trace_is_linear_and_real_paths_unchanged() -> None:
+    # A browser controls exception.stacktrace (public ingestion endpoint): 4 KB paths made only of
+    # separators used to cost quadratic regex time per frame (~0.1 s each).
+    hostile = [f'  File "{sep * 2048}", line 1, in f\n' for sep in ("//", "\\a", "/lib/python3.")]
+    many = "Traceback (most recent call last):\n" + hostile[0] * 100
+    started = time.perf_counter()
+    error_fingerprint("Error", "frontend", "/x", "GET", many)
+    for index in range(10):
+        error_fingerprint("Error", "frontend", "/x", "GET", hostile[index % 3])
+    assert time.perf_counter() - started < 0.5
+
+    real = "".join(f'  File "{path}", line {n}, in fn{n}\n' for n, path in enumerate((
+        "/usr/lib/python3.11/json/decoder.py",
+        "/srv/venv/lib/python3.11/site-packages/django/db/models/query.py",
+        "C:\\Python311\\Lib\\site-packages\\django\\core\\handlers\\base.py",
+        "/usr/lib/python3/dist-packages/requests/api.py",
+        "/opt/app/lib/python3.12/site-packages/vendor/site-packages/x.py",
+        "/app/shop/views.py",
+    )))
+    assert _normalised_frames(real) == [
+        "django/db/models/query.py:fn1", "django\\core\\handlers\\base.py:fn2", "requests/api.py:fn3",
+        "x.py:fn4", "/app/shop/views.py:fn5",
+    ]
+    assert _normalised_frames(real.splitlines()[0]) == ["json/decoder.py:fn0"]
+    js = "TypeError: x\n    at handleClick (/static/app.3f2a.js:10:5)\n    at HTMLButtonElement.<anonymous> (https://shop.example/app.js:2:1)"
+    assert _normalised_frames(js) == ["handleClick:app.#f#a.js", "HTMLButtonElement.<anonymous>:https"]
+
+
+@pytest.mark.django_db(transaction=False)
+def test_raw_text_is_cut_at_capture_so_queued_steps_stay_small() -> None:
+    from e2e_otel.sanitize import MAX_SQL_LENGTH, scrub_sql
+
+    statement = "SELECT `id` FROM `shop_item` WHERE `id` IN (" + ", ".join(["42"] * 40_000) + ")"
+    frames = "".join(f'  File "/srv/app/mod{n}.py", line {n}, in fn{n}\n' for n in range(2000))
+    stack = "Traceback (most recent call last):\n" + frames + "KeyError: 'boom'\n"
+    provider = TracerProvider()
+    span = provider.get_tracer("tests").start_span("SELECT", kind=SpanKind.CLIENT, attributes={
+        "db.system": "mysql", "db.statement": statement})
+    span.add_event("exception", {"exception.type": "KeyError", "exception.message": "x" * 200_000,
+                                 "exception.stacktrace": stack})
+    span.end()
+    step = step_from_span(span)
+    assert step is not None and len(stack) > 80_000 and len(statement) > 100_000
+    assert len(step.attributes["db.statement"]) == MAX_SQL_LENGTH + 1
+    assert scrub_sql(step.attributes["db.statement"]) == scrub_sql(statement)  # stored text unchanged
+    assert step.component == "shop_item" and step.operation == "SELECT"
+    (error,) = step.errors
+    assert len(error.message) == 5 * 1024
+    assert len(error.stacktrace) == 20_000 and error.stacktrace.endswith("in fn1999\nKeyError: 'boom'\n")
+    assert error.fingerprint == error_fingerprint("KeyError", "database", "shop_item", "SELECT", stack)

@@ -114,3 +114,26 @@ def test_findings_endpoint_requires_auth_and_lists_findings() -> None:
     assert body["results"][0]["table"] == "testapp_item"
     assert "prefetch_related" in body["results"][0]["advice"]
     assert client.get("/api/v1/debugging/query-findings/", {"kind": "bogus"}, **auth).status_code == 400
+
+
+def test_findings_per_trace_are_capped_worst_first() -> None:
+    from e2e_otel.queries import MAX_FINDINGS_PER_TRACE
+
+    analyzer, tracer = _analyzer(slow_query_ms=1)
+    with tracer.start_as_current_span("GET /report/"):
+        for table in range(20):
+            for _ in range(5):
+                _db_span(tracer, f"SELECT a FROM t{table} WHERE id = %s", duration_ms=0.5 + table)
+    kinds = [f.kind for f in analyzer.findings()]
+    assert kinds.count("n_plus_one") == MAX_FINDINGS_PER_TRACE
+    assert kinds.count("slow_query") == MAX_FINDINGS_PER_TRACE
+    worst = [f for f in analyzer.findings("n_plus_one")]
+    assert {f.table for f in worst} == {f"t{n}" for n in range(15, 20)}
+
+
+def test_internal_traces_are_not_analysed() -> None:
+    analyzer, tracer = _analyzer()
+    with tracer.start_as_current_span("GET /api/v1/debugging/x/", attributes={"e2e.internal": "api"}):
+        for _ in range(6):
+            _db_span(tracer, "SELECT 1 FROM t WHERE id = %s")
+    assert analyzer.findings() == [] and analyzer._traces == {}

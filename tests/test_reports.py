@@ -171,6 +171,8 @@ def test_api_auth_formats_and_validation(rows: dict[str, object]) -> None:
     response = client.get(URL, {"format": "markdown"}, **AUTH)
     assert response.status_code == 200 and response["Content-Type"].startswith("text/markdown")
     assert b"| checkout | 11 |" in response.content
+    assert client.get(URL, HTTP_ACCEPT="text/markdown", **AUTH).content.startswith(b"# e2e-otel debugging report")
+    assert client.get(URL, {"format": "json"}, **AUTH).json()["totals"]["workflows"] == 13
     assert client.get(URL, {"since": "soon"}, **AUTH).status_code == 400
     assert client.get(URL, {"top": "0"}, **AUTH).status_code == 400
     for secret in SECRETS:

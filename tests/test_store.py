@@ -162,3 +162,77 @@ def test_unknown_kind_of_span_is_not_a_workflow() -> None:
         pass
     step = step_from_span(span)  # type: ignore[arg-type]
     assert step is not None and step.layer == "database" and _is_stray_query(step)
+
+
+def _raw_mysql() -> Any:
+    """A connection of our own to the test database, outside Django (another 'process')."""
+    import pymysql
+
+    settings = connections["default"].settings_dict
+    return pymysql.connect(host=settings["HOST"] or "127.0.0.1", port=int(settings["PORT"] or 3306),
+                           user=settings["USER"], password=settings["PASSWORD"], database=settings["NAME"],
+                           autocommit=False)
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_lock_wait_timeout_is_retried_not_dropped(writers: Any, monkeypatch: Any) -> None:
+    from e2e_otel import store
+
+    if connections["default"].vendor != "mysql":
+        pytest.skip("needs MySQL/MariaDB row locks")
+    monkeypatch.setattr(store, "LOCK_WAIT_TIMEOUT", 1)
+    writer = writers()
+    trace_id = uuid.uuid4().int
+    writer.submit(make_step(trace_id, root=False))
+    assert writer.force_flush(10)
+    session = WorkflowSession.objects.get(correlation_id=uuid.UUID(int=trace_id))
+    locker = _raw_mysql()
+    try:
+        with locker.cursor() as cursor:  # another transaction holds the session row
+            cursor.execute(f"SELECT id FROM {WorkflowSession._meta.db_table} WHERE id = %s FOR UPDATE",
+                           [session.pk])
+        writer.submit(make_step(trace_id, root=True))
+        deadline = time.monotonic() + 8
+        while "1205" not in (writer.stats()["last_error"] or "") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "1205" in (writer.stats()["last_error"] or "")  # waited 1 s, then gave up
+    finally:
+        locker.rollback()
+        locker.close()
+    assert writer.force_flush(10)
+    stats = writer.stats()
+    assert stats["dropped"]["db_error"] == 0
+    assert TraceStep.objects.filter(correlation_id=uuid.UUID(int=trace_id)).count() == 2
+    assert stats["written"]["step"] == 2
+    session.refresh_from_db()
+    assert session.step_count == 2 and session.status == "completed"
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_reconnect_after_a_stale_connection_sets_the_lock_wait_timeout(writers: Any) -> None:
+    from e2e_otel.store import LOCK_WAIT_TIMEOUT
+
+    connection = connections["default"]
+    if connection.vendor != "mysql":
+        pytest.skip("MySQL/MariaDB session variable")
+    writer = writers(start=False)  # its methods run on this thread, on this thread's connection
+    writer._check_connection(connection)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT @@SESSION.innodb_lock_wait_timeout, CONNECTION_ID()")
+        timeout, first_id = cursor.fetchone()
+    assert timeout == LOCK_WAIT_TIMEOUT
+    killer = _raw_mysql()
+    try:
+        with killer.cursor() as cursor:
+            cursor.execute(f"KILL {int(first_id)}")  # the server closed it while we idled
+    finally:
+        killer.close()
+    writer._last_used = time.monotonic() - 3600
+    writer._check_connection(connection)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT @@SESSION.innodb_lock_wait_timeout, CONNECTION_ID()")
+        timeout, second_id = cursor.fetchone()
+    assert second_id != first_id
+    assert timeout == LOCK_WAIT_TIMEOUT

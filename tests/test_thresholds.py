@@ -13,16 +13,10 @@ from prometheus_client import CollectorRegistry
 from e2e_otel.metrics import OTHER, E2EMetrics
 from e2e_otel.models import PerformanceSnapshot, PerformanceThreshold, WorkflowSession
 from e2e_otel.signals import threshold_breached, workflow_closed
-from e2e_otel.thresholds import (
-    Rule,
-    RuleSet,
-    SlidingWindow,
-    ThresholdEvaluator,
-    ThresholdMonitor,
-    classify,
-    load_rules,
-    to_base_unit,
-)
+from e2e_otel.evaluator import PENDING_BREACHES, ThresholdEvaluator, classify
+from e2e_otel.monitor import ThresholdMonitor
+from e2e_otel.thresholds import Rule, RuleSet, load_rules, to_base_unit
+from e2e_otel.windows import SlidingWindow
 
 
 @pytest.fixture
@@ -326,3 +320,135 @@ def test_monitor_thread_restarts_in_forked_child(setup) -> None:
         assert result == b"1"
     finally:
         monitor.stop()
+
+
+# --- label poisoning, internal traffic, classification, breach overflow, fork -----------------------
+
+
+def test_frontend_junk_cannot_push_api_routes_into_other() -> None:
+    """300 browser spans with made-up names and exception types (one ingest POST can carry them)
+    fill only the frontend budget; a real API route and its exception keep their own labels."""
+    registry = CollectorRegistry()
+    metrics = E2EMetrics(registry, max_labels=200)
+    provider = TracerProvider()
+    provider.add_span_processor(ThresholdEvaluator(metrics))
+    tracer = provider.get_tracer("@opentelemetry/instrumentation-document-load")
+    for n in range(300):
+        with tracer.start_as_current_span(f"junk-{n}-" + "x" * 150, attributes={"e2e.layer": "frontend"}) as s:
+            s.record_exception(type(f"Junk{n}Error" + "y" * 150, (Exception,), {})("x"))
+            s.set_status(Status(StatusCode.ERROR))
+    api = TracerProvider()
+    api.add_span_processor(ThresholdEvaluator(metrics))
+    with api.get_tracer("django").start_as_current_span(
+            "GET orders/<int:pk>/", kind=SpanKind.SERVER,
+            attributes={"http.method": "GET", "http.route": "orders/<int:pk>/"}) as s:
+        s.record_exception(type("PaymentDeclined", (Exception,), {})("card"))
+        s.set_status(Status(StatusCode.ERROR))
+    value = registry.get_sample_value
+    assert value("e2e_otel_steps_total", {"layer": "api", "component": "/orders/<int:pk>/", "status": "error"}) == 1
+
+    def labels(family: str, sample: str, label: str, layer: str) -> set[str]:
+        return {s.labels[label] for m in registry.collect() if m.name == family for s in m.samples
+                if s.name == sample and s.labels["layer"] == layer}
+
+    frontend = labels("e2e_otel_steps", "e2e_otel_steps_total", "component", "frontend")
+    assert len(frontend) == 51 and OTHER in frontend  # min(50, 200) names + other
+    assert max(len(c) for c in frontend) == 100  # long names are cut, not admitted whole
+    assert value("e2e_otel_steps_total", {"layer": "frontend", "component": OTHER, "status": "error"}) == 250
+    (api_error,) = labels("e2e_otel_errors", "e2e_otel_errors_total", "error_type", "api")
+    assert api_error.endswith("PaymentDeclined")
+    frontend_errors = labels("e2e_otel_errors", "e2e_otel_errors_total", "error_type", "frontend")
+    assert len(frontend_errors) == 51 and max(len(e) for e in frontend_errors) == 100
+    provider.shutdown()
+    api.shutdown()
+
+
+def test_internal_traffic_counts_as_steps_but_not_in_error_ratio_or_breaches(setup) -> None:
+    evaluator, span, value, _ = setup
+    internal = {"http.method": "GET", "http.route": "metrics", "e2e.internal": "metrics"}
+    for _ in range(20):
+        span("GET metrics", 0.001, kind=SpanKind.SERVER, attributes={**internal, "http.status_code": 500})
+    span("GET metrics", 3.0, kind=SpanKind.SERVER, attributes={**internal, "http.status_code": 200})  # > 2 s
+    assert value("e2e_otel_steps_total", layer="api", component="/metrics", status="error") == 20
+    assert value("e2e_otel_steps_total", layer="api", component="/metrics", status="ok") == 1
+    assert value("e2e_otel_threshold_breaches_total", layer="api", metric="response_time", severity="critical") == 0
+    assert len(evaluator.pending) == 0
+    monitor = ThresholdMonitor(evaluator, write_snapshots=False, refresh_interval=3600)
+    monitor._last_refresh = time.monotonic()
+    monitor.tick()
+    assert value("e2e_otel_api_error_ratio") == 0.0
+    assert value("e2e_otel_threshold_breaches_total", layer="api", metric="error_rate", severity="critical") == 0
+    # the same slow request from the app itself does breach
+    span("GET orders/", 3.0, kind=SpanKind.SERVER, attributes={"http.method": "GET", "http.route": "orders/"})
+    assert value("e2e_otel_threshold_breaches_total", layer="api", metric="response_time", severity="critical") == 1
+
+
+def test_each_span_is_classified_once(setup, monkeypatch) -> None:
+    from e2e_otel import spans_to_records
+
+    calls: list[str] = []
+    real = spans_to_records.classify
+
+    def counting(span):  # type: ignore[no-untyped-def]
+        calls.append(span.name)
+        return real(span)
+
+    monkeypatch.setattr(spans_to_records, "classify", counting)
+    _, span, value, _ = setup
+    span("GET a/", 0.001, kind=SpanKind.SERVER, attributes={"http.method": "GET", "http.route": "a/"})
+    span("SELECT", 0.2, kind=SpanKind.CLIENT, attributes=_db("shop_order"), error=ValueError("x"))
+    assert calls == ["GET a/", "SELECT"]
+    assert value("e2e_otel_steps_total", layer="database", component="shop_order", status="error") == 1
+
+
+def test_breach_queue_overflow_is_counted(setup) -> None:
+    evaluator, span, value, _ = setup
+    evaluator.rules = RuleSet([Rule("database", "query_time", "", 0.0, 10.0)], source="test")
+    for n in range(PENDING_BREACHES + 5):
+        span("SELECT", 0.001 + n * 1e-6, kind=SpanKind.CLIENT, attributes=_db("shop_order"))
+    assert value("e2e_otel_threshold_breaches_total", layer="database", metric="query_time",
+                 severity="warning") == PENDING_BREACHES + 5
+    assert value("e2e_otel_breach_signals_dropped_total") == 5
+    drained = evaluator.drain_pending()
+    assert len(drained) == PENDING_BREACHES and len(evaluator.pending) == 0
+    assert drained[0].value == pytest.approx(0.001 + 5e-6)  # the 5 oldest were the ones dropped
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_locks_held_at_fork_are_fresh_in_the_child(setup) -> None:
+    """A lock another thread holds while gunicorn forks would deadlock the child's first new label,
+    stats sync or breach."""
+    import threading
+
+    evaluator, _, _, _ = setup
+    metrics = evaluator.metrics
+    cap = metrics._components["api"]
+    held = [cap._lock, metrics._stats_lock, evaluator._pending_lock]
+    for lock in held:
+        lock.acquire()
+    read_fd, write_fd = os.pipe()
+    try:
+        pid = os.fork()
+        if pid == 0:  # child
+            ok = False
+            try:
+                def work() -> None:
+                    metrics.component_label("api", "/brand-new/")
+                    metrics.sync_record_stats([])
+                    evaluator.drain_pending()
+
+                worker = threading.Thread(target=work, daemon=True)
+                worker.start()
+                worker.join(5)
+                ok = not worker.is_alive()
+            finally:
+                os.write(write_fd, b"1" if ok else b"0")
+                os._exit(0)
+    finally:
+        for lock in held:
+            lock.release()
+    os.close(write_fd)
+    result = os.read(read_fd, 1)
+    os.waitpid(pid, 0)
+    os.close(read_fd)
+    assert result == b"1"

@@ -134,8 +134,8 @@ def profile_writer(runtime: Any, *, traces: int, steps_per_trace: int) -> dict[s
     for (filename, _line, func), (_cc, calls, tottime, _cum, _callers) in stats.stats.items():  # type: ignore[attr-defined]
         area = ("django/db" if "django/db" in filename else "django (other)" if "/django/" in filename
                 else "pymysql" if "pymysql" in filename else "e2e_otel" if "e2e_otel" in filename
-                else "socket I/O (waiting for MariaDB)" if func.startswith("<method 'recv_into'")
-                or func.startswith("<method 'sendall'") else "other")
+                else "socket I/O (waiting for MariaDB)" if func.startswith(("<method 'recv_into'", "<method 'sendall'"))
+                else "other")
         areas[area] = areas.get(area, 0.0) + tottime
         if "pymysql/cursors.py" in filename and func == "execute":
             sql += calls

@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from .settings_base import *  # noqa: F401,F403
+from .settings_base import *

@@ -10,7 +10,6 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-
 #: The BatchSpanProcessor, kept so the worker can time its hooks.
 processor: BatchSpanProcessor | None = None
 

@@ -316,7 +316,7 @@ def _area(where: str) -> str:
         return "/".join(where.split("/")[:2])
     if where.startswith(("pymysql/", "MySQLdb")):
         return "pymysql"
-    if where.startswith("~") or where.startswith("<"):
+    if where.startswith(("~", "<")):
         return "builtins"
     return where.split("/")[0].split(":")[0]
 
@@ -328,7 +328,7 @@ def main() -> None:
     sys.stdout = sys.stderr
     try:
         worker = Worker(config)
-    except Exception as exc:  # noqa: BLE001 - report to the driver, which shows it
+    except Exception as exc:
         out.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")
         raise
     out.write(json.dumps({"ready": config, "pid": os.getpid()}) + "\n")

@@ -25,7 +25,7 @@ _KINDS = ("n_plus_one", "slow_query")
 class QueryFindingsView(DebuggingAPIMixin, APIView):
     """Filters: ``kind`` (n_plus_one | slow_query), ``correlation_id``, ``table``; ``limit`` ≤ 500."""
 
-    pagination_class = None
+    pagination_class = None  # type: ignore[assignment]  # a bounded list, not a queryset
 
     @extend_schema(
         parameters=[OpenApiParameter("kind", str, enum=list(_KINDS)), OpenApiParameter("correlation_id", str),

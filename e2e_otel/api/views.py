@@ -11,7 +11,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models import Avg, Count, Max, Q, QuerySet, Sum
 from django.http import Http404
 from django.shortcuts import get_object_or_404
@@ -144,9 +144,19 @@ class WorkflowSessionViewSet(DebuggingAPIMixin, mixins.ListModelMixin, mixins.Cr
         if tracer is not None:
             tracer.start_workflow(data["workflow_type"], correlation_id=correlation_id,
                                   user=data.get("user_id") or None, metadata=metadata)
+        try:
+            with transaction.atomic():
+                session = self._create_row(correlation_id, data, metadata)
+        except IntegrityError:  # the record writer created it between validation and now
+            return Response({"correlation_id": ["a workflow session with this correlation id exists"]},
+                            status=status.HTTP_409_CONFLICT)
+        return Response(s.WorkflowSessionDetailSerializer(session).data, status=status.HTTP_201_CREATED)
+
+    @staticmethod
+    def _create_row(correlation_id: uuid.UUID, data: dict[str, Any], metadata: dict[str, Any]) -> WorkflowSession:
         now = timezone.now()
         config = get_config()
-        session = WorkflowSession.objects.create(
+        return WorkflowSession.objects.create(
             correlation_id=correlation_id,
             workflow_type=data["workflow_type"],
             workflow_type_source="explicit",
@@ -157,15 +167,17 @@ class WorkflowSessionViewSet(DebuggingAPIMixin, mixins.ListModelMixin, mixins.Cr
             last_activity=now,
             metadata=metadata,
         )
-        return Response(s.WorkflowSessionDetailSerializer(session).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=s.WorkflowCompleteSerializer, responses={200: s.WorkflowSessionDetailSerializer})
     @action(detail=True, methods=["post"])
     def complete(self, request: Request, pk: str | None = None) -> Response:
-        session = self.get_object()
         payload = s.WorkflowCompleteSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        data = payload.validated_data
+        with transaction.atomic():  # the record writer may be merging into this row right now
+            session = self.get_queryset().select_for_update().get(pk=self.get_object().pk)
+            return self._complete(session, payload.validated_data)
+
+    def _complete(self, session: WorkflowSession, data: dict[str, Any]) -> Response:
         now = timezone.now()
         session.status = data["status"]
         session.status_explicit = True
