@@ -378,6 +378,13 @@ def format_report(report: dict[str, Any]) -> str:
                              f"{costs['request_us']:.0f} per request")
                 for name, us in hooks.items():
                     lines.append(f"      {name:<58}{us:>8.1f}  ({costs['calls_per_request'][name]:.0f} calls)")
+    for prof in report.get("writer_profile", []):
+        if "unavailable" in prof:
+            continue
+        areas = ", ".join(f"{k} {v:.0f}" for k, v in prof["us_per_trace_by_area"].items())
+        lines.append(f"writer thread under cProfile, traces of {prof['steps_per_trace']} steps: "
+                     f"{prof['writer_us_per_trace']:.0f} us per trace, {prof['sql_statements_per_trace']:.1f} SQL "
+                     f"statements per trace ({areas})")
     for load in report.get("writer_load", []):
         lines.append(format_load(load))
     for load in report.get("writer_load_patched", []):

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 # runtime and returns a SpanProcessor or None when its feature is off.
 PROCESSOR_FACTORIES: tuple[str, ...] = (
     "e2e_otel.processors.build_record_processor",
-    "e2e_otel.thresholds.build_metrics_processor",
+    "e2e_otel.evaluator.build_metrics_processor",
     "e2e_otel.queries.build_query_analyzer",
 )
 

@@ -36,13 +36,14 @@ def register(obj: ForkAware) -> None:
 def _run_hooks_in_child() -> None:
     global _registry_lock
     _registry_lock = threading.Lock()
-    for ref in list(_registered):
+    hooks = _registered.copy()  # a hook may register new objects while we iterate
+    for ref in hooks:
         obj = ref()
         if obj is None:
             continue
         try:
             obj._after_fork_in_child()
-        except Exception:  # noqa: BLE001 - one broken object must not stop the others' reset
+        except Exception:  # one broken object must not stop the others' reset
             logger.exception("e2e-otel: after-fork reset of %r failed", obj)
 
 

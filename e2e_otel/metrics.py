@@ -13,6 +13,7 @@ import hmac
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -180,7 +181,10 @@ class E2EMetrics:
             ["version", "service", "environment"], registry=r, multiprocess_mode="max")
         self._stats_lock = threading.Lock()
         self._build_labels: tuple[str, str, str] | None = None
-        self._last_stats: dict[tuple[int, str, str], float] = {}
+        # per source object, weakly: a discarded processor's memo goes with it, and a new processor
+        # that happens to get the old one's id() starts from zero instead of inheriting its numbers
+        self._last_stats: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], float]] = \
+            weakref.WeakKeyDictionary()
         forksafe.register(self)
 
     def component_label(self, layer: str, component: str) -> str:
@@ -242,6 +246,10 @@ class E2EMetrics:
                 value = stats.get("queue_depth")
                 if isinstance(value, (int, float)):
                     depth += value
+                try:
+                    memos = self._last_stats.setdefault(source, {})
+                except TypeError:  # not weak-referenceable: its counts cannot be followed across scrapes
+                    continue
                 for key, family, label in (("dropped", self.records_dropped, "reason"),
                                            ("written", self.records_written, "kind")):
                     values = stats.get(key)
@@ -250,13 +258,13 @@ class E2EMetrics:
                     for name, total in values.items():
                         if not isinstance(total, (int, float)):
                             continue
-                        memo = (id(source), key, str(name))
-                        last = self._last_stats.get(memo, 0.0)
+                        memo = (key, str(name))
+                        last = memos.get(memo, 0.0)
                         delta = total - last if total >= last else total
                         child = family.labels(**{label: str(name)})  # zero series exist too
                         if delta > 0:
                             child.inc(delta)
-                        self._last_stats[memo] = float(total)
+                        memos[memo] = float(total)
             self.record_queue_depth.set(depth)
 
 
@@ -385,7 +393,6 @@ def render(accept: str = "") -> tuple[bytes, str]:
 def metrics_view(request):  # type: ignore[no-untyped-def]
     """``GET /metrics``: Prometheus exposition; ``Authorization: Bearer <METRICS_KEY>`` when a key is set."""
     from django.http import HttpResponse, HttpResponseNotAllowed
-
     from opentelemetry import trace
 
     from .conf import get_config

@@ -5,7 +5,9 @@ is checked before anything is handed to the processors; a payload with any inval
 as a whole (``OTLPValidationError``) so nothing from it is stored. Over-long string values are
 *truncated* (not rejected) to ``MAX_STRING_LENGTH`` characters and counted, because browsers send
 long URLs and user agents legitimately; the count is reported back as an OTLP ``partial_success``
-warning. Runs on the request thread; pure CPU work, no I/O.
+warning. Attributes and events in e2e-otel's own ``e2e.`` namespace are dropped (see
+``RESERVED_PREFIX``): they steer the workflow records and are not the browser's to set. Runs on the
+request thread; pure CPU work, no I/O.
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ __all__ = [
 
 LAYER_ATTRIBUTE = "e2e.layer"
 FRONTEND = "frontend"
+# e2e-otel's own control vocabulary (workflow status/type/user/metadata, e2e.internal, e2e.cache.hit,
+# e2e.metric and e2e.workflow.* events) is for server-side code only: a browser could otherwise close
+# or relabel other people's sessions. Ingested attributes and events under this prefix are dropped,
+# except the two presentation labels the browser instrumentation sets on its own steps. The browser
+# names its workflow with W3C baggage ``e2e.workflow`` on its fetches, which reaches the server span.
+RESERVED_PREFIX = "e2e."
+ALLOWED_RESERVED = frozenset({"e2e.component", "e2e.operation"})
 
 _NS_PER_DAY = 86_400 * 1_000_000_000
 _HEX_RE = re.compile(r"[0-9a-fA-F]*")
@@ -93,6 +102,7 @@ class OTLPValidationError(ValueError):
 class DecodedBatch:
     spans: list[ReadableSpan] = field(default_factory=list)
     truncated_values: int = 0
+    reserved_dropped: int = 0  # e2e.* attributes/events a browser may not set (see RESERVED_PREFIX)
 
 
 # --- parsing ---------------------------------------------------------------------------------------
@@ -178,6 +188,7 @@ class _Converter:
         self.now_ns = now_ns
         self.errors: list[str] = []
         self.truncated = 0
+        self.reserved = 0  # dropped e2e.* attributes and events
 
     def error(self, message: str) -> None:
         self.errors.append(message)
@@ -213,7 +224,7 @@ class _Converter:
             return self.text(json.dumps(mapping, default=str))
         return None  # empty AnyValue: attribute without a value is dropped
 
-    def attributes(self, pairs: Sequence[KeyValue], where: str) -> dict[str, Any]:
+    def attributes(self, pairs: Sequence[KeyValue], where: str, *, strip_reserved: bool = False) -> dict[str, Any]:
         if len(pairs) > self.limits.max_attributes:
             self.error(f"{where}: {len(pairs)} attributes (max {self.limits.max_attributes})")
             return {}
@@ -225,6 +236,9 @@ class _Converter:
             if len(pair.key) > self.limits.max_key_length:
                 self.error(f"{where}: attribute key {pair.key[:40]!r}... longer than "
                            f"{self.limits.max_key_length} characters")
+                continue
+            if strip_reserved and pair.key.startswith(RESERVED_PREFIX) and pair.key not in ALLOWED_RESERVED:
+                self.reserved += 1
                 continue
             converted = self.value(pair.value, f"{where}.{pair.key}")
             if converted is not None:
@@ -283,15 +297,19 @@ class _Converter:
             self.error(f"{where}: {len(span.events)} events (max {self.limits.max_events})")
         if len(span.links) > self.limits.max_links:
             self.error(f"{where}: {len(span.links)} links (max {self.limits.max_links})")
-        attributes = self.attributes(span.attributes, f"{where}.attributes")
+        attributes = self.attributes(span.attributes, f"{where}.attributes", strip_reserved=True)
         events = []
         for index, event in enumerate(span.events[: self.limits.max_events]):
             event_where = f"{where}.events[{index}]"
             stamp = event.time_unix_nano or span.start_time_unix_nano
             if event.time_unix_nano:
                 self.timestamp(event.time_unix_nano, f"{event_where}.timeUnixNano")
+            if event.name.startswith(RESERVED_PREFIX):
+                self.reserved += 1
+                continue
             events.append(Event(self.text(event.name) or "event",
-                                self.attributes(event.attributes, f"{event_where}.attributes"), stamp))
+                                self.attributes(event.attributes, f"{event_where}.attributes", strip_reserved=True),
+                                stamp))
         links = []
         for index, link in enumerate(span.links[: self.limits.max_links]):
             link_where = f"{where}.links[{index}]"
@@ -365,4 +383,5 @@ def to_readable_spans(request: ExportTraceServiceRequest, *, limits: Limits | No
             shown.append(f"... and {len(converter.errors) - len(shown)} more")
         raise OTLPValidationError("invalid spans; nothing from this payload was accepted", shown)
     batch.truncated_values = converter.truncated
+    batch.reserved_dropped = converter.reserved
     return batch

@@ -1,22 +1,25 @@
 """``WorkflowSpanProcessor``: every ended span becomes a step in the record queue.
 
 Runs on whichever thread starts or ends a span (request threads, the ingestion view). Both hooks do
-O(1) work: ``on_start`` copies one baggage entry into an attribute, ``on_end`` reduces the span to a
-``StepData`` and hands it to the ``RecordWriter`` without blocking. Sanitising and all database work
-happen on the writer thread.
+bounded work per span without I/O: ``on_start`` copies one baggage entry into an attribute;
+``on_end`` reduces the span to a ``StepData`` (a fixed set of attribute lookups, plus frame parsing
+for the rare exception event) and hands it to the ``RecordWriter`` without blocking. Sanitising and
+all database work happen on the writer thread.
 
 Unsampled spans (kept only locally by the record-only sampler) are held per trace until the trace's
 local root ends; the trace is then recorded only if a span errored or the root was slower than
-``SLOW_SPAN_MS``. The hold is bounded in traces and spans per trace; overflow is counted as
-``unsampled_overflow``.
+``SLOW_SPAN_MS``. The hold is bounded in traces, in spans per trace and in time: a trace whose root
+has not ended ``HOLD_TTL`` seconds after its first held span is dropped when the next trace is held.
+Everything dropped from the hold is counted as ``unsampled_overflow``. Spans that end after their
+local root (post-response work, streaming) are decided at once from a small record of recently
+released traces, so they do not wait in the hold.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import weakref
+import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +27,7 @@ from opentelemetry import baggage, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
+from . import forksafe
 from .conf import Config
 from .spans_to_records import ATTR_INTERNAL, ATTR_WORKFLOW_BAGGAGE, BAGGAGE_WORKFLOW, StepData, step_from_span
 from .store import RecordWriter
@@ -37,35 +41,52 @@ __all__ = ["WorkflowSpanProcessor", "build_record_processor"]
 
 MAX_HELD_TRACES = 1000
 MAX_HELD_SPANS_PER_TRACE = 256
+HOLD_TTL = 60.0  # seconds a trace may wait in the hold for its local root to end
+MAX_RELEASED_TRACES = 128  # recently decided traces remembered for their late spans
+_MAX_DECIDED_SPANS = MAX_HELD_SPANS_PER_TRACE  # span ids per decided trace: memory stays ~3 MB at worst
+
+
+class _Held:
+    """Unsampled steps of one trace waiting for its local root; ``since`` is ``time.monotonic()``."""
+
+    __slots__ = ("since", "steps")
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+        self.steps: list[StepData] = []
 
 
 class WorkflowSpanProcessor(SpanProcessor):
     """Span → step → bounded queue. Hooks run on span-starting/ending threads and never block
-    on I/O; the short lock guards only the unsampled hold (dict operations)."""
+    on I/O; the short lock guards only the unsampled hold (dict operations and scans of at most
+    ``max_held_spans`` steps)."""
 
     def __init__(self, writer: RecordWriter, *, slow_span_ms: float,
                  max_held_traces: int = MAX_HELD_TRACES,
-                 max_held_spans: int = MAX_HELD_SPANS_PER_TRACE) -> None:
-        if max_held_traces < 1 or max_held_spans < 1:
-            raise ValueError(f"hold bounds must be positive, got {max_held_traces!r}, {max_held_spans!r}")
+                 max_held_spans: int = MAX_HELD_SPANS_PER_TRACE,
+                 hold_ttl: float = HOLD_TTL,
+                 max_released: int = MAX_RELEASED_TRACES) -> None:
+        if max_held_traces < 1 or max_held_spans < 1 or max_released < 1 or hold_ttl <= 0:
+            raise ValueError(f"hold bounds must be positive, got {max_held_traces!r}, {max_held_spans!r}, "
+                             f"{max_released!r}, {hold_ttl!r}")
         self.writer = writer
         self._slow_ns = int(slow_span_ms * 1_000_000)
         self._max_traces = max_held_traces
         self._max_spans = max_held_spans
-        self._held: OrderedDict[int, list[StepData]] = OrderedDict()
-        self._lock = threading.Lock()
-        ref = weakref.ref(self)
+        self._ttl = hold_ttl
+        self._max_released = max_released
+        self._reset()
+        forksafe.register(self)
 
-        def after_fork() -> None:
-            processor = ref()
-            if processor is not None:
-                processor._reset_after_fork()
-
-        os.register_at_fork(after_in_child=after_fork)
-
-    def _reset_after_fork(self) -> None:
+    def _after_fork_in_child(self) -> None:
         # Another thread may have held the lock at fork time; the child starts with a fresh hold.
-        self._held = OrderedDict()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._held: OrderedDict[int, _Held] = OrderedDict()  # oldest first
+        # trace id -> {span id: recorded?} of recently decided traces, least recently used first. Per
+        # span, because requests reusing one correlation id share a trace but are decided apart.
+        self._released: OrderedDict[int, dict[str, bool]] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
@@ -93,27 +114,80 @@ class WorkflowSpanProcessor(SpanProcessor):
         self._hold(step)
 
     def _hold(self, step: StepData) -> None:
-        release: list[StepData] | None = None
         with self._lock:
-            held = self._held.get(step.trace_id)
-            if held is None:
-                if len(self._held) >= self._max_traces:
-                    _, evicted = self._held.popitem(last=False)
-                    self.writer.count_drop("unsampled_overflow", len(evicted))
-                held = self._held[step.trace_id] = []
-            if len(held) < self._max_spans:
-                held.append(step)
+            decided = self._released.get(step.trace_id)
+            if decided is not None and step.parent_span_id in decided:
+                submit = self._late(step, decided)
             else:
-                self.writer.count_drop("unsampled_overflow")
-            if step.is_local_root:
+                submit = self._add(step)
+        for held_step in submit:
+            self.writer.submit(held_step)
+
+    def _late(self, step: StepData, decided: dict[str, bool]) -> list[StepData]:
+        """A span of an already decided request that ended after its local root (lock held)."""
+        self._released.move_to_end(step.trace_id)
+        keep = decided[step.parent_span_id]
+        late = [step]
+        held = self._held.get(step.trace_id)
+        if held is not None:  # its own descendants ended before it and were held: they go with it
+            ids = {step.span_id}
+            rest = []
+            for candidate in reversed(held.steps):  # children end before parents: one pass suffices
+                if candidate.parent_span_id in ids:
+                    ids.add(candidate.span_id)
+                    late.append(candidate)
+                else:
+                    rest.append(candidate)
+            if rest:
+                held.steps = rest[::-1]
+            else:
                 del self._held[step.trace_id]
-                release = held
-        if release is None:
-            return
+        keep = keep or any(s.status == "error" for s in late)
+        for late_step in late:
+            if len(decided) < _MAX_DECIDED_SPANS:
+                decided[late_step.span_id] = keep
+        return late if keep else []
+
+    def _add(self, step: StepData) -> list[StepData]:
+        """Hold ``step``; when it is its trace's local root, decide the trace (lock held)."""
+        held = self._held.get(step.trace_id)
+        if held is None:
+            now = time.monotonic()
+            self._expire(now - self._ttl)
+            if len(self._held) >= self._max_traces:
+                _, evicted = self._held.popitem(last=False)
+                self.writer.count_drop("unsampled_overflow", len(evicted.steps))
+            held = self._held[step.trace_id] = _Held(now)
+        if len(held.steps) < self._max_spans:
+            held.steps.append(step)
+        else:
+            self.writer.count_drop("unsampled_overflow")
+        if not step.is_local_root:
+            return []
+        del self._held[step.trace_id]
         # Errors and slow requests of unsampled traces are what the record store must keep.
-        if step.end_ns - step.start_ns > self._slow_ns or any(s.status == "error" for s in release):
-            for held_step in release:
-                self.writer.submit(held_step)
+        keep = step.end_ns - step.start_ns > self._slow_ns or any(s.status == "error" for s in held.steps)
+        self._remember(step.trace_id, keep, [*(s.span_id for s in held.steps), step.span_id])
+        return held.steps if keep else []
+
+    def _expire(self, cutoff: float) -> None:
+        """Drop held traces first seen before ``cutoff`` (their root ended elsewhere or never will)."""
+        while self._held:
+            trace_id, oldest = next(iter(self._held.items()))
+            if oldest.since >= cutoff:
+                return
+            del self._held[trace_id]
+            self.writer.count_drop("unsampled_overflow", len(oldest.steps))
+
+    def _remember(self, trace_id: int, keep: bool, span_ids: list[str]) -> None:
+        decided = self._released.get(trace_id)
+        if decided is None or len(decided) + len(span_ids) > _MAX_DECIDED_SPANS:
+            decided = {}
+        decided.update(dict.fromkeys(span_ids, keep))
+        self._released[trace_id] = decided
+        self._released.move_to_end(trace_id)
+        if len(self._released) > self._max_released:
+            self._released.popitem(last=False)
 
     def stats(self) -> dict[str, Any]:
         """The writer's counters (see ``RecordWriter.stats``) plus ``held_traces``."""

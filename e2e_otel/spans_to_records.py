@@ -1,9 +1,13 @@
 """Pure mapping from an ended span to the small, immutable facts the record writer stores.
 
-Runs on the span-ending thread inside ``WorkflowSpanProcessor.on_end``, so it does a handful of
-dictionary lookups per span, copies only the attributes it keeps, and never sanitises (the writer
-thread does that) nor touches Django. Exception events are rare; their fingerprint is computed here
-because it needs the raw stack trace, which is cut to a few frames first.
+Runs on the span-ending thread inside ``WorkflowSpanProcessor.on_end``, so its work per span is
+bounded: one copy of the span's attributes, lookups of a fixed set of keys, a walk over the span's
+events (at most 8 exceptions and 32 metrics kept), and for database spans a cached SQL summary. It
+never sanitises (the writer thread does that) nor touches Django. Raw text is cut at capture (SQL,
+exception messages, stack traces), so a queued step holds bounded memory. Exception events are rare;
+their fingerprint is computed here because it needs the raw stack trace, of which only the last
+20,000 characters and the innermost 5 frames are parsed, with linear-time patterns (browsers send
+stack traces through the public ingestion endpoint).
 
 Layer rules (``classify``), first match wins:
 
@@ -288,7 +292,9 @@ def url_template(url: str) -> str:
 _STATUS_VALUES = frozenset({"completed", "failed"})
 
 
-def _hints(span: ReadableSpan, attributes: Mapping[str, Any]) -> WorkflowHints:
+def _hints(span: ReadableSpan, attributes: Mapping[str, Any], frontend: bool = False) -> WorkflowHints:
+    """``frontend``: the span came from a browser, which may not close a workflow (it could name
+    any correlation id); only server-side ``complete_workflow``/``fail_workflow`` set a status."""
     explicit = attributes.get(ATTR_WORKFLOW_TYPE)
     baggage = attributes.get(ATTR_WORKFLOW_BAGGAGE)
     status = attributes.get(ATTR_WORKFLOW_STATUS)
@@ -311,8 +317,8 @@ def _hints(span: ReadableSpan, attributes: Mapping[str, Any]) -> WorkflowHints:
         explicit_type=str(explicit)[:100] if explicit else None,
         baggage_type=str(baggage)[:100] if baggage else None,
         route_key=route_key,
-        status=status if status in _STATUS_VALUES else None,
-        status_message=str(message) if message else None,
+        status=status if status in _STATUS_VALUES and not frontend else None,
+        status_message=str(message) if message and not frontend else None,
         user_id=str(user)[:150] if user else None,
         metadata=metadata,
     )
@@ -366,7 +372,7 @@ def step_from_span(span: ReadableSpan) -> StepData | None:
         status="error" if failed else "ok",
         is_local_root=parent is None or parent.is_remote,
         sampled=context.trace_flags.sampled,
-        hints=_hints(span, attributes),
+        hints=_hints(span, attributes, frontend=layer == "frontend"),
         attributes=kept,
         service=service,
         errors=tuple(errors),

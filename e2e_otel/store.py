@@ -3,27 +3,27 @@
 Span-ending threads call :meth:`RecordWriter.submit` (``put_nowait``: O(1), never blocks; a full
 queue drops and counts). The writer thread batches, sanitises, and writes WorkflowSession /
 TraceStep / ErrorLog / PerformanceSnapshot rows on its own thread-local Django connection with
-instrumentation suppressed, so its SQL never becomes spans. A database outage makes it back off
-exponentially (capped) while keeping the newest pending steps up to the queue size; it recovers
-by itself.
+instrumentation suppressed, so its SQL never becomes spans. A database outage, a row lock held
+longer than ``LOCK_WAIT_TIMEOUT`` or a deadlock makes it back off exponentially (capped) and retry
+the batch, keeping the newest pending steps up to the queue size; it recovers by itself. Errors are
+grouped once per batch: one locked read and one counter update (or insert) per fingerprint.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
 import uuid
-import weakref
 from collections import Counter, deque
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
+from . import forksafe
 from .conf import Config
 from .sanitize import Sanitizer, ansi_quotes_for
 from .spans_to_records import WORKFLOW_SOURCES, ErrorData, StepData, resolve_workflow_type
@@ -59,6 +59,15 @@ class _FlushToken:
 _STOP = object()
 
 
+class _Occurrence(NamedTuple):
+    """One exception of a written trace, waiting for the chunk's error grouping."""
+
+    error: ErrorData
+    correlation_id: uuid.UUID
+    span_id: str
+    user_id: str
+
+
 def _is_retryable(exc: BaseException) -> bool:
     """MySQL/MariaDB lock wait timeout (1205) or deadlock (1213); Django keeps the driver's args."""
     code = exc.args[0] if exc.args else None
@@ -87,14 +96,7 @@ class RecordWriter:
         self._rules = dict(config.WORKFLOWS)
         self._started = False
         self._reset_state()
-        ref = weakref.WeakMethod(self._after_fork_in_child)
-
-        def after_fork() -> None:
-            method = ref()
-            if method is not None:
-                method()
-
-        os.register_at_fork(after_in_child=after_fork)  # a weak hook: writers may be discarded
+        forksafe.register(self)  # a weak registration: writers may be discarded
         if start:
             self.start()
 
@@ -102,6 +104,7 @@ class RecordWriter:
         self._queue: queue.Queue[Any] = queue.Queue(self.capacity)
         self._pending: deque[tuple[int, StepData]] = deque()
         self._chunk_done: set[int] = set()  # seqs of the current chunk already written
+        self._chunk_errors: list[_Occurrence] = []  # errors of written traces, grouped per chunk
         self._tokens: list[_FlushToken] = []
         self._seq = 0
         self._lock = threading.Lock()
@@ -275,6 +278,7 @@ class RecordWriter:
             if outcome == "retry":
                 return
             self._chunk_done.clear()
+            self._chunk_errors = []
             for _ in range(size):
                 self._pending.popleft()
             if outcome == "dropped":
@@ -363,9 +367,9 @@ class RecordWriter:
     # --- writing (writer thread, inside _attempt) ---------------------------------------------------
 
     def _write(self, chunk: list[tuple[int, StepData]]) -> None:
-        """Write a chunk trace by trace. Steps committed by an earlier attempt of the same chunk
-        (their sequence numbers are in ``_chunk_done``) are skipped on retry, so counters are never
-        applied twice."""
+        """Write a chunk trace by trace, then group the chunk's errors. Steps committed by an earlier
+        attempt of the same chunk (their sequence numbers are in ``_chunk_done``) are skipped on
+        retry, and their errors wait in ``_chunk_errors``, so counters are never applied twice."""
         from django.db import DatabaseError, InterfaceError, OperationalError
 
         by_trace: dict[int, list[tuple[int, StepData]]] = {}
@@ -375,7 +379,7 @@ class RecordWriter:
         for trace_id, items in by_trace.items():
             group = sorted((step for _, step in items), key=lambda s: (s.start_ns, s.end_ns))
             try:
-                self._write_trace(trace_id, group)
+                self._chunk_errors.extend(self._write_trace(trace_id, group))
             except (OperationalError, InterfaceError) as exc:
                 if _is_retryable(exc) or not self._connection_usable():
                     # Lock wait timeout / deadlock (rolled back, retry later) or the database went
@@ -390,16 +394,32 @@ class RecordWriter:
                 self.count_drop("db_error", len(group))
                 logger.warning("e2e-otel: records of trace %032x refused by the database: %s", trace_id, exc)
             self._chunk_done.update(seq for seq, _ in items)
+        if not self._chunk_errors:
+            return
+        try:
+            self._group_errors(self._chunk_errors)
+        except (OperationalError, InterfaceError) as exc:
+            if _is_retryable(exc) or not self._connection_usable():
+                raise  # retried with the chunk: its traces are done, its errors are still here
+            self._refused_errors(exc)
+        except DatabaseError as exc:
+            self._refused_errors(exc)
+        self._chunk_errors = []
 
-    def _write_trace(self, trace_id: int, group: list[StepData]) -> None:
+    def _refused_errors(self, exc: BaseException) -> None:
+        self._note_error(exc)
+        self.count_drop("db_error", len(self._chunk_errors))
+        logger.warning("e2e-otel: %d error records refused by the database: %s", len(self._chunk_errors), exc)
+
+    def _write_trace(self, trace_id: int, group: list[StepData]) -> list[_Occurrence]:
+        """One transaction for one trace's session, steps and snapshots; returns its errors."""
         from django.db import IntegrityError, transaction
 
         from . import signals
-        from .models import ErrorLog, PerformanceSnapshot, TraceStep, WorkflowSession, WorkflowStatus
+        from .models import PerformanceSnapshot, TraceStep, WorkflowSession, WorkflowStatus
 
         alias = self.alias
         cid = uuid.UUID(int=trace_id)
-        errors_sent: list[tuple[ErrorLog, bool]] = []
         closed: tuple[WorkflowSession, str] | None = None
         with transaction.atomic(using=alias):
             sessions = WorkflowSession.objects.using(alias)
@@ -423,9 +443,8 @@ class RecordWriter:
                 )
             self._update_session(session, group, kept)
 
-            error_items = [error for step in group for error in step.errors]
-            for error, step in ((e, s) for s in group for e in s.errors):
-                errors_sent.append(self._group_error(ErrorLog, error, step, cid, session.user_id))
+            occurrences = [_Occurrence(error, cid, step.span_id, session.user_id)
+                           for step in group for error in step.errors]
             metrics = [(metric, step) for step in kept for metric in step.metrics]
             if metrics:
                 PerformanceSnapshot.objects.using(alias).bulk_create([
@@ -451,12 +470,10 @@ class RecordWriter:
             session.save(using=alias)
         self._written_add("session", 1)
         self._written_add("step", len(kept))
-        self._written_add("error", len(error_items))
         self._written_add("snapshot", len(metrics))
-        for error_row, created in errors_sent:
-            signals.error_recorded.send_robust(sender=ErrorLog, error=error_row, created=created)
         if closed is not None:
             signals.workflow_closed.send_robust(sender=WorkflowSession, session=closed[0], reason=closed[1])
+        return occurrences
 
     def _new_session_fields(self, cid: uuid.UUID, group: list[StepData]) -> dict[str, Any]:
         workflow_type, source = resolve_workflow_type([s.hints for s in group], self._rules) or _UNKNOWN_TYPE
@@ -530,32 +547,54 @@ class RecordWriter:
     def _text(self, value: str, limit: int) -> str:
         return self._sanitizer.scrub_text(value)[:limit]
 
-    def _group_error(self, model: Any, error: ErrorData, step: StepData, cid: uuid.UUID,
-                     user_id: str) -> tuple[Any, bool]:
+    def _group_errors(self, occurrences: list[_Occurrence]) -> None:
+        """Add the chunk's errors to their open groups: per fingerprint one locked read and one
+        ``occurrences = occurrences + n`` (or one insert), in fingerprint order so concurrent writer
+        processes lock the rows in the same order and cannot deadlock on them."""
+        from django.db import transaction
         from django.db.models import F
 
-        alias = self.alias
-        seen = _dt(error.timestamp_ns)
-        rows = model.objects.using(alias)
-        current = rows.select_for_update().filter(fingerprint=error.fingerprint, resolved=False) \
-            .order_by("-last_seen").first()
-        if current is not None:
-            rows.filter(pk=current.pk).update(
-                occurrences=F("occurrences") + 1, last_seen=seen, correlation_id=cid, span_id=step.span_id
-            )
-            current.refresh_from_db(using=alias)
-            return current, False
-        message = self._sanitizer.scrub_text(error.message)
-        stack = self._sanitizer.scrub_text(error.stacktrace)
-        row = rows.create(
-            correlation_id=cid, span_id=step.span_id, timestamp=seen, last_seen=seen,
-            layer=error.layer[:20], component=self._text(error.component, 190),
-            error_type=self._text(error.error_type, 190), error_message=message, stack_trace=stack,
-            fingerprint=error.fingerprint, severity=error.severity, category=error.category[:50],
-            user_id=self._text(user_id or "", 150),
-            metadata=self._sanitizer.clean_mapping({"operation": error.operation, **error.metadata}),
-        )
-        return row, True
+        from . import signals
+        from .models import ErrorLog
+
+        by_fingerprint: dict[str, list[_Occurrence]] = {}
+        for occurrence in occurrences:
+            by_fingerprint.setdefault(occurrence.error.fingerprint, []).append(occurrence)
+        sent: list[tuple[Any, bool]] = []
+        rows = ErrorLog.objects.using(self.alias)
+        with transaction.atomic(using=self.alias):
+            for fingerprint in sorted(by_fingerprint):
+                group = sorted(by_fingerprint[fingerprint], key=lambda o: o.error.timestamp_ns)
+                first, latest = group[0], group[-1]
+                seen = _dt(latest.error.timestamp_ns)
+                current = rows.select_for_update().filter(fingerprint=fingerprint, resolved=False) \
+                    .order_by("-last_seen").first()
+                if current is not None:
+                    rows.filter(pk=current.pk).update(
+                        occurrences=F("occurrences") + len(group), last_seen=seen,
+                        correlation_id=latest.correlation_id, span_id=latest.span_id,
+                    )
+                    # The row is locked: what we read plus our count is what is stored now.
+                    current.occurrences += len(group)
+                    current.last_seen, current.correlation_id, current.span_id = (
+                        seen, latest.correlation_id, latest.span_id)
+                    sent.append((current, False))
+                    continue
+                error = first.error
+                sent.append((rows.create(
+                    correlation_id=latest.correlation_id, span_id=latest.span_id,
+                    timestamp=_dt(error.timestamp_ns), last_seen=seen, occurrences=len(group),
+                    layer=error.layer[:20], component=self._text(error.component, 190),
+                    error_type=self._text(error.error_type, 190),
+                    error_message=self._sanitizer.scrub_text(error.message),
+                    stack_trace=self._sanitizer.scrub_text(error.stacktrace),
+                    fingerprint=fingerprint, severity=error.severity, category=error.category[:50],
+                    user_id=self._text(first.user_id or "", 150),
+                    metadata=self._sanitizer.clean_mapping({"operation": error.operation, **error.metadata}),
+                ), True))
+        self._written_add("error", len(occurrences))
+        for row, created in sent:
+            signals.error_recorded.send_robust(sender=ErrorLog, error=row, created=created)
 
     def _sweep_idle(self) -> None:
         """Close in-progress workflows with no span for ``WORKFLOW_IDLE_TIMEOUT`` seconds."""

@@ -10,12 +10,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from .defaults import DEFAULT_THRESHOLDS
-
-if TYPE_CHECKING:
-    from .evaluator import ThresholdEvaluator
 
 logger = logging.getLogger(__name__)
 
@@ -152,11 +148,3 @@ def close_quietly(alias: str) -> None:
         connections[alias].close()
     except Exception:
         logger.debug("e2e-otel: closing the monitor's connection failed", exc_info=True)
-
-
-def build_metrics_processor(runtime: Any) -> ThresholdEvaluator | None:
-    """Kept for ``bootstrap.PROCESSOR_FACTORIES``' old dotted path; the factory is
-    ``e2e_otel.evaluator.build_metrics_processor``."""
-    from .evaluator import build_metrics_processor as build
-
-    return build(runtime)

@@ -407,6 +407,107 @@ def test_browser_spans_become_frontend_steps_of_the_server_workflow(encoding):
     assert api_step.parent_span_id == f"{fetch_span_id:016x}"
 
 
+_CONTROL_ATTRIBUTES = {
+    "e2e.workflow.status": "failed", "e2e.workflow.message": "closed by a stranger",
+    "e2e.workflow.type": "pwned", "e2e.workflow.user": "attacker", "e2e.workflow.metadata.k": "v",
+    "e2e.metadata.note": "injected", "e2e.cache.hit": True,
+    "e2e.component": "CheckoutButton", "e2e.operation": "click",
+}
+
+
+def _hostile_payload(trace_id: int) -> ExportTraceServiceRequest:
+    """A browser that names someone else's trace and speaks e2e-otel's control vocabulary."""
+    now_ns = time.time_ns()
+    span = trace_pb2.Span(
+        trace_id=trace_id.to_bytes(16, "big"), span_id=(random.getrandbits(63) | 1).to_bytes(8, "big"),
+        name="click checkout", kind=trace_pb2.Span.SPAN_KIND_INTERNAL,
+        start_time_unix_nano=now_ns - NS, end_time_unix_nano=now_ns,
+        attributes=[kv(key, value) for key, value in _CONTROL_ATTRIBUTES.items()],
+        events=[
+            trace_pb2.Span.Event(time_unix_nano=now_ns, name="e2e.workflow.status", attributes=[
+                kv("e2e.workflow.status", "failed"), kv("e2e.workflow.metadata.k", "v")]),
+            trace_pb2.Span.Event(time_unix_nano=now_ns, name="e2e.metric", attributes=[
+                kv("e2e.metric.name", "render_time"), kv("e2e.metric.value", 99999.0)]),
+            trace_pb2.Span.Event(time_unix_nano=now_ns, name="click", attributes=[
+                kv("e2e.metadata.note", "injected"), kv("target", "button")]),
+        ],
+    )
+    hidden = trace_pb2.Span(  # e2e.internal would hide the browser's steps from the records
+        trace_id=span.trace_id, span_id=(random.getrandbits(63) | 1).to_bytes(8, "big"), name="render",
+        start_time_unix_nano=now_ns - NS, end_time_unix_nano=now_ns - NS // 2,
+        attributes=[kv("e2e.internal", "1"), kv("e2e.component", "Cart")],
+    )
+    return ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
+        resource=Resource(attributes=[kv("service.name", "shop-web"), kv("telemetry.sdk.language", "webjs")]),
+        scope_spans=[trace_pb2.ScopeSpans(scope=InstrumentationScope(name="user-interaction"),
+                                          spans=[span, hidden])],
+    )])
+
+
+def test_browser_cannot_send_e2e_control_attributes_or_events(spans):
+    trace_id = new_trace_id()
+    assert post(_hostile_payload(trace_id).SerializeToString()).status_code == 200
+    span, hidden = sorted(frontend_spans(spans, trace_id), key=lambda s: s.name)
+    assert {k for k in span.attributes if k.startswith("e2e.")} == {"e2e.layer", "e2e.component", "e2e.operation"}
+    assert dict(hidden.attributes) == {"e2e.component": "Cart", "e2e.layer": "frontend"}
+    assert [event.name for event in span.events] == ["click"]
+    assert dict(span.events[0].attributes) == {"target": "button"}
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_browser_cannot_close_or_relabel_another_session():
+    from e2e_otel.models import PerformanceSnapshot
+
+    runtime = get_runtime()
+    assert runtime is not None
+    trace_id = new_trace_id()
+    response = Client().get("/ping/", headers={"traceparent": f"00-{trace_id:032x}-{random.getrandbits(63) | 1:016x}-01",
+                                               "baggage": "e2e.workflow=checkout"})
+    assert response.status_code == 200
+    assert post(_hostile_payload(trace_id).SerializeToString()).status_code == 200
+    assert runtime.force_flush(10)
+    session = _session_for(trace_id)
+    assert session is not None
+    assert (session.status, session.workflow_type, session.workflow_type_source) == ("completed", "checkout", "baggage")
+    assert not session.status_explicit and session.user_id == ""
+    assert "note" not in session.metadata and "k" not in session.metadata
+    assert "status_message" not in session.metadata
+    steps = list(TraceStep.objects.filter(workflow_session=session).order_by("start_time"))
+    assert sorted((step.layer, step.component) for step in steps) == [
+        ("api", "/ping/"), ("frontend", "Cart"), ("frontend", "CheckoutButton")]
+    steps = [step for step in steps if step.component == "CheckoutButton"]
+    assert "note" not in steps[0].metadata
+    assert not PerformanceSnapshot.objects.filter(correlation_id=uuid.UUID(int=trace_id)).exists()
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_frontend_steps_never_set_the_workflow_status():
+    """Defence in depth below the decoder: a frontend-layer span's explicit status is ignored."""
+    from opentelemetry.sdk.resources import Resource as SdkResource
+    from opentelemetry.sdk.trace import Event, ReadableSpan
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    runtime = get_runtime()
+    assert runtime is not None
+    trace_id = new_trace_id()
+    assert Client().get("/ping/", headers={
+        "traceparent": f"00-{trace_id:032x}-{random.getrandbits(63) | 1:016x}-01"}).status_code == 200
+    now = time.time_ns()
+    browser = ReadableSpan(
+        name="click", context=SpanContext(trace_id, random.getrandbits(63) | 1, False, TraceFlags(1)),
+        resource=SdkResource.create({"telemetry.sdk.language": "webjs"}),
+        attributes={"e2e.layer": "frontend", "e2e.workflow.status": "failed"},
+        events=(Event("e2e.workflow.status", {"e2e.workflow.status": "failed"}, now),),
+        start_time=now - NS, end_time=now,
+    )
+    runtime.ingest_spans([browser])
+    assert runtime.force_flush(10)
+    session = _session_for(trace_id)
+    assert session is not None and session.status == "completed" and not session.status_explicit
+
+
 @pytest.mark.mysql
 @pytest.mark.django_db(transaction=True)
 def test_rejected_payload_stores_nothing():

@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from e2e_otel.bootstrap import get_runtime
 from e2e_otel.conf import get_config
-from e2e_otel.metrics import UNMATCHED, CountingSpanExporter, E2EMetrics, series_bound
 from e2e_otel.evaluator import ThresholdEvaluator
+from e2e_otel.metrics import UNMATCHED, CountingSpanExporter, E2EMetrics, series_bound
 
 CONTRACT = {
     "e2e_otel_step_duration_seconds": "histogram",
@@ -232,3 +232,41 @@ def test_exporter_health_with_a_real_otlp_receiver(otlp_receiver) -> None:
     assert registry.get_sample_value("e2e_otel_exported_spans_total", {"result": "failure"}) == 1
     assert registry.get_sample_value("e2e_otel_exporter_up") == 0
     provider.shutdown()
+
+
+@pytest.mark.django_db
+def test_one_ingest_post_of_junk_browser_spans_cannot_take_api_labels() -> None:
+    """A page posts 300 browser spans with made-up names to the real ingest endpoint; they fill only the
+    frontend budget (min(50, C)) and a real API route still gets its own ``component`` label."""
+    import os
+    import time
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+    from opentelemetry.proto.trace.v1 import trace_pb2
+
+    from e2e_otel.ingest import reset_rate_limits
+
+    now = time.time_ns()
+    trace_id = os.urandom(16)
+    junk = [trace_pb2.Span(trace_id=trace_id, span_id=(n + 1).to_bytes(8, "big"), name=f"junk-{n}-" + "x" * 150,
+                           kind=trace_pb2.Span.SPAN_KIND_INTERNAL, start_time_unix_nano=now - 1_000_000,
+                           end_time_unix_nano=now) for n in range(300)]
+    request = ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
+        resource=Resource(attributes=[KeyValue(key="telemetry.sdk.language", value=AnyValue(string_value="webjs"))]),
+        scope_spans=[trace_pb2.ScopeSpans(scope=InstrumentationScope(name="@opentelemetry/instrumentation-fetch"),
+                                          spans=junk)])])
+    reset_rate_limits()
+    client = Client(raise_request_exception=False)
+    response = client.post("/api/v1/debugging/otlp/v1/traces", data=request.SerializeToString(),
+                           content_type="application/x-protobuf",
+                           headers={"X-E2E-Ingest-Key": "test-ingest-key", "Origin": "http://localhost:3000"})
+    assert response.status_code == 200, response.content
+    assert client.get("/pid/").status_code == 200
+    text = scrape(client)
+    frontend = {s.labels["component"] for s in samples(text, "e2e_otel_steps_total") if s.labels["layer"] == "frontend"}
+    assert len(frontend) <= min(50, get_config().METRICS_MAX_COMPONENTS) + 1 and "other" in frontend
+    assert all(len(c) <= 100 for c in frontend)
+    assert any(s.labels == {"layer": "api", "component": "/pid/", "status": "ok"} and s.value >= 1
+               for s in samples(text, "e2e_otel_steps_total"))

@@ -182,6 +182,72 @@ def test_unsampled_hold_is_bounded(harness: Any) -> None:
         root.end()
 
 
+def test_spans_ending_after_their_root_are_decided_at_once(harness: Any) -> None:
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+
+    h = harness(sample_rate=0.0)
+
+    def streaming(fail: bool) -> tuple[int, Any]:
+        """A request whose streaming work (and its child) ends after the server span."""
+        root = h.tracer.start_span("GET stream/", kind=SpanKind.SERVER,
+                                   attributes={"http.method": "GET", "http.route": "stream/"})
+        late = h.tracer.start_span("stream body", context=set_span_in_context(root))
+        with h.tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT, context=set_span_in_context(root),
+                                            attributes={"db.system": "mysql", "db.statement": "SELECT 1"}):
+            pass
+        if fail:
+            root.set_status(Status(StatusCode.ERROR))
+        root.end()
+        h.tracer.start_span("render chunk", context=set_span_in_context(late)).end()
+        return root.get_span_context().trace_id, late
+
+    kept, kept_late = streaming(fail=True)
+    dropped, dropped_late = streaming(fail=False)
+    assert h.processor.stats()["held_traces"] == 2  # the chunks' parents are still open
+    kept_late.end()
+    dropped_late.end()
+    assert h.processor.stats()["held_traces"] == 0  # nothing waits for a root that already ended
+    # Requests reusing one correlation id share the trace but are decided one by one.
+    reused = uuid.uuid4().int
+    remote = set_span_in_context(NonRecordingSpan(SpanContext(reused, 0xABC, is_remote=True,
+                                                              trace_flags=TraceFlags(0))))
+    h.request(ctx=remote)
+    h.request(ctx=remote, fail=True)
+    h.flush()
+    assert session_of(kept).step_count == 4
+    assert not WorkflowSession.objects.filter(correlation_id=uuid.UUID(int=dropped)).exists()
+    assert session_of(reused).step_count == 2 and session_of(reused).status == "failed"
+    assert h.processor.stats()["held_traces"] == 0
+
+
+def test_orphan_holds_expire_instead_of_evicting_live_traces(harness: Any) -> None:
+    from opentelemetry.trace import set_span_in_context
+
+    h = harness(sample_rate=0.0)
+    h.processor._ttl = 0.2  # seconds; 60 in production
+    h.processor._max_traces = 3
+    orphans = [h.tracer.start_span(f"never ends {i}") for i in range(3)]
+    for orphan in orphans:  # e.g. a root ended in another process: only its child is held here
+        h.tracer.start_span("child", context=set_span_in_context(orphan)).end()
+    assert h.processor.stats()["held_traces"] == 3
+    time.sleep(0.3)
+    live = h.tracer.start_span("GET live/", kind=SpanKind.SERVER,
+                               attributes={"http.method": "GET", "http.route": "live/"})
+    h.tracer.start_span("work", context=set_span_in_context(live)).end()
+    stats = h.processor.stats()
+    assert stats["held_traces"] == 1 and stats["dropped"]["unsampled_overflow"] == 3
+    others = [h.tracer.start_span(f"fresh {i}") for i in range(2)]
+    for other in others:
+        h.tracer.start_span("child", context=set_span_in_context(other)).end()
+    live.set_status(Status(StatusCode.ERROR))
+    live.end()  # not evicted by the orphans: recorded with its child
+    h.flush()
+    assert session_of(live.get_span_context().trace_id).step_count == 2
+    assert h.processor.stats()["held_traces"] == 2
+    for span in [*orphans, *others]:
+        span.end()
+
+
 def test_step_cap_counts_drops(harness: Any) -> None:
     h = harness(MAX_STEPS_PER_WORKFLOW=3)
     with h.tracer.start_as_current_span("GET batch/", kind=SpanKind.SERVER,
@@ -262,8 +328,8 @@ def test_correlation_ids_are_trace_ids(harness: Any) -> None:
 from opentelemetry.sdk.resources import Resource
 
 from e2e_otel.spans_to_records import (
-    classify,
     _normalised_frames,
+    classify,
     classify_error,
     error_fingerprint,
     is_frontend_span,

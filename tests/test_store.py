@@ -197,6 +197,7 @@ def test_lock_wait_timeout_is_retried_not_dropped(writers: Any, monkeypatch: Any
         while "1205" not in (writer.stats()["last_error"] or "") and time.monotonic() < deadline:
             time.sleep(0.05)
         assert "1205" in (writer.stats()["last_error"] or "")  # waited 1 s, then gave up
+        assert writer.stats()["dropped"]["db_error"] == 0
     finally:
         locker.rollback()
         locker.close()
@@ -207,6 +208,18 @@ def test_lock_wait_timeout_is_retried_not_dropped(writers: Any, monkeypatch: Any
     assert stats["written"]["step"] == 2
     session.refresh_from_db()
     assert session.step_count == 2 and session.status == "completed"
+
+
+def test_deadlock_and_lock_wait_timeout_are_the_retryable_errors() -> None:
+    from django.db import IntegrityError, OperationalError
+
+    from e2e_otel.store import _is_retryable
+
+    assert _is_retryable(OperationalError(1213, "Deadlock found when trying to get lock"))
+    assert _is_retryable(OperationalError(1205, "Lock wait timeout exceeded"))
+    assert not _is_retryable(OperationalError(2003, "Can't connect to MySQL server"))
+    assert not _is_retryable(OperationalError(1292, "Incorrect datetime value"))
+    assert not _is_retryable(IntegrityError("UNIQUE constraint failed"))
 
 
 @pytest.mark.mysql
@@ -236,3 +249,74 @@ def test_reconnect_after_a_stale_connection_sets_the_lock_wait_timeout(writers: 
         timeout, second_id = cursor.fetchone()
     assert second_id != first_id
     assert timeout == LOCK_WAIT_TIMEOUT
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_errors_of_a_chunk_are_grouped_with_one_statement_pair_per_fingerprint(writers: Any) -> None:
+    from django.test.utils import CaptureQueriesContext
+
+    writer = writers(start=False)  # driven on this thread, so its queries can be captured
+    table = ErrorLog._meta.db_table
+
+    def error(kind: str, at: int) -> ErrorData:
+        stack = f'  File "/srv/app/{kind}.py", line 3, in {kind}\n'
+        return ErrorData(error_type="KeyError", message=f"missing {at}", stacktrace=stack, layer="api",
+                         component="/x/", operation="GET",
+                         fingerprint=error_fingerprint("KeyError", "api", "/x/", "GET", stack),
+                         severity="warning", category="validation", timestamp_ns=at)
+
+    def chunk(base: int) -> list[tuple[int, StepData]]:
+        steps = [make_step(status="error", errors=(error("cart" if i % 2 else "pay", base + i),))
+                 for i in range(20)]
+        return list(enumerate(steps, start=base))
+
+    first, second = chunk(1000), chunk(2000)
+    for batch in (first, second):
+        with CaptureQueriesContext(connections["default"]) as queries:
+            assert writer._attempt(writer._write, batch) == "ok"
+        writer._chunk_done.clear()
+        on_errors = [q["sql"] for q in queries.captured_queries if table in q["sql"]]
+        assert len(on_errors) == 4, on_errors  # per fingerprint: a locked read, then an insert or an update
+    groups = {row.stack_trace.split("in ")[-1].strip(): row for row in ErrorLog.objects.all()}
+    assert sorted(groups) == ["cart", "pay"]
+    assert groups["cart"].occurrences == groups["pay"].occurrences == 20
+    assert groups["pay"].error_message == "missing 1000"  # the first occurrence's text
+    assert groups["cart"].correlation_id == uuid.UUID(int=second[-1][1].trace_id)  # the latest occurrence
+    assert writer.stats()["written"]["error"] == 40
+    assert WorkflowSession.objects.filter(error_count=1).count() == 40
+
+
+def test_fork_gives_the_record_processor_a_fresh_hold_and_lock(writers: Any) -> None:
+    import threading
+
+    from e2e_otel.processors import WorkflowSpanProcessor
+
+    processor = WorkflowSpanProcessor(writers(alias="unreachable"), slow_span_ms=500)
+    processor._hold(make_step(root=False))
+    assert processor.stats()["held_traces"] == 1
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold_lock() -> None:  # another thread is inside the hold when the process forks
+        with processor._lock:
+            held.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=hold_lock)
+    thread.start()
+    held.wait(5)
+    try:
+        pid = os.fork()
+        if pid == 0:  # child: never return into pytest
+            code = 1
+            try:
+                code = 0 if processor._lock.acquire(timeout=1) and not processor._held else 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        thread.join(5)
+    assert os.WEXITSTATUS(status) == 0
+    assert processor.stats()["held_traces"] == 1  # the parent's hold is untouched

@@ -10,11 +10,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry
 
+from e2e_otel.evaluator import PENDING_BREACHES, ThresholdEvaluator, classify
 from e2e_otel.metrics import OTHER, E2EMetrics
 from e2e_otel.models import PerformanceSnapshot, PerformanceThreshold, WorkflowSession
-from e2e_otel.signals import threshold_breached, workflow_closed
-from e2e_otel.evaluator import PENDING_BREACHES, ThresholdEvaluator, classify
 from e2e_otel.monitor import ThresholdMonitor
+from e2e_otel.signals import threshold_breached, workflow_closed
 from e2e_otel.thresholds import Rule, RuleSet, load_rules, to_base_unit
 from e2e_otel.windows import SlidingWindow
 
