@@ -43,7 +43,7 @@ EXPECTED_QUERIES = {"one": 1, "heavy": 10}
 
 
 class Proc:
-    """A child process spoken to in JSON lines (a worker or the sidecar)."""
+    """A child process spoken to in JSON lines (a worker or the sidecar); driver's main thread only."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: IO[str]) -> None:
         self.name = name
@@ -51,7 +51,8 @@ class Proc:
                                       stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
 
     def read(self) -> dict[str, Any]:
-        assert self.popen.stdout is not None
+        if self.popen.stdout is None:
+            raise RuntimeError(f"{self.name} has no stdout pipe")
         line = self.popen.stdout.readline()
         if not line:
             raise RuntimeError(f"{self.name} exited (code {self.popen.poll()}); see its log")
@@ -61,7 +62,8 @@ class Proc:
         return answer
 
     def send(self, message: dict[str, Any] | str) -> dict[str, Any]:
-        assert self.popen.stdin is not None
+        if self.popen.stdin is None:
+            raise RuntimeError(f"{self.name} has no stdin pipe")
         self.popen.stdin.write((message if isinstance(message, str) else json.dumps(message)) + "\n")
         self.popen.stdin.flush()
         return self.read()

@@ -466,7 +466,14 @@ class RecordWriter:
                 if previous_status == WorkflowStatus.IN_PROGRESS or previous_status != session.status:
                     closed = (session, reason)
             elif not session.status_explicit and session.status != WorkflowStatus.IN_PROGRESS:
-                session.status = WorkflowStatus.IN_PROGRESS  # a later request of the same workflow
+                if session.end_time is None or any(_dt(s.start_ns) > session.end_time for s in group):
+                    session.status = WorkflowStatus.IN_PROGRESS  # a later request of the same workflow
+                else:  # late spans of work already closed (a browser fetch ending after its click)
+                    end = _dt(max(s.end_ns for s in group))
+                    if end > session.end_time:
+                        session.end_time = end
+                        session.duration_ms = (end - session.start_time).total_seconds() * 1000
+                    session.status = WorkflowStatus.FAILED if session.error_count else WorkflowStatus.COMPLETED
             session.save(using=alias)
         self._written_add("session", 1)
         self._written_add("step", len(kept))

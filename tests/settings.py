@@ -35,7 +35,8 @@ def _mysql_reachable() -> str | None:
 
 _choice = os.environ.get("E2E_TEST_DB", "auto")
 MYSQL_UNAVAILABLE_REASON = _mysql_reachable() if _choice != "sqlite" else "E2E_TEST_DB=sqlite"
-if MYSQL_UNAVAILABLE_REASON and os.environ.get("E2E_OTEL_REQUIRE_MYSQL") == "1":
+# An explicit E2E_TEST_DB=sqlite (subprocess servers of SQLite-only tests) is a choice, not a skip.
+if MYSQL_UNAVAILABLE_REASON and _choice != "sqlite" and os.environ.get("E2E_OTEL_REQUIRE_MYSQL") == "1":
     raise RuntimeError(f"E2E_OTEL_REQUIRE_MYSQL=1 but {MYSQL_UNAVAILABLE_REASON}")
 
 if MYSQL_UNAVAILABLE_REASON is None:

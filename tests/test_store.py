@@ -320,3 +320,43 @@ def test_fork_gives_the_record_processor_a_fresh_hold_and_lock(writers: Any) -> 
         thread.join(5)
     assert os.WEXITSTATUS(status) == 0
     assert processor.stats()["held_traces"] == 1  # the parent's hold is untouched
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_late_span_of_a_closed_request_does_not_reopen_the_session() -> None:
+    """A browser's fetch span can be exported after its click root closed the workflow."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from e2e_otel.conf import resolve
+    from e2e_otel.models import WorkflowSession
+    from e2e_otel.processors import WorkflowSpanProcessor
+    from e2e_otel.sanitize import Sanitizer
+    from e2e_otel.store import RecordWriter
+
+    config = resolve({"RECORD_FLUSH_INTERVAL": 0.05}, {})
+    writer = RecordWriter(config, Sanitizer())
+    processor = WorkflowSpanProcessor(writer, slow_span_ms=1000)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("browser")
+    try:
+        click = tracer.start_span("click checkout", attributes={"e2e.layer": "frontend"})
+        from opentelemetry import trace
+
+        with trace.use_span(click, end_on_exit=False):
+            fetch = tracer.start_span("POST", attributes={"e2e.layer": "frontend"})
+        click.end()
+        assert writer.force_flush(5)
+        fetch.end()  # ends after its root, arrives in a later batch
+        assert writer.force_flush(5)
+        session = WorkflowSession.objects.get(correlation_id=f"{click.get_span_context().trace_id:032x}")
+        assert session.status == "completed" and session.step_count == 2
+        assert session.end_time is not None and session.duration_ms > 0
+        later = tracer.start_span("next request", attributes={"e2e.layer": "frontend"},
+                                  context=trace.set_span_in_context(trace.NonRecordingSpan(click.get_span_context())))
+        later.end()
+        assert writer.force_flush(5)
+        session.refresh_from_db()
+        assert session.status == "in_progress"  # a span starting after the end is a later request
+    finally:
+        writer.shutdown()
