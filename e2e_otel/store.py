@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
@@ -57,6 +57,9 @@ class _FlushToken:
 
 
 _STOP = object()
+
+
+_SEEN_ERRORS_CAP = 4096
 
 
 class _Occurrence(NamedTuple):
@@ -105,6 +108,9 @@ class RecordWriter:
         self._pending: deque[tuple[int, StepData]] = deque()
         self._chunk_done: set[int] = set()  # seqs of the current chunk already written
         self._chunk_errors: list[_Occurrence] = []  # errors of written traces, grouped per chunk
+        # (trace, type, message, raise site) of exceptions already grouped: one exception escaping
+        # nested spans is recorded on each of them; it is one error, kept where it was raised.
+        self._seen_errors: OrderedDict[tuple[int, str, str, str], None] = OrderedDict()
         self._tokens: list[_FlushToken] = []
         self._seq = 0
         self._lock = threading.Lock()
@@ -411,6 +417,19 @@ class RecordWriter:
         self.count_drop("db_error", len(self._chunk_errors))
         logger.warning("e2e-otel: %d error records refused by the database: %s", len(self._chunk_errors), exc)
 
+    def _first_sighting(self, trace_id: int, error: ErrorData) -> bool:
+        """False for the same exception seen again on an enclosing span of the same trace. The
+        innermost span ends first, so the error stays on the layer/component that raised it."""
+        if not error.stacktrace:  # explicit ErrorLogger.log_error calls: every call counts
+            return True
+        key = (trace_id, error.error_type, error.message, error.stacktrace[-300:])
+        if key in self._seen_errors:
+            return False
+        self._seen_errors[key] = None
+        if len(self._seen_errors) > _SEEN_ERRORS_CAP:
+            self._seen_errors.popitem(last=False)
+        return True
+
     def _write_trace(self, trace_id: int, group: list[StepData]) -> list[_Occurrence]:
         """One transaction for one trace's session, steps and snapshots; returns its errors."""
         from django.db import IntegrityError, transaction
@@ -444,7 +463,8 @@ class RecordWriter:
             self._update_session(session, group, kept)
 
             occurrences = [_Occurrence(error, cid, step.span_id, session.user_id)
-                           for step in group for error in step.errors]
+                           for step in sorted(group, key=lambda s: s.end_ns) for error in step.errors
+                           if self._first_sighting(trace_id, error)]
             metrics = [(metric, step) for step in kept for metric in step.metrics]
             if metrics:
                 PerformanceSnapshot.objects.using(alias).bulk_create([

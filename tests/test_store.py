@@ -360,3 +360,38 @@ def test_a_late_span_of_a_closed_request_does_not_reopen_the_session() -> None:
         assert session.status == "in_progress"  # a span starting after the end is a later request
     finally:
         writer.shutdown()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_exception_escaping_nested_spans_is_one_error_kept_where_it_was_raised() -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from e2e_otel.conf import resolve
+    from e2e_otel.models import ErrorLog
+    from e2e_otel.processors import WorkflowSpanProcessor
+    from e2e_otel.sanitize import Sanitizer
+    from e2e_otel.store import RecordWriter
+
+    writer = RecordWriter(resolve({"RECORD_FLUSH_INTERVAL": 0.05}, {}), Sanitizer())
+    provider = TracerProvider()
+    provider.add_span_processor(WorkflowSpanProcessor(writer, slow_span_ms=1000))
+    tracer = provider.get_tracer("t")
+
+    def charge() -> None:
+        raise ValueError("card declined")
+
+    try:
+        for _ in range(2):  # two requests, each with the error crossing three spans
+            with pytest.raises(ValueError):
+                with tracer.start_as_current_span("POST /checkout/", kind=trace.SpanKind.SERVER,
+                                                  attributes={"http.route": "checkout/", "http.method": "POST"}):
+                    with tracer.start_as_current_span("workflow checkout"):
+                        with tracer.start_as_current_span("charge", attributes={"e2e.layer": "external",
+                                                                                "e2e.component": "payments"}):
+                            charge()
+        assert writer.force_flush(5)
+        (group,) = ErrorLog.objects.all()
+        assert (group.layer, group.component, group.occurrences) == ("external", "payments", 2)
+    finally:
+        writer.shutdown()

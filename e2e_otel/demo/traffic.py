@@ -230,8 +230,7 @@ class TrafficDriver:
         if workflow_type not in WORKFLOW_TYPES:
             raise ValueError(f"unknown workflow type {workflow_type!r}; choose from {WORKFLOW_TYPES}")
         self._counts[workflow_type] += 1
-        # A UUIDv4-shaped trace id, like a browser's crypto.randomUUID(): still 122 random bits, and a
-        # valid value for MariaDB's native UUID column type, which refuses some other bit patterns.
+        # A UUIDv4-shaped trace id, like a browser's crypto.randomUUID() (122 random bits).
         run = WorkflowRun(workflow_type, browser.username, uuid.uuid4().hex)
         page, root = {
             "login": ("login page", "submit login form"),

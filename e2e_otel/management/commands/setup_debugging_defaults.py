@@ -41,10 +41,11 @@ class Command(BaseCommand):
                 values = {"description": spec.get("description", ""), "config_data": spec.get("config_data", {}),
                           "enabled": True}
                 self._seed(DebugConfiguration.objects.using(database), {"name": name}, values, force, counts)
-        self.stdout.write(self.style.SUCCESS(
-            f"debugging defaults: {counts['created']} created, {counts['reset']} reset, "
-            f"{counts['unchanged']} unchanged"
-        ))
+        if options.get("verbosity", 1) >= 1:
+            self.stdout.write(self.style.SUCCESS(
+                f"debugging defaults: {counts['created']} created, {counts['reset']} reset, "
+                f"{counts['unchanged']} unchanged"
+            ))
 
     @staticmethod
     def _seed(manager: Any, lookup: dict[str, Any], values: dict[str, Any], force: bool,
