@@ -1,7 +1,7 @@
 """Build the tracing runtime from settings and install it once per process.
 
 ``build_runtime(config)`` is pure (tests build private runtimes with it); ``install(config)`` makes it
-the process's global provider, sets the propagators and instruments Django/PyMySQL/requests exactly
+the process's global provider, sets the propagators and instruments Django/PyMySQL/requests/SQLite exactly
 once. Called from ``AppConfig.ready()`` and from the ``opentelemetry-instrument`` configurator.
 """
 
@@ -220,3 +220,28 @@ def _instrument(runtime: Runtime) -> None:
             instrumentor = RequestsInstrumentor()
             if not instrumentor.is_instrumented_by_opentelemetry:
                 instrumentor.instrument(tracer_provider=provider)
+    if config.INSTRUMENT_SQLITE:
+        _instrument_sqlite(provider)
+
+
+_sqlite_lock = threading.Lock()
+_sqlite_instrumented = False
+
+
+def _instrument_sqlite(provider: TracerProvider) -> None:
+    """Database spans for SQLite (Django apps in development, the demo's default) via upstream's DB-API
+    integration, once per process. Django's SQLite backend connects through ``sqlite3.dbapi2.connect``,
+    so that is what gets wrapped; a ``connect`` already wrapped by someone else (e.g. upstream's
+    SQLite3Instrumentor) is left alone rather than traced twice. Parameter values are never captured."""
+    global _sqlite_instrumented
+    import sqlite3.dbapi2
+
+    from opentelemetry.instrumentation.dbapi import trace_integration
+
+    with _sqlite_lock:
+        if _sqlite_instrumented or hasattr(sqlite3.dbapi2.connect, "__wrapped__"):
+            return
+        # upstream annotates connect_module as a callable; a module is what it documents and expects
+        trace_integration(sqlite3.dbapi2, "connect", "sqlite",  # type: ignore[arg-type]
+                          tracer_provider=provider, capture_parameters=False)
+        _sqlite_instrumented = True

@@ -199,6 +199,8 @@ OPTIONS: dict[str, Option] = {
     "INSTRUMENT_DJANGO": Option(True, "Instrument Django requests.", _bool),
     "INSTRUMENT_PYMYSQL": Option(True, "Instrument PyMySQL (also as Django's MySQL driver).", _bool),
     "INSTRUMENT_REQUESTS": Option(True, "Instrument `requests` when installed.", _bool),
+    "INSTRUMENT_SQLITE": Option(True, "Trace SQLite queries (Django's SQLite backend) with upstream's DB-API "
+                                "integration; parameter values are not captured.", _bool),
     "CORRELATION_HEADER": Option("X-Correlation-ID", "Header that carries the correlation id.", _str),
     # --- privacy ---
     "MASK_SENSITIVE_DATA": Option(True, "Mask secrets in metadata, messages and stack traces.", _bool),

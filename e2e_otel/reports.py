@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+import uuid
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -86,7 +87,8 @@ class ErrorGroup:
     first_seen: datetime
     last_seen: datetime
     message: str  # scrubbed again and cut short: reports get pasted into tickets
-    correlation_ids: tuple[str, ...]  # newest first
+    correlation_ids: tuple[str, ...]  # newest first, at most _RECENT_IDS
+    workflow_count: int = 0  # distinct workflows (correlation ids) with this error in the window
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,14 @@ def percentile(values: Sequence[float], pct: float) -> float | None:
 
 
 def build_report(*, since: timedelta | datetime, now: datetime | None = None, top: int = 5,
-                 using: str | None = None) -> Report:
-    """The report for ``[now - since, now]`` (or from an absolute ``since``) on database ``using``."""
+                 using: str | None = None, correlation_ids: Collection[str] | None = None) -> Report:
+    """The report for ``[now - since, now]`` (or from an absolute ``since``) on database ``using``.
+
+    ``correlation_ids`` narrows it to those workflows (the demo reports on the run it drove): sessions,
+    steps, query findings and breach snapshots by their correlation id, error groups that occurred in
+    one of them. Snapshots without a correlation id (system gauges) belong to no workflow and stay,
+    bounded by the window. ``ValueError`` for an id that is not a UUID/trace id.
+    """
     from django.utils import timezone
 
     from .conf import get_config
@@ -128,15 +136,16 @@ def build_report(*, since: timedelta | datetime, now: datetime | None = None, to
     until = now or timezone.now()
     start = until - since if isinstance(since, timedelta) else since
     alias = using or get_config().DATABASE_ALIAS
-    workflows = _workflow_stats(alias, start, until)
+    ids = None if correlation_ids is None else frozenset(_as_uuid(c) for c in correlation_ids)
+    workflows = _workflow_stats(alias, start, until, ids)
     return Report(
         since=start,
         until=until,
         workflows=workflows,
-        slowest_steps=_slowest_steps(alias, start, until, top),
-        breaches=_breaches(alias, start, until),
-        errors=_errors(alias, start, until),
-        query_findings=_query_findings(start, until),
+        slowest_steps=_slowest_steps(alias, start, until, top, ids),
+        breaches=_breaches(alias, start, until, ids),
+        errors=_errors(alias, start, until, ids),
+        query_findings=_query_findings(start, until, ids),
         totals={
             "workflows": sum(w.total for w in workflows),
             "failed": sum(w.failed for w in workflows),
@@ -145,12 +154,22 @@ def build_report(*, since: timedelta | datetime, now: datetime | None = None, to
     )
 
 
-def _workflow_stats(alias: str, start: datetime, until: datetime) -> tuple[WorkflowTypeStats, ...]:
+def _as_uuid(value: object) -> uuid.UUID:
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except ValueError:
+        raise ValueError(f"invalid correlation id {value!r}") from None
+
+
+def _workflow_stats(alias: str, start: datetime, until: datetime,
+                    ids: frozenset[uuid.UUID] | None) -> tuple[WorkflowTypeStats, ...]:
     from django.db.models import Count, Q
 
     from .models import WorkflowSession, WorkflowStatus
 
     sessions = WorkflowSession.objects.using(alias).filter(start_time__gte=start, start_time__lte=until)
+    if ids is not None:
+        sessions = sessions.filter(correlation_id__in=ids)
     rows = list(
         sessions.order_by().values("workflow_type").annotate(
             total=Count("id"),
@@ -176,11 +195,14 @@ def _workflow_stats(alias: str, start: datetime, until: datetime) -> tuple[Workf
     return tuple(stats)
 
 
-def _slowest_steps(alias: str, start: datetime, until: datetime, top: int) -> dict[str, tuple[StepRow, ...]]:
+def _slowest_steps(alias: str, start: datetime, until: datetime, top: int,
+                   ids: frozenset[uuid.UUID] | None) -> dict[str, tuple[StepRow, ...]]:
     from .models import Layer, TraceStep
 
     steps = TraceStep.objects.using(alias).filter(start_time__gte=start, start_time__lte=until,
                                                   duration_ms__isnull=False)
+    if ids is not None:
+        steps = steps.filter(correlation_id__in=ids)
     result: dict[str, tuple[StepRow, ...]] = {}
     for layer in Layer.values:
         rows = steps.filter(layer=layer).order_by("-duration_ms", "id").values(
@@ -195,14 +217,17 @@ def _slowest_steps(alias: str, start: datetime, until: datetime, top: int) -> di
     return result
 
 
-def _breaches(alias: str, start: datetime, until: datetime) -> tuple[BreachGroup, ...]:
-    from django.db.models import Count, Max, Min
+def _breaches(alias: str, start: datetime, until: datetime,
+              ids: frozenset[uuid.UUID] | None) -> tuple[BreachGroup, ...]:
+    from django.db.models import Count, Max, Min, Q
 
     from .models import PerformanceSnapshot, ThresholdStatus
 
     snapshots = PerformanceSnapshot.objects.using(alias).filter(
         timestamp__gte=start, timestamp__lte=until,
         threshold_status__in=[ThresholdStatus.WARNING, ThresholdStatus.CRITICAL])
+    if ids is not None:
+        snapshots = snapshots.filter(Q(correlation_id__in=ids) | Q(correlation_id__isnull=True))
     rows = list(
         snapshots.order_by().values("layer", "metric_name", "component", "threshold_status", "unit")
         .annotate(count=Count("id"), low=Min("metric_value"), high=Max("metric_value"), last=Max("timestamp"))
@@ -222,28 +247,40 @@ def _breaches(alias: str, start: datetime, until: datetime) -> tuple[BreachGroup
     return tuple(groups)
 
 
-def _errors(alias: str, start: datetime, until: datetime) -> tuple[ErrorGroup, ...]:
+def _errors(alias: str, start: datetime, until: datetime,
+            ids: frozenset[uuid.UUID] | None) -> tuple[ErrorGroup, ...]:
+    from django.db.models import Exists, OuterRef, Q
+
     from .models import ErrorLog, StepStatus, TraceStep
     from .sanitize import Sanitizer
 
     scrub = _sanitizer() or Sanitizer()
-    rows = (ErrorLog.objects.using(alias).filter(resolved=False, last_seen__gte=start, last_seen__lte=until)
-            .order_by("-occurrences", "-last_seen", "-id")[:MAX_GROUPS])
+    error_steps = TraceStep.objects.using(alias).filter(status=StepStatus.ERROR, start_time__gte=start,
+                                                        start_time__lte=until)
+    rows = ErrorLog.objects.using(alias).filter(resolved=False, last_seen__gte=start, last_seen__lte=until)
+    if ids is not None:
+        error_steps = error_steps.filter(correlation_id__in=ids)
+        # an open group's latest occurrence may come from elsewhere: one of its error steps counts too
+        rows = rows.filter(Q(correlation_id__in=ids) | Exists(error_steps.filter(
+            layer=OuterRef("layer"), component=OuterRef("component"))))
     groups = []
-    for error in rows:
-        ids: list[str] = [str(error.correlation_id)] if error.correlation_id else []
-        recent = (TraceStep.objects.using(alias)
-                  .filter(status=StepStatus.ERROR, layer=error.layer, component=error.component,
-                          start_time__gte=start, start_time__lte=until)
-                  .order_by("-start_time", "-id").values_list("correlation_id", flat=True)[:_RECENT_IDS * 4])
+    for error in rows.order_by("-occurrences", "-last_seen", "-id")[:MAX_GROUPS]:
+        own = error.correlation_id if error.correlation_id and (ids is None or error.correlation_id in ids) \
+            else None
+        cids: list[str] = [str(own)] if own else []
+        same = error_steps.filter(layer=error.layer, component=error.component)
+        recent = same.order_by("-start_time", "-id").values_list("correlation_id", flat=True)[:_RECENT_IDS * 4]
         for cid in recent:
-            if str(cid) not in ids and len(ids) < _RECENT_IDS:
-                ids.append(str(cid))
+            if str(cid) not in cids and len(cids) < _RECENT_IDS:
+                cids.append(str(cid))
+        others = same.exclude(correlation_id=own) if own else same
+        workflow_count = others.values("correlation_id").distinct().count() + (1 if own else 0)
         message = scrub.scrub_text(" ".join((error.error_message or "").split())[:300])
         groups.append(ErrorGroup(
             error_type=error.error_type, layer=error.layer, component=error.component, severity=error.severity,
             category=error.category, occurrences=error.occurrences, first_seen=error.timestamp,
-            last_seen=error.last_seen, message=message[:200], correlation_ids=tuple(ids)))
+            last_seen=error.last_seen, message=message[:200], correlation_ids=tuple(cids),
+            workflow_count=workflow_count))
     return tuple(groups)
 
 
@@ -254,7 +291,8 @@ def _sanitizer() -> Any:
     return runtime.sanitizer if runtime is not None else None
 
 
-def _query_findings(start: datetime, until: datetime) -> tuple[dict[str, Any], ...] | None:
+def _query_findings(start: datetime, until: datetime,
+                    ids: frozenset[uuid.UUID] | None) -> tuple[dict[str, Any], ...] | None:
     """Findings of this process's ``QueryAnalyzer`` detected in the window, N+1 first, worst first."""
     from .bootstrap import get_runtime
     from .queries import QueryAnalyzer
@@ -264,8 +302,16 @@ def _query_findings(start: datetime, until: datetime) -> tuple[dict[str, Any], .
     if not isinstance(analyzer, QueryAnalyzer):
         return None
     low, high = start.timestamp(), until.timestamp()
-    found = [f for f in analyzer.findings() if low <= f.detected_at <= high]
+    found = [f for f in analyzer.findings() if low <= f.detected_at <= high
+             and (ids is None or _is_one_of(f.correlation_id, ids))]
     found.sort(key=lambda f: (f.kind != "n_plus_one", -f.count, -f.max_ms))
     keep = ("kind", "route", "table", "operation", "count", "total_ms", "max_ms", "correlation_id",
             "statement", "advice")
     return tuple({k: f.as_dict()[k] for k in keep} for f in found[:MAX_GROUPS])
+
+
+def _is_one_of(correlation_id: str, ids: frozenset[uuid.UUID]) -> bool:
+    try:
+        return uuid.UUID(correlation_id) in ids
+    except (TypeError, ValueError):
+        return False

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 from django.conf import settings
 
@@ -14,6 +16,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("mysql"):
             item.add_marker(pytest.mark.skip(reason=f"needs MariaDB: {reason}"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """With E2E_OTEL_NO_SKIPS=1 (CI) a skip is a failure: every real component must be there."""
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("E2E_OTEL_NO_SKIPS") == "1" and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but E2E_OTEL_NO_SKIPS=1 forbids skips: {report.longrepr}"
 
 
 def _is_transactional(item: pytest.Item) -> bool:

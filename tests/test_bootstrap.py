@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import pytest
 from django.conf import settings
+from django.test import Client, override_settings
+from django.urls import path
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
@@ -233,3 +235,71 @@ def test_per_process_exporter_leaves_foreign_resources_alone_after_fork() -> Non
     os.close(read_fd)
     os.waitpid(child, 0)
     assert answer == b"ok"
+
+
+# --- SQLite database spans (INSTRUMENT_SQLITE) ---------------------------------------------------------
+
+
+def _sqlite_items(request):  # type: ignore[no-untyped-def]
+    from django.http import JsonResponse
+
+    from tests.testapp.models import Item
+
+    return JsonResponse({"names": list(Item.objects.using(request.GET["db"]).values_list("name", flat=True))})
+
+
+urlpatterns = [path("sqlite-items/", _sqlite_items)]
+
+
+@pytest.fixture
+def sqlite_alias(tmp_path):  # type: ignore[no-untyped-def]
+    """Django's SQLite backend: the test database itself on SQLite, else a throwaway file next to MariaDB."""
+    from django.db import connection, connections
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    from tests.testapp.models import Item
+
+    if connection.vendor == "sqlite":
+        Item.objects.create(name="on-sqlite")
+        yield "default"
+        return
+    from django.db.utils import load_backend
+
+    # A dynamically created connection (not in settings.DATABASES, which the rest of the suite shares).
+    alias = "e2e_sqlite_probe"
+    params = connections.configure_settings({  # fills in the per-alias defaults
+        "default": dict(connections.settings["default"]),
+        alias: {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "probe.sqlite3")}})[alias]
+    connections[alias] = load_backend(params["ENGINE"]).DatabaseWrapper(params, alias)
+    try:
+        with suppress_instrumentation(), connections[alias].schema_editor() as editor:
+            editor.create_model(Item)
+        Item.objects.using(alias).create(name="on-sqlite")
+        yield alias
+    finally:
+        connections[alias].close()
+        del connections[alias]
+
+
+@pytest.mark.django_db
+@override_settings(ROOT_URLCONF=__name__)
+def test_orm_queries_on_sqlite_are_child_spans_of_the_request(sqlite_alias: str, spans) -> None:  # type: ignore[no-untyped-def]
+    assert get_config().INSTRUMENT_SQLITE is True  # the default
+    import sqlite3.dbapi2
+
+    assert hasattr(sqlite3.dbapi2.connect, "__wrapped__")  # upstream's DB-API wrapper, installed once
+    install(get_config())  # a second install does not wrap connect again
+    assert not hasattr(sqlite3.dbapi2.connect.__wrapped__, "__wrapped__")
+
+    response = Client().get("/sqlite-items/", {"db": sqlite_alias})
+    assert response.status_code == 200 and response.json() == {"names": ["on-sqlite"]}
+    trace_id = int(response["X-Correlation-ID"].replace("-", ""), 16)
+    mine = [s for s in spans.get_finished_spans() if s.context.trace_id == trace_id]
+    server = [s for s in mine if s.kind == trace.SpanKind.SERVER]
+    queries = [s for s in mine if s.attributes.get("db.system") == "sqlite"]
+    assert len(server) == 1, [s.name for s in mine]
+    assert queries and all(q.kind == trace.SpanKind.CLIENT and q.parent.span_id == server[0].context.span_id
+                           for q in queries), [(q.name, q.parent) for q in queries]
+    select = next(q for q in queries if "testapp_item" in q.attributes.get("db.statement", ""))
+    assert select.attributes["db.statement"].startswith("SELECT")
+    assert not any(key.startswith("db.statement.parameters") for key in select.attributes)

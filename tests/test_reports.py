@@ -179,7 +179,7 @@ def test_api_auth_formats_and_validation(rows: dict[str, object]) -> None:
         assert secret.encode() not in response.content
 
 
-@pytest.mark.mysql  # SQLite queries are not traced (no PyMySQL spans)
+@pytest.mark.django_db
 def test_live_query_findings_are_reported() -> None:
     """A real N+1 request through the live runtime's QueryAnalyzer shows up in the report."""
     Item.objects.bulk_create([Item(name=f"i{i}") for i in range(6)])
@@ -189,6 +189,46 @@ def test_live_query_findings_are_reported() -> None:
     assert report.query_findings is not None
     mine = [f for f in report.query_findings if f["correlation_id"] == response["X-Correlation-ID"]]
     assert [(f["kind"], f["table"]) for f in mine] == [("n_plus_one", "testapp_item")]
+    narrowed = build_report(since=timedelta(minutes=5), correlation_ids=[response["X-Correlation-ID"]])
+    assert narrowed.query_findings == tuple(mine)
+    assert build_report(since=timedelta(minutes=5), correlation_ids=[str(uuid.uuid4())]).query_findings == ()
     assert "prefetch_related" in render_text(report)
     old = build_report(since=timezone.now() - timedelta(days=2), now=timezone.now() - timedelta(days=1))
     assert old.query_findings == ()
+
+
+def test_correlation_ids_narrow_the_report_to_those_workflows(rows: dict[str, object]) -> None:
+    """What the demo uses to report on the workflows it drove, whatever else is in the window."""
+    PerformanceSnapshot.objects.create(layer="system", metric_name="memory_usage", unit="%", metric_value=97,
+                                       threshold_status="critical", timestamp=timezone.now())
+    everything = build_report(since=timedelta(hours=24))
+    declined = everything.errors[0]
+    assert declined.correlation_ids == (str(_cid(5)), str(_cid(2))) and declined.workflow_count == 2
+
+    # uuid and hex forms both name a workflow
+    report = build_report(since=timedelta(hours=24), correlation_ids=[str(_cid(0)), _cid(2).hex, str(_cid(4))])
+    assert [(w.workflow_type, w.total, w.completed, w.failed) for w in report.workflows] == [("checkout", 3, 2, 1)]
+    assert report.totals == {"workflows": 3, "failed": 1, "in_progress": 0}
+    assert [(s.correlation_id, s.duration_ms) for s in report.slowest_steps["api"]] == [
+        (str(_cid(2)), 120.0), (str(_cid(0)), 95.0)]  # not the 40 ms step of workflow 1
+    assert [s.duration_ms for s in report.slowest_steps["database"]] == [50.0, 30.0]  # not 7.5 (workflow 3)
+    breaches = {(b.layer, b.metric_name): b for b in report.breaches}
+    api = breaches[("api", "response_time")]
+    assert (api.count, api.min_value, api.max_value, api.latest_correlation_id) == (2, 600.0, 650.0, str(_cid(2)))
+    assert breaches[("database", "query_time")].latest_correlation_id == str(_cid(4))
+    assert breaches[("system", "memory_usage")].count == 1  # no correlation id: belongs to no workflow, kept
+    # Both open groups are on the component where workflow 2 failed; only its id is listed for them.
+    assert [(e.error_type, e.correlation_ids, e.workflow_count) for e in report.errors] == [
+        ("PaymentDeclined", (str(_cid(2)),), 1), ("KeyError", (str(_cid(2)),), 1)]
+
+    one = build_report(since=timedelta(hours=24), correlation_ids=[str(_cid(1))])
+    assert [(w.total, w.failed) for w in one.workflows] == [(1, 0)]
+    assert [s.duration_ms for s in one.slowest_steps["api"]] == [40.0] and "database" not in one.slowest_steps
+    assert [(b.metric_name, b.count, b.max_value) for b in one.breaches] == [
+        ("memory_usage", 1, 97.0), ("response_time", 1, 700.0)]
+    assert one.errors == ()  # workflow 1 had no error
+    outside = build_report(since=timedelta(hours=1), correlation_ids=[str(_cid(99))])
+    assert outside.workflows == () and outside.slowest_steps == {}  # the filter narrows the window, never widens
+    assert build_report(since=timedelta(hours=24), correlation_ids=[]).totals["workflows"] == 0
+    with pytest.raises(ValueError, match="invalid correlation id"):
+        build_report(since=timedelta(hours=24), correlation_ids=["not-a-trace-id"])

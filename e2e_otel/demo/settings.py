@@ -91,8 +91,6 @@ REST_FRAMEWORK = {
 }
 
 DEMO_FAULTS = os.environ.get("E2E_DEMO_FAULTS", "all")
-# Database spans on SQLite come from upstream's DB-API integration (see shop/apps.py).
-DEMO_TRACE_SQLITE = DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
 
 _otlp_endpoint = os.environ.get("E2E_OTEL_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
 

@@ -1,8 +1,9 @@
 """The summary ``e2e-otel demo`` prints: read back from the records and metrics, never from the driver.
 
 What the driver saw is only used to pick this run's workflows (by correlation id) and to flag
-disagreements, so the summary shows what e2e-otel itself recorded. Runs on the CLI's main thread
-after ``Runtime.force_flush()``.
+disagreements, so the summary shows what e2e-otel itself recorded. The sections are the debugging
+report's (:mod:`e2e_otel.reports`) narrowed to this run's correlation ids. Runs on the CLI's main
+thread after ``Runtime.force_flush()``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import re
 import textwrap
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +21,6 @@ from urllib.request import Request, urlopen
 
 from .traffic import WORKFLOW_TYPES, WorkflowRun
 
-LAYERS = ("frontend", "api", "database", "external", "internal", "cache")
 _SAMPLE_RE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)')
 _LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
@@ -89,18 +89,10 @@ def connection_vendor() -> str:
     return connection.vendor
 
 
-def _query_findings(correlation_ids: set[str]) -> list[Any]:
-    """This run's findings from the live ``QueryAnalyzer`` (in memory, newest first), if it runs."""
-    try:
-        from e2e_otel.bootstrap import get_runtime
-        from e2e_otel.queries import QueryAnalyzer
-    except ImportError:
-        return []
-    runtime = get_runtime()
-    analyzer = runtime.processor(QueryAnalyzer) if runtime is not None else None
-    if not isinstance(analyzer, QueryAnalyzer):
-        return []
-    return [f for f in analyzer.findings() if f.correlation_id in correlation_ids]
+def _sqlite_traced() -> bool:
+    from e2e_otel.conf import get_config
+
+    return bool(get_config().INSTRUMENT_SQLITE)
 
 
 def _table(rows: Sequence[Sequence[Any]], header: Sequence[str], indent: str = "  ") -> list[str]:
@@ -125,10 +117,14 @@ def _ms(value: float | None) -> str:
 
 def build_summary(runs: Sequence[WorkflowRun], *, started: datetime, elapsed: float, links: Links,
                   metrics_text: str | None) -> str:
-    from e2e_otel.models import ErrorLog, PerformanceSnapshot, TraceStep, WorkflowSession
+    """The sections come from :func:`e2e_otel.reports.build_report` narrowed to this run's correlation
+    ids (one implementation); the header, the /metrics counters and the links are the demo's own."""
+    from django.utils import timezone
 
-    ids = [r.correlation_id for r in runs]
-    sessions = list(WorkflowSession.objects.filter(correlation_id__in=ids))
+    from e2e_otel.reports import build_report
+
+    report = build_report(since=started, now=timezone.now(), top=3,
+                          correlation_ids=[r.correlation_id for r in runs])
     out: list[str] = []
     failed_driver = sum(r.failed for r in runs)
     out.append("")
@@ -136,52 +132,35 @@ def build_summary(runs: Sequence[WorkflowRun], *, started: datetime, elapsed: fl
                f"({links.database}); {failed_driver} failed as seen by the client")
 
     # --- workflows by type and status
+    sessions = report.totals.get("workflows", 0)
     out.append("")
-    out.append(f"Workflows by type and status ({len(sessions)} WorkflowSession rows for {len(runs)} workflows)")
-    by_type: dict[str, Counter[str]] = defaultdict(Counter)
-    durations: dict[str, list[float]] = defaultdict(list)
-    for s in sessions:
-        by_type[s.workflow_type][s.status] += 1
-        if s.duration_ms is not None:
-            durations[s.workflow_type].append(s.duration_ms)
-    order = [t for t in WORKFLOW_TYPES if t in by_type] + sorted(t for t in by_type if t not in WORKFLOW_TYPES)
-    rows = []
-    for wtype in order:
-        counts, spent = by_type[wtype], durations[wtype]
-        rows.append([wtype, counts["completed"], counts["failed"], counts["in_progress"],
-                     _ms(sum(spent) / len(spent) if spent else None), _ms(max(spent) if spent else None)])
-    out.extend(_table(rows, ["workflow type", "completed", "failed", "in progress", "avg ms", "max ms"])
+    out.append(f"Workflows by type and status ({sessions} WorkflowSession rows for {len(runs)} workflows)")
+    rank = {t: n for n, t in enumerate(WORKFLOW_TYPES)}
+    stats = sorted(report.workflows, key=lambda w: (rank.get(w.workflow_type, len(rank)), w.workflow_type))
+    rows = [[w.workflow_type, w.completed, w.failed, w.in_progress, _ms(w.p50_ms), _ms(w.p95_ms)] for w in stats]
+    out.extend(_table(rows, ["workflow type", "completed", "failed", "in progress", "p50 ms", "p95 ms"])
                if rows else ["  (no workflow sessions recorded: is the record writer running?)"])
-    missing = len(runs) - len(sessions)
+    missing = len(runs) - sessions
     if missing > 0:
         out.append(f"  note: {missing} workflow(s) have no session yet (records still queued or dropped)")
 
     # --- slowest steps per layer
     out.append("")
     out.append("Slowest steps per layer")
-    steps = TraceStep.objects.filter(correlation_id__in=ids, duration_ms__isnull=False)
-    session_types = {str(s.correlation_id): s.workflow_type for s in sessions}
-    rows = []
-    for layer in LAYERS:
-        for step in steps.filter(layer=layer).order_by("-duration_ms")[:3]:
-            rows.append([layer, step.component[:48], step.operation[:40], _ms(step.duration_ms), step.status,
-                         session_types.get(str(step.correlation_id), "?"), step.correlation_id])
+    rows = [[s.layer, s.component[:48], s.operation[:40], _ms(s.duration_ms), s.status, s.workflow_type or "?",
+             s.correlation_id] for steps in report.slowest_steps.values() for s in steps]
     out.extend(_table(rows, ["layer", "component", "operation", "ms", "status", "workflow", "correlation id"])
                if rows else ["  (no steps recorded)"])
 
     # --- threshold breaches
     out.append("")
     out.append("Threshold breaches")
-    breaches = PerformanceSnapshot.objects.filter(timestamp__gte=started).exclude(threshold_status="ok")
-    grouped: dict[tuple[str, str, str, str], list[Any]] = defaultdict(list)
-    for snap in breaches.order_by("-metric_value"):
-        grouped[(snap.layer, snap.metric_name, snap.threshold_status, snap.component)].append(snap)
-    rows = [[layer, metric, severity, component[:40] or "-", len(snaps), f"{snaps[0].metric_value:.2f} {snaps[0].unit}".strip(),
-             snaps[0].correlation_id or "-"]
-            for (layer, metric, severity, component), snaps in sorted(grouped.items(), key=lambda kv: -len(kv[1]))]
+    rows = [[b.layer, b.metric_name, b.severity, b.component[:40] or "-", b.count,
+             f"{b.min_value:g}..{b.max_value:g} {b.unit}".strip(), b.latest_correlation_id or "-"]
+            for b in report.breaches]
     if rows:
-        out.extend(_table(rows[:12], ["layer", "metric", "severity", "component", "count", "worst",
-                                      "worst correlation id"]))
+        out.extend(_table(rows[:12], ["layer", "metric", "severity", "component", "count", "range",
+                                      "latest correlation id"]))
     counters = [(labels, value) for name, labels, value in parse_prometheus_text(metrics_text or "")
                 if name == "e2e_otel_threshold_breaches_total" and value > 0]
     if counters:
@@ -195,41 +174,35 @@ def build_summary(runs: Sequence[WorkflowRun], *, started: datetime, elapsed: fl
     # --- query findings (N+1, slow SQL)
     out.append("")
     out.append("Query findings")
-    findings = _query_findings(set(ids))
-    if findings:
-        grouped_findings: dict[tuple[str, str, str], list[Any]] = defaultdict(list)
-        for finding in findings:
-            grouped_findings[(finding.kind, finding.route, finding.table)].append(finding)
-        for (kind, route, table), items in sorted(grouped_findings.items(), key=lambda kv: -len(kv[1])):
-            worst = max(items, key=lambda f: f.count)
-            out.append(f"  {kind} on {table or '?'} in {route or '?'}: {len(items)} trace(s), up to {worst.count} "
-                       f"queries; e.g. {worst.correlation_id}")
-            out.append(f"    {worst.statement[:110]}")
-            out.append(textwrap.fill(worst.advice[:600], width=110, initial_indent="    advice: ",
-                                     subsequent_indent="            "))
-    elif connection_vendor() == "sqlite":
-        out.append("  (none: SQLite queries are not traced; the database layer needs MySQL/PyMySQL, "
-                   "e.g. DATABASE_URL=mysql://...)")
-    else:
+    findings = report.query_findings or ()
+    grouped: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for finding in findings:
+        grouped[(finding["kind"], finding["route"], finding["table"])].append(finding)
+    for (kind, route, table), items in sorted(grouped.items(), key=lambda kv: -len(kv[1])):
+        worst = max(items, key=lambda f: f["count"])
+        out.append(f"  {kind} on {table or '?'} in {route or '?'}: {len(items)} trace(s), up to {worst['count']} "
+                   f"queries; e.g. {worst['correlation_id']}")
+        out.append(f"    {worst['statement'][:110]}")
+        out.append(textwrap.fill(worst["advice"][:600], width=110, initial_indent="    advice: ",
+                                 subsequent_indent="            "))
+    if report.query_findings is None:
+        out.append("  (query analysis is not running in this process)")
+    elif not findings and connection_vendor() == "sqlite" and not _sqlite_traced():
+        out.append("  (none: SQLite queries are not traced with INSTRUMENT_SQLITE=False)")
+    elif not findings:
         out.append("  (none)")
 
     # --- grouped errors
     out.append("")
     out.append("Grouped errors")
-    errors = list(ErrorLog.objects.filter(last_seen__gte=started).order_by("-occurrences", "-last_seen")[:10])
-    for error in errors:
-        seen_in = sorted({str(c) for c in TraceStep.objects.filter(
-            correlation_id__in=ids, status="error", component=error.component, layer=error.layer,
-        ).values_list("correlation_id", flat=True)})
-        if error.correlation_id and str(error.correlation_id) not in seen_in:
-            seen_in.insert(0, str(error.correlation_id))
-        message = " ".join((error.error_message or "").split())[:100]
-        out.append(f"  {error.error_type} x{error.occurrences} ({len(seen_in)} workflow(s) of this run)  "
+    for error in report.errors[:10]:
+        out.append(f"  {error.error_type} x{error.occurrences} ({error.workflow_count} workflow(s) of this run)  "
                    f"[{error.layer}:{error.component}] severity={error.severity} category={error.category or '-'}")
-        if message:
-            out.append(f"    {message}")
-        out.append(f"    correlation ids: {', '.join(seen_in[:6]) or '-'}{' ...' if len(seen_in) > 6 else ''}")
-    if not errors:
+        if error.message:
+            out.append(f"    {error.message[:100]}")
+        more = " ..." if error.workflow_count > len(error.correlation_ids) else ""
+        out.append(f"    correlation ids: {', '.join(error.correlation_ids) or '-'}{more}")
+    if not report.errors:
         out.append("  (no errors recorded)")
 
     # --- where to look next
