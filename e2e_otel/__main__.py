@@ -22,8 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run the demo shop with traffic and print what e2e-otel recorded",
         description="Migrate, seed, serve the demo shop, drive the login / product fetch / cart update / "
                     "checkout workflows through it and print a summary. SQLite by default; set "
-                    "DATABASE_URL=mysql://user:pass@host:port/db for MySQL. Traces are exported only when "
-                    "OTEL_EXPORTER_OTLP_ENDPOINT or E2E_OTEL_OTLP_ENDPOINT is set.",
+                    "DATABASE_URL=mysql://user:pass@host:port/db[?charset=..&ssl_ca=..&ssl_cert=..&ssl_key=..] "
+                    "for MySQL. The database must be empty or one the demo created before (see --reset). "
+                    "Traces are exported only when OTEL_EXPORTER_OTLP_ENDPOINT or E2E_OTEL_OTLP_ENDPOINT is set. "
+                    "Exit status: 0 done, 1 error, 130 after Ctrl-C, 143 after SIGTERM.",
     )
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     demo.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
@@ -35,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--faults", default=os.environ.get("E2E_DEMO_FAULTS", "all"), metavar="SPEC",
                       help="all | none | comma list of n_plus_one, slow_checkout[=rate], "
                            "payment_failure[=rate], invalid_payload (default all)")
+    demo.add_argument("--reset", action="store_true",
+                      help="use a database that is not empty and was not created by the demo anyway: migrate "
+                           "into it, mark it as the demo's and (re)create the e2e-demo-* users; other users "
+                           "and rows are left alone")
     return parser
 
 
@@ -63,10 +69,34 @@ def _configure_environment(args: argparse.Namespace) -> None:
     os.environ["E2E_DEMO_HOST"] = args.host
     if args.db:
         os.environ["E2E_DEMO_DB"] = str(Path(args.db).expanduser().resolve())
+    database_url = os.environ.get("DATABASE_URL", "").strip()
+    if database_url:
+        from django.core.exceptions import ImproperlyConfigured
+
+        from .demo.databases import database_from_url
+
+        try:
+            database_from_url(database_url)
+        except ImproperlyConfigured as exc:
+            raise SystemExit(f"e2e-otel demo: {exc}") from None
 
 
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C but exiting 143."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _ignore_signals() -> None:
+    """Shutdown runs once: a second Ctrl-C/SIGTERM must not interrupt it with a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+EXIT_SIGINT = 128 + signal.SIGINT
+EXIT_SIGTERM = 128 + signal.SIGTERM
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -83,7 +113,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from .bootstrap import get_runtime
     from .conf import get_config
-    from .demo.seed import seed
+    from .demo.seed import ForeignDatabase, check_database_is_demo, seed
     from .demo.server import DemoServer
     from .demo.shop.faults import get_faults
     from .demo.summary import Links, build_summary, scrape_metrics, wait_for_sessions
@@ -98,6 +128,11 @@ def run_demo(args: argparse.Namespace) -> int:
         connection.ensure_connection()
     except DatabaseError as exc:
         print(f"e2e-otel demo: cannot open {database}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        check_database_is_demo(reset=args.reset)
+    except ForeignDatabase as exc:
+        print(f"e2e-otel demo: refusing {database}: {exc}", file=sys.stderr)
         return 1
     # Setup SQL is not part of any workflow: keep it out of the traces and records.
     with suppress_instrumentation():
@@ -115,7 +150,8 @@ def run_demo(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"e2e-otel demo: cannot listen on {args.host}:{args.port}: {exc} (try --port 0)", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    exit_code = 0
+    signal.signal(signal.SIGTERM, _raise_terminated)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     print(f"Demo shop listening on {server.url}  (faults: {', '.join(get_faults().enabled) or 'none'})",
           file=out, flush=True)
@@ -152,14 +188,17 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"Serving on {server.url} until Ctrl-C ...", file=out, flush=True)
             while True:
                 time.sleep(3600)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        _ignore_signals()
+        exit_code = EXIT_SIGTERM if isinstance(exc, _Terminated) else EXIT_SIGINT
         print("\nStopping.", file=out, flush=True)
     finally:
+        _ignore_signals()
         server.stop()
         runtime = get_runtime()
         if runtime is not None:
             runtime.shutdown()
-    return 0
+    return exit_code
 
 
 if __name__ == "__main__":

@@ -221,7 +221,8 @@ OPTIONS: dict[str, Option] = {
                                      _number(1, integer=True)),
     "RETENTION_DAYS": Option(14, "prune_debugging_records: age limit for ordinary records.",
                              _number(1, integer=True)),
-    "FAILED_RETENTION_DAYS": Option(60, "prune_debugging_records: age limit for failed workflows.",
+    "FAILED_RETENTION_DAYS": Option(60, "prune_debugging_records: age limit for failed workflows, and "
+                                    "for unresolved error groups (by last_seen).",
                                     _number(1, integer=True)),
     "MAX_WORKFLOW_SESSIONS": Option(100_000, "prune_debugging_records: cap on stored sessions.",
                                     _number(1, integer=True)),
@@ -233,8 +234,17 @@ OPTIONS: dict[str, Option] = {
     "INGEST_ALLOWED_ORIGINS": Option((), "CORS allow-list for browser ingestion.", _str_list),
     "INGEST_MAX_BODY_BYTES": Option(512 * 1024, "Largest accepted ingestion body.", _number(1024, integer=True)),
     "INGEST_RATE_LIMIT": Option(120, "Ingestion requests per minute per client.", _number(1, integer=True)),
-    "INGEST_MAX_DECOMPRESSED_BYTES": Option(4 * 1024 * 1024, "Largest gzip-decompressed ingestion body "
-                                            "(zip-bomb guard).", _number(1024, integer=True)),
+    "INGEST_MAX_DECOMPRESSED_BYTES": Option(1024 * 1024, "Largest gzip-decompressed ingestion body "
+                                            "(zip-bomb guard; past 64 KiB a gzip ratio above 50:1 is "
+                                            "refused too).", _number(1024, integer=True)),
+    "INGEST_MAX_SPANS": Option(512, "Spans per ingestion request (the OTel JS batch processor sends "
+                               "at most 512).", _number(1, 1000, integer=True)),
+    "INGEST_MAX_EXCEPTIONS": Option(20, "Exception events kept per ingestion request (each can open an "
+                                    "error group); the rest are dropped and reported in partial_success.",
+                                    _number(0, 1000, integer=True)),
+    "INGEST_TRUSTED_PROXIES": Option(0, "Reverse proxies in front of the app: 0 = rate-limit ingestion per "
+                                     "REMOTE_ADDR; N = per the N-th X-Forwarded-For address from the right.",
+                                     _number(0, 10, integer=True)),
     "METRICS_ENABLED": Option(True, "Export prometheus_client metrics derived from spans.", _bool),
     "METRICS_KEY": Option(None, "Bearer key for /metrics (unset: open).", _optional_str,
                           env=("E2E_OTEL_METRICS_KEY",)),

@@ -8,19 +8,25 @@ here, so an app without a collector still gets frontend steps. Accepted spans ar
 Public endpoint, so the checks run in this order, cheapest first, and a rejected payload stores
 nothing: CORS origin allow-list (403, no CORS headers) → rate limit per client address (429 +
 Retry-After) → ingest key (403 when no key is configured at all, 401 when missing/wrong) →
-Content-Length / read size (413) → content type (415) → gzip with a decompressed-size cap (413) →
+content type (415) → Content-Length / read size (413) → gzip with a decompressed-size cap and, past
+64 KiB, a 50:1 ratio cap (413) → span count (400; for JSON before any protobuf object is built) →
 decode + validate every span (400 with a JSON ``{"error", "details"}``) → ingest all.
 
-Notes: the rate limit is per process and keyed on ``REMOTE_ADDR`` (behind a proxy, make sure the
-proxy's client address reaches ``REMOTE_ADDR``). Django's own instrumentation still traces this POST;
-its server span is tagged ``e2e.internal=ingest`` so derived views can tell it apart from app traffic.
-Over-long attribute strings are truncated (see ``otlp_decode``) and reported as a partial-success
-warning. Runs on the request thread; ``ingest_spans`` only enqueues (processors never block).
+Notes: the rate limit is per process and keyed on ``REMOTE_ADDR``, or with ``INGEST_TRUSTED_PROXIES
+= N`` on the N-th ``X-Forwarded-For`` address from the right (the one the outermost trusted proxy saw;
+a missing or malformed entry falls back to ``REMOTE_ADDR``). The ingest key ships in browser JS, so
+it is not a secret: what one request may store is capped (``INGEST_MAX_SPANS`` spans,
+``INGEST_MAX_EXCEPTIONS`` exception events, 32 short resource attributes); dropped and truncated
+items are reported as an OTLP partial-success warning (``rejected_spans`` stays 0). Django's own
+instrumentation still traces this POST; its server span is tagged ``e2e.internal=ingest`` so derived
+views can tell it apart from app traffic. Runs on the request thread; ``ingest_spans`` only enqueues
+(processors never block).
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 import threading
@@ -37,12 +43,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from .conf import Config, get_config
-from .otlp_decode import OTLPValidationError, decode_json, decode_protobuf, to_readable_spans
+from .otlp_decode import DecodedBatch, Limits, OTLPValidationError, decode_json, decode_protobuf, to_readable_spans
 from .ratelimit import TokenBucketLimiter
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["INGEST_KEY_HEADER", "ingest_traces", "reset_rate_limits"]
+__all__ = ["INGEST_KEY_HEADER", "client_address", "ingest_traces", "reset_rate_limits"]
 
 INGEST_KEY_HEADER = "X-E2E-Ingest-Key"
 PROTOBUF = "application/x-protobuf"
@@ -51,6 +57,10 @@ ALLOWED_METHODS = "POST, OPTIONS"
 ALLOWED_HEADERS = "content-type, content-encoding, traceparent, tracestate, baggage, x-e2e-ingest-key"
 PREFLIGHT_MAX_AGE = "600"
 MAX_TRACKED_CLIENTS = 10_000
+# Zip-bomb guard besides the absolute cap: real OTLP payloads compress far less than 50:1, and small
+# bodies are exempt so a tiny, very repetitive batch is still fine.
+MAX_GZIP_RATIO = 50
+GZIP_RATIO_FREE_BYTES = 64 * 1024
 
 _limiter_lock = threading.Lock()
 _limiter: TokenBucketLimiter | None = None
@@ -120,25 +130,43 @@ def _read_body(request: HttpRequest, config: Config) -> bytes:
 
 
 def _gunzip(body: bytes, limit: int) -> bytes:
+    """Inflate at most the allowed size (never more), so a bomb costs ~that much memory, not its size."""
+    ratio_limit = max(GZIP_RATIO_FREE_BYTES, MAX_GZIP_RATIO * len(body))
+    allowed = min(limit, ratio_limit)
     decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     try:
-        data = decompressor.decompress(body, limit + 1)
+        data = decompressor.decompress(body, allowed + 1)
     except zlib.error as exc:
         raise _Reject(400, "body is not valid gzip", [str(exc)]) from exc
-    if len(data) > limit or decompressor.unconsumed_tail:
+    if len(data) > allowed or decompressor.unconsumed_tail:
+        if allowed < limit:
+            raise _Reject(413, f"gzip body of {len(body)} bytes expands to more than {allowed} bytes: "
+                               f"compression ratio above {MAX_GZIP_RATIO}:1 is refused "
+                               f"once it exceeds {GZIP_RATIO_FREE_BYTES} bytes decompressed")
         raise _Reject(413, f"decompressed body exceeds the limit of {limit} bytes")
     if not decompressor.eof:
         raise _Reject(400, "gzip body is truncated")
     return data
 
 
-def _export_response(media_type: str, truncated: int, headers: dict[str, str]) -> HttpResponse:
+def _warnings(batch: DecodedBatch, limits: Limits) -> str:
+    """The partial-success text: what was accepted only in part (no span is rejected for these)."""
+    parts = []
+    if batch.truncated_values:
+        parts.append(f"{batch.truncated_values} attribute value(s) longer than the limit were truncated")
+    if batch.exceptions_dropped:
+        parts.append(f"{batch.exceptions_dropped} exception event(s) over the limit of "
+                     f"{limits.max_exceptions} per request were dropped")
+    if batch.resource_attributes_dropped:
+        parts.append(f"{batch.resource_attributes_dropped} resource attribute(s) over the limit of "
+                     f"{limits.max_resource_attributes} were dropped")
+    return "; ".join(parts)
+
+
+def _export_response(media_type: str, warning: str, headers: dict[str, str]) -> HttpResponse:
     message = ExportTraceServiceResponse()
-    if truncated:
-        message.partial_success.CopyFrom(ExportTracePartialSuccess(
-            rejected_spans=0,
-            error_message=f"{truncated} attribute value(s) longer than the limit were truncated",
-        ))
+    if warning:
+        message.partial_success.CopyFrom(ExportTracePartialSuccess(rejected_spans=0, error_message=warning))
     if media_type == PROTOBUF:
         response = HttpResponse(message.SerializeToString(), content_type=PROTOBUF)
     else:
@@ -185,8 +213,24 @@ def ingest_traces(request: HttpRequest) -> HttpResponse:
         return response
 
 
+def client_address(request: HttpRequest, trusted_proxies: int) -> str:
+    """The rate-limit key: ``REMOTE_ADDR``, or behind ``trusted_proxies`` reverse proxies the address
+    the outermost of them saw (N-th ``X-Forwarded-For`` entry from the right; entries further left
+    are client-controlled). Not a valid IP address, or too few entries: ``REMOTE_ADDR``."""
+    remote = request.META.get("REMOTE_ADDR") or "unknown"
+    if trusted_proxies < 1:
+        return remote
+    entries = [item.strip() for item in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+    if len(entries) < trusted_proxies:
+        return remote
+    try:
+        return str(ipaddress.ip_address(entries[-trusted_proxies]))
+    except ValueError:
+        return remote
+
+
 def _handle_post(request: HttpRequest, config: Config, cors: dict[str, str]) -> HttpResponse:
-    client = request.META.get("REMOTE_ADDR") or "unknown"
+    client = client_address(request, config.INGEST_TRUSTED_PROXIES)
     allowed, retry_after = _rate_limiter(config.INGEST_RATE_LIMIT).allow(client)
     if not allowed:
         raise _Reject(429, "rate limit exceeded", headers={"Retry-After": str(retry_after)})
@@ -208,11 +252,16 @@ def _handle_post(request: HttpRequest, config: Config, cors: dict[str, str]) -> 
     runtime = get_runtime()
     if runtime is None:
         raise _Reject(503, "e2e-otel is disabled in this process")
+    limits = Limits(max_spans=config.INGEST_MAX_SPANS, max_exceptions=config.INGEST_MAX_EXCEPTIONS)
     try:
-        message = decode_protobuf(body) if media_type == PROTOBUF else decode_json(body)
-        batch = to_readable_spans(message)
+        if media_type == PROTOBUF:
+            message = decode_protobuf(body)
+        else:
+            message = decode_json(body, max_spans=limits.max_spans)
+        del body  # the decoded message replaces it; keep peak memory to one copy
+        batch = to_readable_spans(message, limits=limits)
     except OTLPValidationError as exc:
         raise _Reject(400, exc.message, exc.details) from exc
     if batch.spans:
         runtime.ingest_spans(batch.spans)
-    return _export_response(media_type, batch.truncated_values, cors)
+    return _export_response(media_type, _warnings(batch, limits), cors)

@@ -2,7 +2,8 @@
 except explicit user actions (resolving an error, editing thresholds/configurations).
 
 MySQL notes: indexed ``CharField``s stay at or below 190 characters (utf8mb4 index limit), every API
-filter has an index, span/trace ids are fixed-width hex.
+filter leads an index and API orderings on the big tables have a composite index with the filter they
+go with (see ``e2e_otel.api.filters``), span/trace ids are fixed-width hex.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ class WorkflowSession(models.Model):
             models.Index(fields=["status", "start_time"], name="dbg_ws_status_start"),
             models.Index(fields=["workflow_type", "start_time"], name="dbg_ws_type_start"),
             models.Index(fields=["status", "last_activity"], name="dbg_ws_status_activity"),
+            models.Index(fields=["service", "start_time"], name="dbg_ws_service_start"),
+            models.Index(fields=["status", "duration_ms"], name="dbg_ws_status_duration"),
         ]
 
     def __str__(self) -> str:
@@ -125,6 +128,7 @@ class TraceStep(models.Model):
         indexes = [
             models.Index(fields=["workflow_session", "start_time"], name="dbg_step_session_start"),
             models.Index(fields=["layer", "component"], name="dbg_step_layer_component"),
+            models.Index(fields=["layer", "duration_ms"], name="dbg_step_layer_duration"),
         ]
 
     def __str__(self) -> str:
@@ -160,6 +164,8 @@ class ErrorLog(models.Model):
         indexes = [
             models.Index(fields=["fingerprint", "resolved"], name="dbg_err_fp_resolved"),
             models.Index(fields=["resolved", "last_seen"], name="dbg_err_resolved_seen"),
+            models.Index(fields=["component", "last_seen"], name="dbg_err_component_seen"),
+            models.Index(fields=["resolved", "occurrences"], name="dbg_err_resolved_occurrences"),
         ]
 
     def __str__(self) -> str:
@@ -187,6 +193,7 @@ class PerformanceSnapshot(models.Model):
         indexes = [
             models.Index(fields=["metric_name", "timestamp"], name="dbg_snap_metric_time"),
             models.Index(fields=["threshold_status", "timestamp"], name="dbg_snap_status_time"),
+            models.Index(fields=["metric_name", "metric_value"], name="dbg_snap_metric_value"),
         ]
 
     def __str__(self) -> str:

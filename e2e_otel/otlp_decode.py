@@ -6,8 +6,14 @@ as a whole (``OTLPValidationError``) so nothing from it is stored. Over-long str
 *truncated* (not rejected) to ``MAX_STRING_LENGTH`` characters and counted, because browsers send
 long URLs and user agents legitimately; the count is reported back as an OTLP ``partial_success``
 warning. Attributes and events in e2e-otel's own ``e2e.`` namespace are dropped (see
-``RESERVED_PREFIX``): they steer the workflow records and are not the browser's to set. Runs on the
-request thread; pure CPU work, no I/O.
+``RESERVED_PREFIX``): they steer the workflow records and are not the browser's to set.
+
+Anyone holding the (public) browser ingest key can post, so what one request may *store* is capped
+too, by dropping and counting rather than rejecting: ``exception`` events past ``max_exceptions`` per
+request (each one can open an unresolved error group), and resource attributes past
+``max_resource_attributes`` (``service.name`` is always kept) with values cut to
+``max_resource_string_length``, since the resource is copied onto every record. Runs on the request
+thread; pure CPU work, no I/O.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ __all__ = [
     "DecodedBatch",
     "Limits",
     "OTLPValidationError",
+    "count_json_spans",
     "decode_json",
     "decode_protobuf",
     "to_readable_spans",
@@ -49,6 +56,8 @@ FRONTEND = "frontend"
 # names its workflow with W3C baggage ``e2e.workflow`` on its fetches, which reaches the server span.
 RESERVED_PREFIX = "e2e."
 ALLOWED_RESERVED = frozenset({"e2e.component", "e2e.operation"})
+EXCEPTION_EVENT = "exception"  # the event spans_to_records turns into an ErrorLog occurrence
+SERVICE_NAME = "service.name"
 
 _NS_PER_DAY = 86_400 * 1_000_000_000
 _HEX_RE = re.compile(r"[0-9a-fA-F]*")
@@ -74,7 +83,10 @@ _STATUS = {
 class Limits:
     """Validation bounds; the defaults are the documented ingestion limits."""
 
-    max_spans: int = 1000
+    max_spans: int = 512  # the OTel JS BatchSpanProcessor's default maxExportBatchSize
+    max_exceptions: int = 20  # exception events kept per request; later ones are dropped, counted
+    max_resource_attributes: int = 32  # kept per resource (service.name first); the rest dropped
+    max_resource_string_length: int = 128
     max_attributes: int = 128
     max_key_length: int = 128
     max_string_length: int = 4096
@@ -103,6 +115,8 @@ class DecodedBatch:
     spans: list[ReadableSpan] = field(default_factory=list)
     truncated_values: int = 0
     reserved_dropped: int = 0  # e2e.* attributes/events a browser may not set (see RESERVED_PREFIX)
+    exceptions_dropped: int = 0  # exception events past Limits.max_exceptions
+    resource_attributes_dropped: int = 0  # past Limits.max_resource_attributes
 
 
 # --- parsing ---------------------------------------------------------------------------------------
@@ -118,14 +132,22 @@ def decode_protobuf(body: bytes) -> ExportTraceServiceRequest:
     return request
 
 
-def decode_json(body: bytes) -> ExportTraceServiceRequest:
-    """OTLP/JSON: like proto3 JSON, except trace/span ids are hex strings (not base64)."""
+def decode_json(body: bytes, *, max_spans: int | None = None) -> ExportTraceServiceRequest:
+    """OTLP/JSON: like proto3 JSON, except trace/span ids are hex strings (not base64).
+
+    With ``max_spans``, the spans are counted on the parsed JSON and an oversized batch is refused
+    before any protobuf message is built (that conversion costs several times the JSON's memory).
+    """
     try:
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise OTLPValidationError("body is not valid UTF-8 JSON", [str(exc)[:200]]) from exc
     if not isinstance(data, dict):
         raise OTLPValidationError("body must be a JSON object with 'resourceSpans'")
+    if max_spans is not None:
+        total = count_json_spans(data)
+        if total > max_spans:
+            raise OTLPValidationError(_too_many_spans(total, max_spans))
     errors: list[str] = []
     _hex_ids_to_base64(data, errors)
     if errors:
@@ -136,6 +158,29 @@ def decode_json(body: bytes) -> ExportTraceServiceRequest:
     except (json_format.ParseError, TypeError, ValueError, RecursionError) as exc:
         raise OTLPValidationError("body does not match the OTLP trace JSON schema", [str(exc)]) from exc
     return request
+
+
+def _too_many_spans(total: int, limit: int) -> str:
+    return f"too many spans in one request: {total} (max {limit})"
+
+
+def count_json_spans(data: Mapping[str, Any]) -> int:
+    """Spans in parsed OTLP/JSON, counted the way the protobuf conversion would see them (list
+    lengths only, nothing copied)."""
+    total = 0
+    for name in ("resourceSpans", "resource_spans"):
+        resource_list = data.get(name)
+        if isinstance(resource_list, list):
+            for resource_spans in resource_list:
+                if not isinstance(resource_spans, dict):
+                    continue
+                scope_list = resource_spans.get("scopeSpans", resource_spans.get("scope_spans"))
+                if isinstance(scope_list, list):
+                    for scope_spans in scope_list:
+                        if isinstance(scope_spans, dict) and isinstance(scope_spans.get("spans"), list):
+                            total += len(scope_spans["spans"])
+            break
+    return total
 
 
 def _items(container: Mapping[str, Any], *names: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -189,42 +234,47 @@ class _Converter:
         self.errors: list[str] = []
         self.truncated = 0
         self.reserved = 0  # dropped e2e.* attributes and events
+        self.exceptions_kept = 0
+        self.exceptions_dropped = 0
+        self.resource_dropped = 0
 
     def error(self, message: str) -> None:
         self.errors.append(message)
 
-    def text(self, value: str) -> str:
-        if len(value) > self.limits.max_string_length:
+    def text(self, value: str, limit: int | None = None) -> str:
+        limit = self.limits.max_string_length if limit is None else limit
+        if len(value) > limit:
             self.truncated += 1
-            return value[: self.limits.max_string_length]
+            return value[:limit]
         return value
 
-    def value(self, value: AnyValue, where: str) -> Any:
+    def value(self, value: AnyValue, where: str, limit: int | None = None) -> Any:
         kind = value.WhichOneof("value")
         if kind == "string_value":
-            return self.text(value.string_value)
+            return self.text(value.string_value, limit)
         if kind in ("bool_value", "int_value", "double_value"):
             return getattr(value, kind)
         if kind == "bytes_value":
-            return self.text(base64.b64encode(value.bytes_value).decode("ascii"))
+            return self.text(base64.b64encode(value.bytes_value).decode("ascii"), limit)
         if kind == "array_value":
             items = list(value.array_value.values)
             if len(items) > self.limits.max_array_length:
                 self.error(f"{where}: array has {len(items)} items (max {self.limits.max_array_length})")
                 return None
-            converted = [self.value(item, where) for item in items]
+            converted = [self.value(item, where, limit) for item in items]
             converted = [item for item in converted if item is not None]
             types = {type(item) for item in converted}
             if len(types) <= 1 and not (types & {list, tuple, dict}):
                 return tuple(converted)
             # The SDK only carries homogeneous primitive arrays; keep the rest readable as JSON text.
-            return self.text(json.dumps(converted, default=str))
+            return self.text(json.dumps(converted, default=str), limit)
         if kind == "kvlist_value":
-            mapping = {kv.key: self.value(kv.value, where) for kv in value.kvlist_value.values}
-            return self.text(json.dumps(mapping, default=str))
+            mapping = {kv.key: self.value(kv.value, where, limit) for kv in value.kvlist_value.values}
+            return self.text(json.dumps(mapping, default=str), limit)
         return None  # empty AnyValue: attribute without a value is dropped
 
-    def attributes(self, pairs: Sequence[KeyValue], where: str, *, strip_reserved: bool = False) -> dict[str, Any]:
+    def attributes(self, pairs: Sequence[KeyValue], where: str, *, strip_reserved: bool = False,
+                   string_limit: int | None = None) -> dict[str, Any]:
         if len(pairs) > self.limits.max_attributes:
             self.error(f"{where}: {len(pairs)} attributes (max {self.limits.max_attributes})")
             return {}
@@ -240,10 +290,20 @@ class _Converter:
             if strip_reserved and pair.key.startswith(RESERVED_PREFIX) and pair.key not in ALLOWED_RESERVED:
                 self.reserved += 1
                 continue
-            converted = self.value(pair.value, f"{where}.{pair.key}")
+            converted = self.value(pair.value, f"{where}.{pair.key}", string_limit)
             if converted is not None:
                 result[pair.key] = converted
         return result
+
+    def resource_attributes(self, pairs: Sequence[KeyValue], where: str) -> dict[str, Any]:
+        """Short values, bounded count; ``service.name`` first so the cap never drops it."""
+        result = self.attributes(pairs, where, string_limit=self.limits.max_resource_string_length)
+        cap = self.limits.max_resource_attributes
+        if len(result) <= cap:
+            return result
+        ordered = sorted(result, key=lambda key: key != SERVICE_NAME)  # stable: payload order otherwise
+        self.resource_dropped += len(result) - cap
+        return {key: result[key] for key in ordered[:cap]}
 
     def timestamp(self, value: int, where: str) -> bool:
         if value <= 0:
@@ -307,6 +367,11 @@ class _Converter:
             if event.name.startswith(RESERVED_PREFIX):
                 self.reserved += 1
                 continue
+            if event.name == EXCEPTION_EVENT:
+                if self.exceptions_kept >= self.limits.max_exceptions:
+                    self.exceptions_dropped += 1
+                    continue
+                self.exceptions_kept += 1
             events.append(Event(self.text(event.name) or "event",
                                 self.attributes(event.attributes, f"{event_where}.attributes", strip_reserved=True),
                                 stamp))
@@ -357,12 +422,12 @@ def to_readable_spans(request: ExportTraceServiceRequest, *, limits: Limits | No
     if total == 0:
         return DecodedBatch()
     if total > limits.max_spans:
-        raise OTLPValidationError(f"too many spans in one request: {total} (max {limits.max_spans})")
+        raise OTLPValidationError(_too_many_spans(total, limits.max_spans))
     converter = _Converter(limits, time.time_ns() if now_ns is None else now_ns)
     batch = DecodedBatch()
     for r, resource_spans in enumerate(request.resource_spans):
-        resource_attributes = converter.attributes(resource_spans.resource.attributes,
-                                                   f"resourceSpans[{r}].resource.attributes")
+        resource_attributes = converter.resource_attributes(resource_spans.resource.attributes,
+                                                            f"resourceSpans[{r}].resource.attributes")
         resource = Resource(resource_attributes, resource_spans.schema_url or None)
         for s, scope_spans in enumerate(resource_spans.scope_spans):
             scope = None
@@ -384,4 +449,6 @@ def to_readable_spans(request: ExportTraceServiceRequest, *, limits: Limits | No
         raise OTLPValidationError("invalid spans; nothing from this payload was accepted", shown)
     batch.truncated_values = converter.truncated
     batch.reserved_dropped = converter.reserved
+    batch.exceptions_dropped = converter.exceptions_dropped
+    batch.resource_attributes_dropped = converter.resource_dropped
     return batch

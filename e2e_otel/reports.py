@@ -36,6 +36,7 @@ MAX_GROUPS = 20
 _RECENT_IDS = 5
 _SINCE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+MAX_SINCE = timedelta(days=3650)
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,13 @@ def parse_since(text: str) -> timedelta:
     match = _SINCE_RE.match(text or "")
     if match is None or float(match.group(1)) <= 0:
         raise ValueError(f"invalid duration {text!r}: expected a positive number and a unit s|m|h|d|w, e.g. 24h")
-    return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+    try:  # bounded: "now - since" must stay a datetime (1000000d, 99999999999w overflow)
+        window = timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+    except OverflowError:
+        window = None
+    if window is None or window > MAX_SINCE:
+        raise ValueError(f"invalid duration {text!r}: at most {MAX_SINCE.days} days")
+    return window
 
 
 def percentile(values: Sequence[float], pct: float) -> float | None:

@@ -396,3 +396,109 @@ def test_creating_an_existing_correlation_id_is_refused_with_a_field_error(keyed
     again = keyed.post(BASE + "workflow-sessions/", {"workflow_type": "import", "correlation_id": cid}, format="json")
     assert (first.status_code, again.status_code) == (201, 400)
     assert "correlation_id" in again.json()
+
+
+# --- hostile query input: 400 with the field named, never a 500 -------------------------------------------
+
+HOSTILE_VALUES = [
+    "99999999999999999999999", "9223372036854775808", "-1", "0", "-99999999999999999999999", "1e309", "NaN",
+    "abc", "x" * 5000, "a\x00b", "\x00", "é" * 200, "' OR 1=1 --", "%", "2024-13-45", "2024-02-30T25:61:00",
+    "9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+01:00", "not-a-uuid", "f" * 33,
+    "ffffffff-ffff-ffff-ffff-fffffffffffff", "1000000d", "99999999999w",
+]
+
+
+def _list_views() -> list[tuple[str, dict[str, Any]]]:
+    from e2e_otel.api import views
+
+    viewsets = {"workflow-sessions/": views.WorkflowSessionViewSet, "trace-steps/": views.TraceStepViewSet,
+                "performance-snapshots/": views.PerformanceSnapshotViewSet, "error-logs/": views.ErrorLogViewSet,
+                "debug-configurations/": views.DebugConfigurationViewSet,
+                "performance-thresholds/": views.PerformanceThresholdViewSet}
+    actions = {"workflow-sessions/": ["stats/"], "performance-snapshots/": ["alerts/"], "error-logs/": ["summary/"]}
+    found = []
+    for prefix, viewset in viewsets.items():
+        for url in [prefix, *(prefix + a for a in actions.get(prefix, []))]:
+            found.append((url, dict(viewset.filter_params)))
+    return found
+
+
+FUZZ_TARGETS = [(url, sorted([*params, "ordering", "limit", "offset"])) for url, params in _list_views()] + [
+    ("reports/", ["since", "top", "format"]),
+    ("query-findings/", ["kind", "correlation_id", "table", "limit"]),
+    ("system-health/", ["since"]),
+    ("endpoints/", ["format"]),
+]
+
+
+@pytest.mark.parametrize(("url", "names"), FUZZ_TARGETS, ids=[t[0] for t in FUZZ_TARGETS])
+def test_hostile_query_values_never_500(keyed, url, names):
+    make_session(steps=1)
+    make_error()
+    failures = []
+    for name in names:
+        for value in HOSTILE_VALUES:
+            try:
+                code = keyed.get(BASE + url, {name: value}).status_code
+            except Exception as exc:  # noqa: BLE001 (the test client re-raises the 500 as the exception)
+                code = f"{type(exc).__name__}: {str(exc)[:80]}"
+            if code not in (200, 400, 404, 406):
+                failures.append((name, value[:40], code))
+    assert not failures
+
+
+@pytest.mark.parametrize("value", ["99999999999999999999999", "9223372036854775808", "0", "-5", "12abc"])
+def test_integer_filter_out_of_range_is_400_with_field(keyed, value):
+    response = keyed.get(BASE + "trace-steps/", {"workflow_session": value})
+    assert response.status_code == 400
+    assert "workflow_session" in response.json()
+
+
+def test_integer_filter_accepts_the_largest_bigint(keyed):
+    session = make_session(steps=2)
+    assert len(keyed.get(BASE + "trace-steps/", {"workflow_session": str(session.id)}).json()["results"]) == 2
+    largest = keyed.get(BASE + "trace-steps/", {"workflow_session": str(2**63 - 1)})
+    assert largest.status_code == 200 and largest.json()["results"] == []
+
+
+def test_new_filters_are_indexed():
+    """STYLE: every API filter and ordering column leads an index (or is the leading column of one)."""
+    from django.db import connection
+
+    from e2e_otel.api import views
+
+    def leading_columns(model) -> set[str]:
+        with connection.cursor() as cursor:
+            constraints = connection.introspection.get_constraints(cursor, model._meta.db_table)
+        return {c["columns"][0] for c in constraints.values() if c["columns"] and (c["index"] or c["unique"]
+                                                                                    or c["primary_key"])}
+
+    small = {views.DebugConfigurationViewSet, views.PerformanceThresholdViewSet}  # a few dozen rows at most
+    for viewset in (views.WorkflowSessionViewSet, views.TraceStepViewSet, views.PerformanceSnapshotViewSet,
+                    views.ErrorLogViewSet, *small):
+        model = viewset.queryset.model
+        indexed = leading_columns(model)
+        for param in viewset.filter_params.values():
+            column = model._meta.get_field(param.lookup.split("__")[0]).column
+            assert column in indexed, (model.__name__, column)
+        if viewset in small:
+            continue
+        for name in viewset.ordering_fields:
+            column = model._meta.get_field(name).column
+            composite = {tuple(i.fields) for i in model._meta.indexes}
+            assert column in indexed or any(fields[-1] == name for fields in composite), (model.__name__, name)
+
+
+@pytest.mark.parametrize("prefix", ["workflow-sessions/", "trace-steps/", "performance-snapshots/", "error-logs/",
+                                    "debug-configurations/", "performance-thresholds/"])
+def test_hostile_detail_lookups_are_404(keyed, prefix):
+    failures = []
+    for value in ["99999999999999999999999", "9223372036854775808", "0", "-1", "abc", "f" * 40, "1e309",
+                  "ffffffff-ffff-ffff-ffff-ffffffffffff", "%00", "x" * 300]:
+        try:
+            code = keyed.get(f"{BASE}{prefix}{value}/").status_code
+        except Exception as exc:  # noqa: BLE001 (a re-raised view exception is the 500)
+            code = f"{type(exc).__name__}: {str(exc)[:80]}"
+        if code != 404:
+            failures.append((value[:40], code))
+    assert not failures

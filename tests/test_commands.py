@@ -8,7 +8,8 @@ from io import StringIO
 
 import pytest
 from django.conf import settings
-from django.core.management import call_command
+from django.core.management import call_command, load_command_class
+from django.core.management.base import CommandError
 from django.test import override_settings
 from django.utils import timezone
 
@@ -114,3 +115,37 @@ def test_prune_by_cap_deletes_oldest_first():
     assert set(WorkflowSession.objects.values_list("pk", flat=True)) == {sessions[3].pk, sessions[4].pk}
     again = run("prune_debugging_records", "--max-sessions", "2")
     assert "deleted 0 sessions_over_cap" in again
+
+
+def test_prune_deletes_unresolved_errors_after_failed_retention():
+    """Unresolved groups (e.g. made up by a hostile browser) must not pile up forever."""
+    now = timezone.now()
+    stale_open = ErrorLog.objects.create(layer="frontend", error_type="Made", fingerprint="s",
+                                         last_seen=now - timedelta(days=61))
+    recent_open = ErrorLog.objects.create(layer="frontend", error_type="Real", fingerprint="r",
+                                          last_seen=now - timedelta(days=59))
+    stale_resolved = ErrorLog.objects.create(layer="api", error_type="E", fingerprint="x", resolved=True,
+                                             last_seen=now - timedelta(days=61))
+    with e2e(RETENTION_DAYS=14, FAILED_RETENTION_DAYS=60):
+        dry = run("prune_debugging_records", "--dry-run")
+        assert "would delete 1 unresolved_error_logs_expired" in dry
+        assert ErrorLog.objects.filter(pk=stale_open.pk).exists()
+        output = run("prune_debugging_records", "--batch-size", "1")
+    assert "deleted 1 unresolved_error_logs_expired" in output and "deleted 1 error_logs" in output
+    assert set(ErrorLog.objects.values_list("pk", flat=True)) == {recent_open.pk}
+    assert not ErrorLog.objects.filter(pk__in=[stale_open.pk, stale_resolved.pk]).exists()
+    output = run("prune_debugging_records", "--failed-retention-days", "30")
+    assert "deleted 1 unresolved_error_logs_expired" in output
+    assert not ErrorLog.objects.exists()
+    parser = load_command_class("e2e_otel", "prune_debugging_records").create_parser("manage.py", "prune")
+    assert "UNRESOLVED error groups" in parser.format_help()
+
+
+@pytest.mark.parametrize("option", ["--retention-days", "--failed-retention-days", "--batch-size"])
+def test_prune_rejects_zero_instead_of_falling_back_to_the_setting(option):
+    kept = session(20)
+    with pytest.raises(CommandError, match=f"{option} must be >= 1, got 0"):
+        run("prune_debugging_records", option, "0")
+    with pytest.raises(CommandError, match="--max-sessions must be >= 0, got -1"):
+        run("prune_debugging_records", "--max-sessions", "-1")
+    assert WorkflowSession.objects.filter(pk=kept.pk).exists()

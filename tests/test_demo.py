@@ -8,10 +8,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import IO, Self
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -197,3 +201,257 @@ def test_frontend_payload_is_valid_otlp_json() -> None:
     assert names["HTTP POST"].parent.span_id == int(root.span_id, 16)
     assert names["click checkout"].attributes["e2e.layer"] == "frontend"
     assert not names["click checkout"].status.is_ok
+
+
+# --- review fixes: foreign databases, hosts, DATABASE_URL options, declined payments, signals ---------
+
+DEMO_CMD = [sys.executable, "-m", "e2e_otel", "demo", "--port", "0"]
+
+
+def _make_foreign_sqlite(tmp_path: Path, db: Path) -> None:
+    """A database the demo did not create: the demo's schema, an ``admin`` superuser, no marker."""
+    env = demo_env(tmp_path)
+    env.update(DJANGO_SETTINGS_MODULE="e2e_otel.demo.settings", E2E_DEMO_DB=str(db))
+    code = ("import django; django.setup()\n"
+            "from django.core.management import call_command\n"
+            "from django.contrib.auth import get_user_model\n"
+            "call_command('migrate', interactive=False, verbosity=0)\n"
+            "get_user_model().objects.create_superuser('admin', 'ops@example.com', 'their-own-password')\n")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=tmp_path, timeout=120)
+
+
+def _user(db: Path, username: str) -> tuple[str, int] | None:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT password, is_superuser FROM auth_user WHERE username = ?", (username,)).fetchone()
+
+
+@pytest.mark.slow
+def test_demo_refuses_a_foreign_database_and_never_touches_its_users(tmp_path: Path) -> None:
+    db = tmp_path / "project.sqlite3"
+    _make_foreign_sqlite(tmp_path, db)
+    before = _user(db, "admin")
+    assert before is not None and before[1] == 1
+
+    refused = subprocess.run([*DEMO_CMD, "--workflows", "0", "--no-serve", "--db", str(db)], check=False,
+                             env=demo_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    assert "not created by e2e-otel demo" in refused.stderr and "--reset" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert _user(db, "admin") == before and _user(db, "e2e-demo-admin") is None
+
+    taken = subprocess.run([*DEMO_CMD, "--workflows", "0", "--no-serve", "--db", str(db), "--reset"], check=False,
+                           env=demo_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert taken.returncode == 0, taken.stderr[-2000:]
+    assert _user(db, "admin") == before  # same hash, still a superuser: the demo uses its own names
+    demo_admin = _user(db, "e2e-demo-admin")
+    assert demo_admin is not None and demo_admin[1] == 1
+    assert "e2e-demo-admin" in taken.stdout
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM debugging_configuration WHERE name = 'e2e_demo'").fetchone()[0] == 1
+        alice = conn.execute("SELECT id FROM auth_user WHERE username = 'e2e-demo-alice'").fetchone()[0]
+        conn.execute("INSERT INTO authtoken_token (key, created, user_id) VALUES ('stale0token0of0an0earlier0run0000000000', "
+                     "'2026-01-01 00:00:00', ?)", (alice,))
+
+    # Now marked as the demo's: accepted without --reset, and the earlier run's token is gone.
+    again = subprocess.run([*DEMO_CMD, "--workflows", "0", "--no-serve", "--db", str(db)], check=False,
+                           env=demo_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _user(db, "admin") == before
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM authtoken_token WHERE key LIKE 'stale0%'").fetchone()[0] == 0
+
+
+def test_wildcard_listen_address_allows_every_host(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import runpy
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("E2E_DEMO_DB", str(tmp_path / "hosts.sqlite3"))
+    resolved = {}
+    for host in ("0.0.0.0", "::", "127.0.0.1", "10.1.2.3", "::1"):
+        monkeypatch.setenv("E2E_DEMO_HOST", host)
+        resolved[host] = runpy.run_module("e2e_otel.demo.settings")["ALLOWED_HOSTS"]
+    assert resolved["0.0.0.0"] == ["*"] and resolved["::"] == ["*"]
+    assert "*" not in resolved["127.0.0.1"] and "localhost" in resolved["127.0.0.1"]
+    assert "10.1.2.3" in resolved["10.1.2.3"] and "*" not in resolved["10.1.2.3"]
+    assert "[::1]" in resolved["::1"]
+
+
+def test_database_url_options_and_errors() -> None:
+    db = database_from_url("mysql://u:p@h:3306/db?charset=latin1&ssl_ca=/etc/ca.pem&ssl_cert=/c.pem&ssl_key=/k.pem")
+    assert db["OPTIONS"] == {"charset": "latin1", "ssl": {"ca": "/etc/ca.pem", "cert": "/c.pem", "key": "/k.pem"}}
+    assert database_from_url("mysql://u@h/db")["OPTIONS"] == {"charset": "utf8mb4"}
+    with pytest.raises(ImproperlyConfigured, match=r"unknown option 'sslmode'; known options: charset, ssl_ca"):
+        database_from_url("mysql://u:p@h/db?sslmode=require")
+    with pytest.raises(ImproperlyConfigured, match="port must be a number") as bad_port:
+        database_from_url("mysql://u:secret@h:notaport/db")
+    assert "secret" not in str(bad_port.value)
+
+
+def test_demo_reports_a_bad_database_url_in_one_line(tmp_path: Path) -> None:
+    env = demo_env(tmp_path)
+    for url, expected in (("mysql://u:hunter2@h:notaport/db", "port must be a number"),
+                          ("mysql://u:hunter2@h/db?ssl_mode=on", "unknown option 'ssl_mode'")):
+        env["DATABASE_URL"] = url
+        result = subprocess.run([*DEMO_CMD, "--no-serve"], check=False, env=env, capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.strip().count("\n") == 0 and expected in result.stderr, result.stderr
+        assert "hunter2" not in result.stderr
+
+
+class _FakeShop:
+    """A real HTTP server answering the shop API paths the driver uses (one request thread each)."""
+
+    def __init__(self, checkout: tuple[int, dict]) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        shop = self
+        self.paths: list[str] = []
+        self.ingested: list[dict] = []
+        self.products = [{"id": pid, "category": {"slug": "books"}} for pid in (11, 12, 13)]
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _answer(self, status: int, body: object) -> None:
+                raw = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_GET(self) -> None:
+                shop.paths.append(self.path)
+                path = self.path.split("?", 1)[0]
+                if path == "/api/shop/products/":
+                    self._answer(200, shop.products)
+                elif path.startswith("/api/shop/products/"):
+                    self._answer(200, {"id": int(path.rstrip("/").rsplit("/", 1)[1])})
+                else:
+                    self._answer(200, [])
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                shop.paths.append(self.path)
+                if self.path == "/api/v1/debugging/otlp/v1/traces":
+                    shop.ingested.append(json.loads(raw))
+                    self._answer(200, {})
+                elif self.path == "/api/shop/checkout/":
+                    self._answer(*checkout)
+                elif self.path == "/api/shop/cart/items/":
+                    self._answer(400, {"quantity": ["too small"]})
+                else:
+                    self._answer(200, {})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+def test_driver_opens_varied_products_and_counts_declines_as_failed() -> None:
+    from e2e_otel.demo.traffic import TrafficDriver
+
+    declined = (402, {"detail": "declined", "code": "payment_declined"})
+    with _FakeShop(declined) as shop:
+        driver = TrafficDriver(shop.url, ingest_key="k", customers=["u"], password="pw", product_ids=[11, 12, 13],
+                               category_slugs=["books"])
+        browser = driver.browsers[0]
+        for _ in range(3):
+            assert not driver.run_workflow("product_fetch", browser).failed
+        opened = [p for p in shop.paths if p.rstrip("/").rsplit("/", 1)[-1].isdigit()]
+        assert opened == ["/api/shop/products/11/", "/api/shop/products/12/", "/api/shop/products/13/"]
+
+        checkout = driver.run_workflow("checkout", browser)
+        assert [c.status for c in checkout.calls] == [402] and checkout.failed and checkout.ingest_status == 200
+        spans = {s["name"]: s for s in shop.ingested[-1]["resourceSpans"][0]["scopeSpans"][0]["spans"]}
+        assert spans["click checkout"]["status"] == {"code": 2, "message": "POST /api/shop/checkout/ answered 402"}
+        assert spans["HTTP POST"]["status"]["code"] == 2
+
+        invalid = driver.run_workflow("cart_update", browser)  # a 400 is the client's, not a failure
+        assert {c.status for c in invalid.calls} >= {400} and not invalid.failed
+
+    with _FakeShop((409, {"detail": "out of stock", "code": "out_of_stock"})) as shop:
+        driver = TrafficDriver(shop.url, ingest_key=None, customers=["u"], password="pw", product_ids=[1],
+                               category_slugs=[])
+        assert not driver.run_workflow("checkout", driver.browsers[0]).failed
+
+
+def _serve_until_ready(tmp_path: Path, db: Path) -> subprocess.Popen[str]:
+    process = subprocess.Popen([*DEMO_CMD, "--workflows", "0", "--db", str(db)], env=demo_env(tmp_path),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    serving = threading.Event()
+
+    def watch(stream: IO[str]) -> None:
+        for line in stream:  # drained to the end so the child never blocks on a full pipe
+            if "until Ctrl-C" in line:
+                serving.set()
+
+    assert process.stdout is not None
+    threading.Thread(target=watch, args=(process.stdout,), daemon=True).start()
+    if serving.wait(90):
+        return process
+    process.kill()
+    raise AssertionError(f"the demo did not start serving: {process.communicate()[1][-2000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("first", "second", "code"), [(signal.SIGINT, signal.SIGTERM, 130),
+                                                        (signal.SIGTERM, signal.SIGINT, 143)])
+def test_demo_exit_status_after_a_signal(tmp_path_factory: pytest.TempPathFactory, first: int, second: int,
+                                         code: int) -> None:
+    tmp = tmp_path_factory.getbasetemp() / "signals"
+    tmp.mkdir(exist_ok=True)
+    process = _serve_until_ready(tmp, tmp / "signals.sqlite3")
+    try:
+        process.send_signal(first)
+        time.sleep(0.05)
+        process.send_signal(second)  # during shutdown: ignored, no traceback
+        process.wait(timeout=30)
+        assert process.stderr is not None
+        err = process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == code, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+
+
+@pytest.mark.mysql
+@pytest.mark.slow
+def test_demo_on_mysql_via_database_url(tmp_path: Path) -> None:
+    import pymysql
+
+    name = f"{os.environ.get('E2E_MYSQL_TEST_DATABASE', 'test_e2e')}_demo_cli"
+    admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", autocommit=True)
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        env = demo_env(tmp_path)
+        env["DATABASE_URL"] = f"mysql://root:@127.0.0.1:3306/{name}?charset=utf8mb4"
+        result = subprocess.run([*DEMO_CMD, "--workflows", "8", "--no-serve"], check=False, env=env,
+                                capture_output=True, text=True, timeout=180)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"MySQL {name} on 127.0.0.1:3306" in result.stdout
+        with admin.cursor() as cursor:
+            cursor.execute(f"SELECT workflow_type, COUNT(*) FROM `{name}`.debugging_workflow_session "
+                           "GROUP BY workflow_type")
+            assert dict(cursor.fetchall()) == {t: 2 for t in WORKFLOW_TYPES}
+            cursor.execute(f"SELECT COUNT(*) FROM `{name}`.debugging_configuration WHERE name = 'e2e_demo'")
+            assert cursor.fetchone()[0] == 1
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django.test import Client, override_settings
+from django.test import Client, RequestFactory, override_settings
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -24,8 +24,9 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.trace import SpanKind, StatusCode
 
 from e2e_otel.bootstrap import get_runtime
-from e2e_otel.ingest import reset_rate_limits
-from e2e_otel.models import TraceStep, WorkflowSession
+from e2e_otel.ingest import client_address, reset_rate_limits
+from e2e_otel.models import ErrorLog, TraceStep, WorkflowSession
+from e2e_otel.otlp_decode import OTLPValidationError, decode_json
 
 URL = "/api/v1/debugging/otlp/v1/traces"
 ORIGIN = "http://localhost:3000"
@@ -575,3 +576,171 @@ def test_gunicorn_forwards_browser_spans_to_the_exporter_and_records(otlp_receiv
                 break
             time.sleep(0.2)
         assert layers.count("frontend") == 2 and "api" in layers, (layers, server.logs())
+
+
+# --- what one request may store is bounded (the ingest key ships in browser JS, it is no secret) ---------
+
+
+def _exception_spans(trace_id: int, count: int, per_span: int, error_prefix: str) -> ExportTraceServiceRequest:
+    now_ns = time.time_ns()
+    made_up = []
+    for index in range(count):
+        made_up.append(trace_pb2.Span(
+            trace_id=trace_id.to_bytes(16, "big"), span_id=(index + 1).to_bytes(8, "big"), name=f"s{index}",
+            start_time_unix_nano=now_ns - NS, end_time_unix_nano=now_ns,
+            events=[trace_pb2.Span.Event(time_unix_nano=now_ns, name="exception", attributes=[
+                kv("exception.type", f"{error_prefix}{index}x{k}"), kv("exception.message", "made up")])
+                for k in range(per_span)]))
+    return ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
+        resource=Resource(attributes=[kv("service.name", "shop-web")]),
+        scope_spans=[trace_pb2.ScopeSpans(spans=made_up)])])
+
+
+def _exceptions(exported: list[Any]) -> list[str]:
+    return [e.attributes["exception.type"] for s in exported for e in s.events if e.name == "exception"]
+
+
+def test_exception_events_are_capped_per_request_and_reported(spans):
+    trace_id = new_trace_id()
+    response = post(_exception_spans(trace_id, count=30, per_span=2, error_prefix="Fake").SerializeToString())
+    assert response.status_code == 200, response.content
+    partial = ExportTraceServiceResponse.FromString(response.content).partial_success
+    assert partial.rejected_spans == 0
+    assert "40 exception event(s) over the limit of 20 per request were dropped" in partial.error_message
+    exported = frontend_spans(spans, trace_id)
+    assert len(exported) == 30  # every span is kept, only the surplus exception events go
+    assert _exceptions(exported) == [f"Fake{i}x{k}" for i in range(10) for k in range(2)]
+
+    other = new_trace_id()
+    with e2e_settings(INGEST_MAX_EXCEPTIONS=0):
+        response = post(to_otlp_json(_exception_spans(other, count=2, per_span=1, error_prefix="F")),
+                        content_type="application/json")
+    assert "2 exception event(s) over the limit of 0" in json.loads(response.content)["partialSuccess"]["errorMessage"]
+    assert _exceptions(frontend_spans(spans, other)) == []
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_one_request_cannot_open_more_error_groups_than_the_cap():
+    runtime = get_runtime()
+    assert runtime is not None
+    prefix = f"Flood{uuid.uuid4().hex[:8]}_"
+    payload = _exception_spans(new_trace_id(), count=100, per_span=8, error_prefix=prefix)  # 800 made-up types
+    assert post(payload.SerializeToString()).status_code == 200
+    assert runtime.force_flush(10)
+    groups = ErrorLog.objects.filter(error_type__startswith=prefix, resolved=False)
+    assert groups.count() == 20
+
+
+def test_browser_span_cap_is_512_by_default(spans):
+    trace_id = new_trace_id()
+    too_many = browser_payload(trace_id, extra_spans=511).SerializeToString()  # 513 spans
+    body = _assert_rejected(post(too_many), 400, spans, trace_id)
+    assert body["error"] == "too many spans in one request: 513 (max 512)"
+    assert post(browser_payload(trace_id, extra_spans=510).SerializeToString()).status_code == 200
+    assert len(frontend_spans(spans, trace_id)) == 512
+    with e2e_settings(INGEST_MAX_SPANS=1000):
+        assert post(too_many).status_code == 200
+
+
+def test_resource_attributes_are_short_and_few_but_service_name_stays(spans):
+    trace_id = new_trace_id()
+    payload = browser_payload(trace_id)
+    resource = payload.resource_spans[0].resource
+    del resource.attributes[:]
+    resource.attributes.extend([kv(f"r{i}", "v" * 300) for i in range(40)] + [kv("service.name", "shop-web")])
+    response = post(payload.SerializeToString())
+    assert response.status_code == 200, response.content
+    message = ExportTraceServiceResponse.FromString(response.content).partial_success.error_message
+    assert "9 resource attribute(s) over the limit of 32 were dropped" in message
+    assert "attribute value(s) longer than the limit were truncated" in message
+    attributes = dict(frontend_spans(spans, trace_id)[0].resource.attributes)
+    assert len(attributes) == 32
+    assert attributes["service.name"] == "shop-web"
+    assert list(attributes)[1:] == [f"r{i}" for i in range(31)]
+    assert {len(value) for key, value in attributes.items() if key != "service.name"} == {128}
+
+
+# --- decode memory: gzip ratio, decompressed size, early span count ----------------------------------------
+
+
+def _empty_spans_json(count: int) -> bytes:
+    return json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [{}] * count}]}]}).encode()
+
+
+def test_gzip_ratio_bomb_is_refused_with_a_clear_error(spans):
+    trace_id = new_trace_id()
+    raw = _empty_spans_json(1_000_000)  # ~4 MB of JSON
+    bomb = gzip.compress(raw, 9)
+    assert len(bomb) < 8 * 1024 and len(raw) > 3_900_000
+    body = _assert_rejected(post(bomb, content_type="application/json", **{"Content-Encoding": "gzip"}),
+                            413, spans, trace_id)
+    assert "compression ratio above 50:1 is refused" in body["error"]
+    # A tiny but very repetitive batch (under 64 KiB decompressed) is still fine.
+    small = browser_payload(trace_id, span_overrides={
+        "attributes": [kv(f"a{i}", "x" * 4000) for i in range(15)]}).SerializeToString()
+    assert 50 * len(gzip.compress(small)) < len(small) < 64 * 1024
+    assert post(gzip.compress(small), **{"Content-Encoding": "gzip"}).status_code == 200
+
+
+def test_decompressed_size_cap_defaults_to_one_mib(spans):
+    trace_id = new_trace_id()
+    rng = random.Random(7)
+    noise = "".join(rng.choice("acgt") for _ in range(1_100_000))  # ~4:1, well under the ratio cap
+    payload = browser_payload(trace_id, span_overrides={"name": noise})
+    body = gzip.compress(to_otlp_json(payload))
+    assert len(body) < 512 * 1024
+    error = _assert_rejected(post(body, content_type="application/json", **{"Content-Encoding": "gzip"}),
+                             413, spans, trace_id)["error"]
+    assert error == "decompressed body exceeds the limit of 1048576 bytes"
+
+
+def test_json_spans_are_counted_before_any_protobuf_is_built():
+    # 600 spans that protobuf parsing would refuse: the count must answer first.
+    body = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [{"name": 5}] * 600}]}]}).encode()
+    with pytest.raises(OTLPValidationError, match=r"too many spans in one request: 600 \(max 512\)"):
+        decode_json(body, max_spans=512)
+    with pytest.raises(OTLPValidationError, match="does not match the OTLP trace JSON schema"):
+        decode_json(body, max_spans=600)
+    response = post(body, content_type="application/json")
+    assert response.status_code == 400
+    assert json.loads(response.content)["error"] == "too many spans in one request: 600 (max 512)"
+
+
+# --- rate-limit key behind reverse proxies -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("forwarded", "trusted", "expected"), [
+    ("203.0.113.7", 0, "10.0.0.1"),  # default: X-Forwarded-For is ignored
+    ("203.0.113.7", 1, "203.0.113.7"),
+    ("6.6.6.6, 203.0.113.7", 1, "203.0.113.7"),  # the left entry is whatever the client sent
+    ("6.6.6.6, 203.0.113.7, 10.1.1.1", 2, "203.0.113.7"),
+    (" 2001:DB8::1 ", 1, "2001:db8::1"),
+    ("203.0.113.7", 2, "10.0.0.1"),  # fewer entries than proxies
+    ("not-an-ip", 1, "10.0.0.1"),
+    ("6.6.6.6, 203.0.113.7:8080", 1, "10.0.0.1"),
+    ("", 1, "10.0.0.1"),
+    (None, 1, "10.0.0.1"),
+])
+def test_client_address(forwarded, trusted, expected):
+    headers = {"X-Forwarded-For": forwarded} if forwarded is not None else {}
+    request = RequestFactory().post(URL, REMOTE_ADDR="10.0.0.1", headers=headers)
+    assert client_address(request, trusted) == expected
+
+
+def test_rate_limit_per_forwarded_client_behind_a_proxy(spans):
+    body = browser_payload(new_trace_id()).SerializeToString()
+
+    def status(forwarded: str) -> int:
+        return post(body, **{"X-Forwarded-For": forwarded}).status_code
+
+    with e2e_settings(INGEST_RATE_LIMIT=1, INGEST_TRUSTED_PROXIES=1):
+        assert status("198.51.100.1") == 200
+        assert status("198.51.100.2") == 200  # another browser behind the same proxy: own bucket
+        assert status("1.2.3.4, 198.51.100.1") == 429  # spoofed left entry does not buy a new bucket
+        assert status("garbage") == 200  # falls back to REMOTE_ADDR (the proxy): its own bucket
+        assert status("also garbage") == 429
+    reset_rate_limits()
+    with e2e_settings(INGEST_RATE_LIMIT=1):  # INGEST_TRUSTED_PROXIES=0: everyone shares REMOTE_ADDR
+        assert status("198.51.100.1") == 200
+        assert status("198.51.100.2") == 429

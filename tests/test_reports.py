@@ -88,6 +88,10 @@ def test_parse_since_and_percentile() -> None:
     for bad in ("", "24", "h", "-1h", "0h", "3y"):
         with pytest.raises(ValueError, match="invalid duration"):
             parse_since(bad)
+    assert parse_since("3650d") == timedelta(days=3650)
+    for huge in ("3651d", "1000000d", "99999999999w", "9" * 400 + "s", "1" + "0" * 400 + "h"):
+        with pytest.raises(ValueError, match="at most 3650 days"):
+            parse_since(huge)
     assert percentile([], 50) is None
     assert percentile([3.0], 95) == 3.0
     values = [float(v) for v in range(100, 0, -1)]
@@ -156,6 +160,12 @@ def test_command_writes_each_format(rows: dict[str, object], tmp_path, capsys) -
     assert out.startswith("# e2e-otel debugging report") and "| checkout | 11 |" in out
     with pytest.raises(CommandError, match="invalid duration"):
         call_command("debugging_report", "--since", "yesterday")
+    for huge in ("1000000d", "99999999999w"):
+        with pytest.raises(CommandError, match="at most 3650 days"):
+            call_command("debugging_report", "--since", huge)
+    for top in ("0", "51", "9" * 30):
+        with pytest.raises(CommandError, match="--top must be between 1 and 50"):
+            call_command("debugging_report", "--top", top)
 
 
 def test_api_auth_formats_and_validation(rows: dict[str, object]) -> None:
@@ -175,11 +185,14 @@ def test_api_auth_formats_and_validation(rows: dict[str, object]) -> None:
     assert client.get(URL, {"format": "json"}, **AUTH).json()["totals"]["workflows"] == 13
     assert client.get(URL, {"since": "soon"}, **AUTH).status_code == 400
     assert client.get(URL, {"top": "0"}, **AUTH).status_code == 400
+    for huge in ("1000000d", "99999999999w"):
+        response = client.get(URL, {"since": huge}, **AUTH)
+        assert response.status_code == 400 and "since" in response.json()
+    assert client.get(URL, {"top": "9" * 30}, **AUTH).status_code == 400
     for secret in SECRETS:
         assert secret.encode() not in response.content
 
 
-@pytest.mark.django_db
 def test_live_query_findings_are_reported() -> None:
     """A real N+1 request through the live runtime's QueryAnalyzer shows up in the report."""
     Item.objects.bulk_create([Item(name=f"i{i}") for i in range(6)])

@@ -23,6 +23,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.db.models import Count
 
+from e2e_otel.demo.seed import CUSTOMERS
 from e2e_otel.demo.summary import parse_prometheus_text
 from e2e_otel.demo.traffic import Browser, TrafficDriver, WorkflowRun
 from e2e_otel.models import ErrorLog, TraceStep, WorkflowSession
@@ -108,12 +109,14 @@ def scenario(django_db_setup: None, django_db_blocker: Any) -> Iterator[Scenario
             # Every checkout is slow; payments fail on the 1st, 3rd, ... attempt.
             "E2E_DEMO_FAULTS": "n_plus_one,slow_checkout=1,payment_failure=0.5,invalid_payload",
         })
-        server = ServerProcess([sys.executable, "-m", "e2e_otel", "demo", "--port", str(port), "--workflows", "0"],
+        # --reset: the pytest-django test database is not one the demo created.
+        server = ServerProcess([sys.executable, "-m", "e2e_otel", "demo", "--port", str(port), "--workflows", "0",
+                                "--reset"],
                                port=port, env=env, startup_timeout=90)
         try:
             server.start()
             catalogue = json.loads(server.get("/api/shop/products/?n_plus_one=0")[2])
-            driver = TrafficDriver(server.base_url, ingest_key=INGEST_KEY, customers=["alice"], password=PASSWORD,
+            driver = TrafficDriver(server.base_url, ingest_key=INGEST_KEY, customers=[CUSTOMERS[0]], password=PASSWORD,
                                    product_ids=[p["id"] for p in catalogue],
                                    category_slugs=sorted({p["category"]["slug"] for p in catalogue}))
             browser: Browser = driver.browsers[0]
@@ -220,7 +223,8 @@ def test_checkout_workflow_is_slow_and_trips_the_threshold(scenario: Scenario) -
 @pytest.mark.django_db
 def test_failing_payment_gives_failed_session_and_grouped_error(scenario: Scenario) -> None:
     run, session = scenario.runs["checkout_failed"], scenario.session("checkout_failed")
-    assert [c.status for c in run.calls] == [502]
+    assert [c.status for c in run.calls] == [402]
+    assert run.calls[0].body["code"] == "payment_declined" and run.failed
     assert (session.workflow_type, session.status) == ("checkout", "failed")
     assert session.error_count >= 1
     steps = scenario.steps("checkout_failed")

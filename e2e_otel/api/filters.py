@@ -1,8 +1,23 @@
 """Query-string filters for the API, declared per viewset as ``filter_params``.
 
 A tiny backend instead of django-filter (no extra dependency): each parameter has a parser that
-raises ``ValueError`` on bad input, which becomes a 400 with the parameter named. Every filtered
-column is indexed (see ``models.Meta.indexes``). Runs on the request thread.
+raises ``ValueError`` on bad input, which becomes a 400 with the parameter named. Parsers bound what
+they accept (integers to a positive BIGINT, text to 190 characters without NUL, datetimes to what the
+database can store) so hostile input is a 400, never an ``OverflowError`` 500. Runs on the request thread.
+
+Indexes (``e2e_otel.models``, checked by ``tests/test_api.py::test_new_filters_are_indexed``): every
+filtered column leads an index. Orderings on the big, span-derived tables are indexed for the filter
+they are used with:
+
+- trace-steps ``duration_ms``: ``(layer, duration_ms)`` — "slowest database steps".
+- workflow-sessions ``duration_ms``: ``(status, duration_ms)`` — "slowest completed/failed workflows".
+  ``step_count``/``error_count`` are not orderable: they change on every merged span (an index there
+  costs every write) and ``error-logs``/``stats`` answer "which workflows fail" better.
+- performance-snapshots ``metric_value``: ``(metric_name, metric_value)`` — values only compare
+  within one metric.
+- error-logs ``occurrences``: ``(resolved, occurrences)`` — "most frequent open errors".
+
+Debug configurations and thresholds are a few dozen rows: their orderings need no index.
 """
 
 from __future__ import annotations
@@ -30,6 +45,19 @@ def parse_uuid(value: str) -> uuid.UUID:
     return uuid.UUID(int=number)
 
 
+BIGINT_MAX = 2**63 - 1
+MAX_DIGITS = len(str(BIGINT_MAX))
+
+
+def parse_id(value: str) -> int:
+    """A primary/foreign key: 1..2**63-1 (signed BIGINT), ASCII digits only (``int()`` would take
+    ``"١٢"``, ``"1_000"`` and 4300-digit strings)."""
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_DIGITS or not 1 <= int(text) <= BIGINT_MAX:
+        raise ValueError(f"expected an integer between 1 and {BIGINT_MAX}")
+    return int(text)
+
+
 def parse_bool(value: str) -> bool:
     text = value.strip().lower()
     if text in ("1", "true", "yes"):
@@ -40,16 +68,24 @@ def parse_bool(value: str) -> bool:
 
 
 def parse_when(value: str) -> Any:
+    """ISO 8601 date or datetime (naive = UTC), normalised to UTC here: an offset that pushes it past
+    year 1..9999 is a ``ValueError`` (400), not an ``OverflowError`` in the database adapter."""
     text = value.strip()
-    moment = parse_datetime(text.replace(" ", "+")) if "T" in text else None
-    if moment is None:
-        day = parse_date(text)
-        if day is None:
-            raise ValueError("expected an ISO 8601 date or datetime")
-        moment = dt.datetime(day.year, day.month, day.day)
-    if timezone.is_naive(moment):
-        moment = timezone.make_aware(moment, dt.timezone.utc)
-    return moment
+    invalid = "expected an ISO 8601 date or datetime"
+    try:
+        moment = parse_datetime(text.replace(" ", "+")) if "T" in text else None
+        if moment is None:
+            day = parse_date(text)
+            if day is None:
+                raise ValueError(invalid)
+            moment = dt.datetime(day.year, day.month, day.day)
+        if timezone.is_naive(moment):
+            moment = timezone.make_aware(moment, dt.timezone.utc)
+        return moment.astimezone(dt.timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{invalid} between years 1 and 9999") from None
+    except ValueError as exc:  # parse_datetime's own message for e.g. month 13
+        raise ValueError(invalid) from exc
 
 
 def choice(choices: Iterable[str]) -> Callable[[str], str]:
@@ -66,6 +102,8 @@ def choice(choices: Iterable[str]) -> Callable[[str], str]:
 def text(value: str) -> str:
     if len(value) > 190:
         raise ValueError("at most 190 characters")
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
     return value
 
 

@@ -46,7 +46,7 @@ from ..models import (
 )
 from ..propagation import parse_correlation_id
 from . import serializers as s
-from .filters import Param, QueryParamFilterBackend, choice, parse_bool, parse_uuid, time_range
+from .filters import Param, QueryParamFilterBackend, choice, parse_bool, parse_id, parse_uuid, time_range
 from .permissions import AUTHENTICATION_CLASSES, IsStaffOrApiKey, actor_name
 
 SUMMARY_LIMIT = 50
@@ -98,7 +98,7 @@ class WorkflowSessionViewSet(DebuggingAPIMixin, mixins.ListModelMixin, mixins.Cr
     queryset = WorkflowSession.objects.all()
     serializer_class = s.WorkflowSessionSerializer
     lookup_value_regex = r"[0-9a-fA-F-]{1,36}"
-    ordering_fields = ["start_time", "last_activity", "duration_ms", "step_count", "error_count", "id"]
+    ordering_fields = ["start_time", "last_activity", "duration_ms", "id"]  # indexes: see filters.py
     ordering = ["-start_time", "-id"]
     filter_params = {
         "status": Param("status", choice(WorkflowStatus.values)),
@@ -244,7 +244,7 @@ class TraceStepViewSet(DebuggingAPIMixin, viewsets.ReadOnlyModelViewSet):
     ordering_fields = ["start_time", "duration_ms", "id"]
     ordering = ["start_time", "id"]
     filter_params = {
-        "workflow_session": Param("workflow_session_id", int, "session id", "integer"),
+        "workflow_session": Param("workflow_session_id", parse_id, "session id", "integer"),
         "correlation_id": Param("correlation_id", parse_uuid, "trace id as UUID or 32 hex digits"),
         "layer": Param("layer", choice(Layer.values)),
         "component": Param("component"),

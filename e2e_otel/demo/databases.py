@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
+
+# Query options of DATABASE_URL: ``charset`` goes to the driver as is, ``ssl_*`` into PyMySQL's ``ssl`` dict.
+SSL_OPTIONS = {"ssl_ca": "ca", "ssl_cert": "cert", "ssl_key": "key"}
+KNOWN_OPTIONS = ("charset", *SSL_OPTIONS)
 
 
 def default_sqlite_path() -> Path:
@@ -14,14 +18,47 @@ def default_sqlite_path() -> Path:
     return Path(cache) / "e2e-otel" / "demo.sqlite3"
 
 
+def _url_options(query: str) -> dict[str, object]:
+    """Driver OPTIONS from the URL's query; an unknown or repeated option is an error, not ignored."""
+    options: dict[str, object] = {"charset": "utf8mb4"}
+    ssl: dict[str, str] = {}
+    seen: set[str] = set()
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in KNOWN_OPTIONS:
+            raise ImproperlyConfigured(f"DATABASE_URL: unknown option {key!r}; known options: {', '.join(KNOWN_OPTIONS)}")
+        if key in seen:
+            raise ImproperlyConfigured(f"DATABASE_URL: option {key!r} is given more than once")
+        if not value:
+            raise ImproperlyConfigured(f"DATABASE_URL: option {key!r} needs a value")
+        seen.add(key)
+        if key in SSL_OPTIONS:
+            ssl[SSL_OPTIONS[key]] = value
+        else:
+            options[key] = value
+    if ssl:
+        options["ssl"] = ssl
+    return options
+
+
 def database_from_url(url: str) -> dict[str, object]:
-    """``mysql://user:pass@host:port/name`` as a Django DATABASES entry (PyMySQL as MySQLdb)."""
-    parts = urlsplit(url)
+    """``mysql://user:pass@host:port/name?charset=..&ssl_ca=..`` as a Django DATABASES entry (PyMySQL).
+
+    Raises ImproperlyConfigured with a one-line message (never containing the password) when the URL
+    is unusable.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ImproperlyConfigured(
+            "DATABASE_URL: the port must be a number from 0 to 65535 (mysql://user:pass@host:PORT/db)"
+        ) from None
     if parts.scheme not in ("mysql", "mariadb", "mysql+pymysql"):
         raise ImproperlyConfigured(f"DATABASE_URL: only mysql:// is supported, got scheme {parts.scheme!r}")
     name = parts.path.lstrip("/")
     if not name:
         raise ImproperlyConfigured("DATABASE_URL: the database name is missing (mysql://user:pass@host:port/NAME)")
+    options = _url_options(parts.query)
     import pymysql
 
     pymysql.install_as_MySQLdb()
@@ -31,8 +68,8 @@ def database_from_url(url: str) -> dict[str, object]:
         "USER": unquote(parts.username or "root"),
         "PASSWORD": unquote(parts.password or ""),
         "HOST": parts.hostname or "127.0.0.1",
-        "PORT": str(parts.port or 3306),
-        "OPTIONS": {"charset": "utf8mb4"},
+        "PORT": str(port or 3306),
+        "OPTIONS": options,
     }
 
 

@@ -1,4 +1,9 @@
-"""Demo data: a catalogue, three shop customers and an admin. Idempotent; passwords are new per run."""
+"""Demo data: a catalogue, three shop customers and an admin. Idempotent; passwords are new per run.
+
+The demo only ever writes users with its own ``e2e-demo-`` names, and only into a database it created
+(an empty one, which it then marks with the :data:`MARKER` DebugConfiguration row) unless told to
+``--reset``: pointing DATABASE_URL at a real project's database must not hand out its accounts.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +22,9 @@ CATALOGUE: dict[str, list[tuple[str, str]]] = {
     "Garden": [("Herb Planter", "19.90"), ("Watering Can", "14.50"), ("Pruning Shears", "22.00"),
                ("Seed Collection", "9.90"), ("Compost Bin", "64.00"), ("Garden Gloves", "7.50")],
 }
-CUSTOMERS = ("alice", "bob", "carol")
-ADMIN_USERNAME = "admin"
+CUSTOMERS = ("e2e-demo-alice", "e2e-demo-bob", "e2e-demo-carol")
+ADMIN_USERNAME = "e2e-demo-admin"
+MARKER = "e2e_demo"
 STOCK = 100_000
 
 
@@ -32,11 +38,47 @@ class SeedResult:
     category_slugs: tuple[str, ...]
 
 
+class ForeignDatabase(Exception):
+    """The database has tables but no demo marker: it belongs to something else."""
+
+
+def check_database_is_demo(*, reset: bool = False) -> bool:
+    """Raise :class:`ForeignDatabase` unless the database is empty, marked as the demo's, or ``reset``.
+
+    Call before ``migrate``. Returns whether the database was empty (freshly created).
+    """
+    from django.db import DatabaseError, connection
+
+    tables = set(connection.introspection.table_names())
+    if not tables:
+        return True
+    if reset:
+        return False
+    marked = False
+    if "debugging_configuration" in tables:
+        from e2e_otel.models import DebugConfiguration
+
+        try:
+            marked = DebugConfiguration.objects.filter(name=MARKER).exists()
+        except DatabaseError:
+            marked = False
+    if not marked:
+        raise ForeignDatabase(
+            f"the database is not empty and was not created by e2e-otel demo ({len(tables)} tables, no "
+            f"{MARKER!r} marker); use an empty database, or pass --reset to use this one anyway "
+            "(the demo adds its tables and e2e-demo-* users; other users are never changed)"
+        )
+    return False
+
+
 def seed(*, customer_password: str | None = None, admin_password: str | None = None) -> SeedResult:
     """Create or refresh the demo catalogue and users; returns the credentials to print once."""
     from django.contrib.auth import get_user_model
     from django.db import transaction
     from django.utils.text import slugify
+    from rest_framework.authtoken.models import Token
+
+    from e2e_otel.models import DebugConfiguration
 
     from .shop.models import Category, Product
 
@@ -44,6 +86,8 @@ def seed(*, customer_password: str | None = None, admin_password: str | None = N
     admin_password = admin_password or secrets.token_urlsafe(12)
     user_model = get_user_model()
     with transaction.atomic():
+        DebugConfiguration.objects.update_or_create(
+            name=MARKER, defaults={"enabled": True, "description": "This database was created by e2e-otel demo."})
         for category_name, products in CATALOGUE.items():
             category, _ = Category.objects.get_or_create(slug=slugify(category_name),
                                                          defaults={"name": category_name})
@@ -55,7 +99,7 @@ def seed(*, customer_password: str | None = None, admin_password: str | None = N
                 )
         for username in CUSTOMERS:
             user, _ = user_model.objects.get_or_create(
-                username=username, defaults={"email": f"{username}@shop.example", "first_name": username.title()}
+                username=username, defaults={"email": f"{username}@shop.example", "first_name": username.rsplit("-", 1)[-1].title()}
             )
             user.set_password(customer_password)
             user.save()
@@ -64,6 +108,8 @@ def seed(*, customer_password: str | None = None, admin_password: str | None = N
         admin.is_staff = admin.is_superuser = True  # type: ignore[attr-defined]
         admin.set_password(admin_password)
         admin.save()
+        # Tokens handed out by an earlier run die with that run's passwords.
+        Token.objects.filter(user__username__in=(*CUSTOMERS, ADMIN_USERNAME)).delete()
     return SeedResult(
         customers=CUSTOMERS,
         customer_password=customer_password,

@@ -29,8 +29,18 @@ DATABASES = {
 # A fresh key per process: the demo keeps no sessions worth preserving across restarts.
 SECRET_KEY = os.environ.get("E2E_DEMO_SECRET_KEY") or secrets.token_urlsafe(50)
 DEBUG = False
-_host = os.environ.get("E2E_DEMO_HOST", "127.0.0.1")
-ALLOWED_HOSTS = sorted({"127.0.0.1", "localhost", "[::1]", _host})
+# A wildcard listen address serves whatever name or address clients use to reach this machine, so
+# every Host is allowed then (``e2e-otel demo`` warns that the shop is reachable from elsewhere).
+WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]")
+
+
+def allowed_hosts(host: str) -> list[str]:
+    if host in WILDCARD_HOSTS:
+        return ["*"]
+    return sorted({"127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host})
+
+
+ALLOWED_HOSTS = allowed_hosts(os.environ.get("E2E_DEMO_HOST", "127.0.0.1"))
 USE_TZ = True
 TIME_ZONE = "UTC"
 ROOT_URLCONF = "e2e_otel.demo.urls"

@@ -39,6 +39,12 @@ class Call:
     duration_ms: float
     body: Any = None
 
+    @property
+    def failed(self) -> bool:
+        """A server error or a declined payment (402 ``payment_declined``); other 4xx are the client's."""
+        declined = isinstance(self.body, dict) and self.body.get("code") == "payment_declined"
+        return self.status >= 500 or declined
+
 
 @dataclass
 class WorkflowRun:
@@ -58,7 +64,7 @@ class WorkflowRun:
 
     @property
     def failed(self) -> bool:
-        return self.error is not None or any(c.status >= 500 for c in self.calls)
+        return self.error is not None or any(c.failed for c in self.calls)
 
 
 class _Span:
@@ -179,7 +185,7 @@ class WorkflowRecorder:
         call = self.browser.request(method, path, body=body, headers=headers, use_token=use_token)
         span.end()
         span.attributes["http.response.status_code"] = call.status
-        if call.status >= 500:
+        if call.failed:
             span.error = f"HTTP {call.status}"
         self.run.calls.append(call)
         return call
@@ -193,7 +199,7 @@ class WorkflowRecorder:
         self.root.end()
         if self.run.failed:
             self.root.error = next((f"{c.method} {c.path} answered {c.status}" for c in self.run.calls
-                                    if c.status >= 500), self.run.error or "failed")
+                                    if c.failed), self.run.error or "failed")
         self.run.frontend_spans = len(self.spans)
 
 
@@ -265,7 +271,8 @@ class TrafficDriver:
         # Every fifth catalogue render is slow (a big image grid), tripping the frontend threshold.
         rec.render("render product list", 0.24 if n % 5 == 0 else self.random.uniform(0.02, 0.08))
         products = listing.body if isinstance(listing.body, list) and listing.body else None
-        product_id = products[0]["id"] if products else self.random.choice(self.product_ids)
+        # Open a different product each time (by workflow index), like users browsing the list.
+        product_id = products[(n - 1) % len(products)]["id"] if products else self.random.choice(self.product_ids)
         rec.fetch("GET", f"/api/shop/products/{product_id}/")
         rec.render("render product page", self.random.uniform(0.01, 0.05))
 

@@ -20,9 +20,13 @@ PAYMENT_HOST = "payments.demo.invalid"
 
 
 class PaymentDeclined(APIException):
-    """The gateway refused the charge; the API answers 502 because the fault is upstream."""
+    """The gateway refused the charge: 402 with code ``payment_declined``.
 
-    status_code = status.HTTP_502_BAD_GATEWAY
+    A decline is the card's answer, not a broken gateway, so it is not a 5xx; clients recognise it by
+    the code. The workflow is still closed as failed (see ``CheckoutView``).
+    """
+
+    status_code = status.HTTP_402_PAYMENT_REQUIRED
     default_detail = "The payment provider declined the charge."
     default_code = "payment_declined"
 

@@ -152,7 +152,7 @@ class CheckoutView(APIView):
                 order = place_order(request.user, **payload.validated_data)
             except PaymentDeclined as exc:
                 # The exception is already recorded on the payment span (one error group); the
-                # workflow is closed as failed explicitly and the client gets a clean 502.
+                # workflow is closed as failed explicitly and the client gets a clean 402.
                 e2e_otel.WorkflowTracer.fail_workflow(checkout, str(exc.detail))
                 return Response({"detail": exc.detail, "code": "payment_declined",
                                  "correlation_id": checkout.correlation_id}, status=exc.status_code)

@@ -2,8 +2,10 @@
 
 Rules (settings in ``E2E_OTEL``): workflow sessions older than ``RETENTION_DAYS`` (failed ones:
 ``FAILED_RETENTION_DAYS``), then the oldest sessions beyond ``MAX_WORKFLOW_SESSIONS``; steps go with
-their session (cascade). Resolved error groups last seen before the retention limit; performance
-snapshots older than it. Unresolved errors are kept. Age is measured on ``start_time`` for sessions.
+their session (cascade). Resolved error groups last seen before ``RETENTION_DAYS``; unresolved error
+groups last seen before ``FAILED_RETENTION_DAYS`` (nobody looked at them for that long, and the public
+browser ingestion endpoint can create them, so they must not pile up forever); performance snapshots
+older than ``RETENTION_DAYS``. Age is measured on ``start_time`` for sessions, ``last_seen`` for errors.
 """
 
 from __future__ import annotations
@@ -19,26 +21,35 @@ from ...conf import get_config
 from ...models import ErrorLog, PerformanceSnapshot, TraceStep, WorkflowSession, WorkflowStatus
 
 
+def _given(value: int | None, default: int) -> int:
+    """The command-line value when one was given (``0`` included, so it is validated, not ignored)."""
+    return value if value is not None else default
+
+
 class Command(BaseCommand):
-    help = "Delete debugging records older than the retention limits or beyond the session cap."
+    help = ("Delete debugging records older than the retention limits or beyond the session cap: "
+            "sessions and resolved errors after RETENTION_DAYS, failed sessions and UNRESOLVED error "
+            "groups (by last_seen) after FAILED_RETENTION_DAYS, snapshots after RETENTION_DAYS.")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--dry-run", action="store_true", help="Only count what would be deleted.")
         parser.add_argument("--batch-size", type=int, default=1000, help="Rows per DELETE (default 1000).")
         parser.add_argument("--retention-days", type=int, default=None, help="Override RETENTION_DAYS.")
         parser.add_argument("--failed-retention-days", type=int, default=None,
-                            help="Override FAILED_RETENTION_DAYS.")
+                            help="Override FAILED_RETENTION_DAYS (failed sessions, unresolved errors).")
         parser.add_argument("--max-sessions", type=int, default=None, help="Override MAX_WORKFLOW_SESSIONS.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         config = get_config()
-        retention = options["retention_days"] or config.RETENTION_DAYS
-        failed_retention = options["failed_retention_days"] or config.FAILED_RETENTION_DAYS
-        max_sessions = options["max_sessions"] if options["max_sessions"] is not None \
-            else config.MAX_WORKFLOW_SESSIONS
+        retention = _given(options["retention_days"], config.RETENTION_DAYS)
+        failed_retention = _given(options["failed_retention_days"], config.FAILED_RETENTION_DAYS)
+        max_sessions = _given(options["max_sessions"], config.MAX_WORKFLOW_SESSIONS)
         batch_size = options["batch_size"]
-        if batch_size < 1 or retention < 1 or failed_retention < 1 or max_sessions < 0:
-            raise CommandError("batch size and retention days must be >= 1, max sessions >= 0")
+        for name, value, low in (("--batch-size", batch_size, 1), ("--retention-days", retention, 1),
+                                 ("--failed-retention-days", failed_retention, 1),
+                                 ("--max-sessions", max_sessions, 0)):
+            if value < low:
+                raise CommandError(f"{name} must be >= {low}, got {value}")
         dry_run = options["dry_run"]
         now = timezone.now()
         cutoff = now - timedelta(days=retention)
@@ -67,6 +78,9 @@ class Command(BaseCommand):
         counts["trace_steps"] = steps_a + steps_b + steps_c
         counts["error_logs"] = self._delete(
             ErrorLog.objects.filter(resolved=True, last_seen__lt=cutoff), batch_size, dry_run
+        )
+        counts["unresolved_error_logs_expired"] = self._delete(
+            ErrorLog.objects.filter(resolved=False, last_seen__lt=failed_cutoff), batch_size, dry_run
         )
         counts["performance_snapshots"] = self._delete(
             PerformanceSnapshot.objects.filter(timestamp__lt=cutoff), batch_size, dry_run
