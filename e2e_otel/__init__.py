@@ -10,13 +10,13 @@ from typing import Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "ErrorLogger",
+    "PerformanceMonitor",
+    "WorkflowTracer",
     "__version__",
     "get_correlation_id",
     "inject_headers",
     "workflow",
-    "WorkflowTracer",
-    "ErrorLogger",
-    "PerformanceMonitor",
 ]
 
 _LAZY = {

@@ -92,7 +92,7 @@ def mysql_driver_warnings(databases: Mapping[str, Mapping[str, Any]]) -> list[An
             continue
         try:
             driver = import_module(f"{engine}.base").Database
-        except Exception:  # noqa: BLE001,S112 - Django itself reports a backend that cannot load
+        except Exception:  # Django itself reports a backend that cannot load
             continue
         if getattr(driver, "__name__", "") == "pymysql":
             continue
@@ -116,7 +116,7 @@ def check_workflow_rules(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 
     try:
         unmatched = unmatched_rules(rules=config.WORKFLOWS)
-    except Exception:  # noqa: BLE001 - a broken URLconf is reported by Django's own URL checks
+    except Exception:  # a broken URLconf is reported by Django's own URL checks
         return []
     return [Warning(
         f"WORKFLOWS rule {rule.pattern!r} for workflow {rule.workflow!r} matches no URL pattern.",

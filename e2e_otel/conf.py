@@ -248,8 +248,8 @@ OPTIONS: dict[str, Option] = {
     "METRICS_ENABLED": Option(True, "Export prometheus_client metrics derived from spans.", _bool),
     "METRICS_KEY": Option(None, "Bearer key for /metrics (unset: open).", _optional_str,
                           env=("E2E_OTEL_METRICS_KEY",)),
-    "METRICS_MAX_COMPONENTS": Option(200, "Distinct component label values per layer before 'other' (frontend: min(50, this)).",
-                                     _number(1, integer=True)),
+    "METRICS_MAX_COMPONENTS": Option(200, "Distinct component label values per layer before 'other' "
+                                     "(frontend: min(50, this)).", _number(1, integer=True)),
     "THRESHOLD_REFRESH_INTERVAL": Option(30.0, "Seconds between threshold rule reloads.", _number(1)),
     "TRACE_URL_TEMPLATE": Option(None, "Link to a trace, e.g. http://localhost:16686/trace/{trace_id}.",
                                  _optional_str),

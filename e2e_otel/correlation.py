@@ -21,7 +21,7 @@ from .propagation import format_correlation_id
 #: Span attribute marking e2e-otel's own traffic (see ``CorrelationMiddleware.process_view``).
 ATTR_INTERNAL = "e2e.internal"
 
-__all__ = ["get_correlation_id", "inject_headers", "CorrelationMiddleware", "traceresponse_value"]
+__all__ = ["CorrelationMiddleware", "get_correlation_id", "inject_headers", "traceresponse_value"]
 
 
 def get_correlation_id(span: Span | None = None) -> str | None:
@@ -55,12 +55,13 @@ class CorrelationMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
         self.header = get_config().CORRELATION_HEADER
-        if iscoroutinefunction(get_response):
+        self._is_async = iscoroutinefunction(get_response)
+        if self._is_async:
             markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
-        if iscoroutinefunction(self):
-            return CorrelationMiddleware.__acall__(self, request)
+        if self._is_async:
+            return self.__acall__(request)
         context = self._before(request)
         return self._after(self.get_response(request), context)
 

@@ -15,13 +15,13 @@ from urllib.parse import urlsplit
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
-from opentelemetry.trace import Link, Status
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
     SpanExporter,
     SpanExportResult,
 )
+from opentelemetry.trace import Link, Status
 
 from .conf import Config
 from .sanitize import MASK, Sanitizer, ansi_quotes_for
@@ -84,11 +84,11 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
             _install_queue_full_filter()
 
     def on_end(self, span: ReadableSpan) -> None:
-        if self.counting and span.context is not None and span.context.trace_flags.sampled:
-            if len(self._queue) >= self._capacity:  # type: ignore[arg-type,operator]
-                self.dropped += 1
-                if self._on_drop is not None:
-                    self._on_drop()
+        counting = self.counting and span.context is not None and span.context.trace_flags.sampled
+        if counting and len(self._queue) >= self._capacity:  # type: ignore[arg-type,operator]
+            self.dropped += 1
+            if self._on_drop is not None:
+                self._on_drop()
         super().on_end(span)
 
 
@@ -178,12 +178,14 @@ def sanitize_span(span: ReadableSpan, sanitizer: Sanitizer) -> ReadableSpan:
     events = [_clean_attributes(e.attributes or {}, sanitizer) for e in span.events]
     if any(clean is not None for clean in events):
         changes["events"] = [
-            Event(e.name, clean, e.timestamp) if clean is not None else e for clean, e in zip(events, span.events)
+            Event(e.name, clean, e.timestamp) if clean is not None else e
+            for clean, e in zip(events, span.events, strict=True)
         ]
     links = [_clean_attributes(link.attributes or {}, sanitizer) for link in span.links]
     if any(clean is not None for clean in links):
         changes["links"] = [
-            Link(link.context, clean) if clean is not None else link for clean, link in zip(links, span.links)
+            Link(link.context, clean) if clean is not None else link
+            for clean, link in zip(links, span.links, strict=True)
         ]
     description = span.status.description
     if description:

@@ -44,21 +44,21 @@ class FanOutSpanProcessor(SpanProcessor):
         for processor in self._processors:
             try:
                 processor.on_start(span, parent_context=parent_context)
-            except Exception:  # noqa: BLE001 - never break the host app
+            except Exception:  # never break the host app
                 logger.exception("span processor %r failed in on_start", processor)
 
     def on_end(self, span: ReadableSpan) -> None:
         for processor in self._processors:
             try:
                 processor.on_end(span)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 logger.exception("span processor %r failed in on_end", processor)
 
     def shutdown(self) -> None:
         for processor in self._processors:
             try:
                 processor.shutdown()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 logger.exception("span processor %r failed to shut down", processor)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:

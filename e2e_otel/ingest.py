@@ -254,10 +254,7 @@ def _handle_post(request: HttpRequest, config: Config, cors: dict[str, str]) -> 
         raise _Reject(503, "e2e-otel is disabled in this process")
     limits = Limits(max_spans=config.INGEST_MAX_SPANS, max_exceptions=config.INGEST_MAX_EXCEPTIONS)
     try:
-        if media_type == PROTOBUF:
-            message = decode_protobuf(body)
-        else:
-            message = decode_json(body, max_spans=limits.max_spans)
+        message = decode_protobuf(body) if media_type == PROTOBUF else decode_json(body, max_spans=limits.max_spans)
         del body  # the decoded message replaces it; keep peak memory to one copy
         batch = to_readable_spans(message, limits=limits)
     except OTLPValidationError as exc:

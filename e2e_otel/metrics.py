@@ -43,7 +43,11 @@ WORKFLOW_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 def multiprocess_dir() -> str | None:
     """The prometheus_client multiprocess directory, when this process runs in that mode."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None
+    return (
+        os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        or os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112 - prometheus_client's legacy lower-case name
+        or None
+    )
 
 
 class LabelCap:

@@ -4,6 +4,7 @@ snapshots. It is the only part of the threshold machinery that touches the datab
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -137,10 +138,8 @@ class ThresholdMonitor:
                 gauge.labels(rule.layer, rule.metric, severity).set(value)
                 current.add((rule.layer, rule.metric, severity))
         for labels in self._exported_rules - current:
-            try:
+            with contextlib.suppress(KeyError):
                 gauge.remove(*labels)  # single-process only: multiprocess files keep the last value
-            except KeyError:
-                pass
         self._exported_rules = current
 
     @staticmethod
@@ -172,7 +171,7 @@ class ThresholdMonitor:
                                         threshold_status=b.severity, metadata={"source": "threshold_monitor"})
                     for b in due
                 ])
-        except Exception as exc:  # noqa: BLE001 - DB down: the counter still has the breach
+        except Exception as exc:  # DB down: the counter still has the breach
             logger.debug("e2e-otel: breach snapshot not written (%s)", exc)
             close_quietly(self.alias)
             return

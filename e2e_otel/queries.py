@@ -26,7 +26,7 @@ from .sanitize import ansi_quotes_for, scrub_sql, sql_operation_and_table
 if TYPE_CHECKING:
     from .bootstrap import Runtime
 
-__all__ = ["QueryFinding", "QueryAnalyzer", "build_query_analyzer", "advice_for"]
+__all__ = ["QueryAnalyzer", "QueryFinding", "advice_for", "build_query_analyzer"]
 
 _STATEMENT_KEYS = ("db.statement", "db.query.text")
 _MAX_STATEMENT_CHARS = 2048

@@ -87,12 +87,12 @@ def _numeric(text: str) -> bool:
 
 
 def _table(header: Sequence[str], rows: list[list[str]]) -> list[str]:
-    cells = [list(header)] + rows
+    cells = [list(header), *rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = []
     for n, row in enumerate(cells):
         lines.append("  " + "  ".join(c.rjust(w) if n and _numeric(c) else c.ljust(w)
-                                      for c, w in zip(row, widths)).rstrip())
+                                      for c, w in zip(row, widths, strict=False)).rstrip())
         if n == 0:
             lines.append("  " + "  ".join("-" * w for w in widths))
     return lines

@@ -38,9 +38,9 @@ __all__ = [
     "MAX_SQL_LENGTH",
     "TRUNCATION_MARKER",
     "Sanitizer",
+    "ansi_quotes_for",
     "default_sanitizer",
     "scrub_sql",
-    "ansi_quotes_for",
     "sql_fingerprint",
     "sql_operation_and_table",
 ]
@@ -253,7 +253,7 @@ class Sanitizer:
             return self.scrub_text(raw.decode("utf-8", "replace"))
         try:
             text = str(value)
-        except Exception:  # noqa: BLE001 - a broken __str__ must not break span export
+        except Exception:  # a broken __str__ must not break span export
             return "<unrepresentable>"
         return self.scrub_text(text)
 

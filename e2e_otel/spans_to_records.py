@@ -473,8 +473,8 @@ def _strip_install_prefix(path: str) -> str:
     """``path`` after its last ``site-packages``/``dist-packages``/``lib/pythonX.Y`` directory."""
     path = path[-_MAX_FRAME_PATH:]
     last = None
-    for last in _SITE_MARK.finditer(path):
-        pass
+    for match in _SITE_MARK.finditer(path):
+        last = match
     return path if last is None else path[last.end() + 1:]
 
 

@@ -115,7 +115,7 @@ def load_rules(alias: str = "default") -> RuleSet:
             rows = list(PerformanceThreshold.objects.using(alias).values_list(
                 "layer", "metric_name", "component", "warning_threshold", "critical_threshold", "direction",
                 "unit", "enabled"))
-    except Exception as exc:  # noqa: BLE001 - DB down or not migrated: keep alerting on the defaults
+    except Exception as exc:  # DB down or not migrated: keep alerting on the defaults
         logger.debug("e2e-otel: threshold rules unavailable (%s); using defaults", exc)
         close_quietly(alias)
         return RuleSet.defaults()

@@ -44,7 +44,7 @@ class SlidingWindow:
         oldest = int(self._clock()) - self.seconds
         total = bad = 0
         with self._lock:
-            for stamp, t, b in zip(self._stamp, self._total, self._bad):
+            for stamp, t, b in zip(self._stamp, self._total, self._bad, strict=True):
                 if stamp > oldest:
                     total += t
                     bad += b

@@ -424,7 +424,7 @@ class PerformanceMonitor(_SpanFactory):
         if layer not in LAYERS:
             raise ValueError(f"layer must be one of {', '.join(LAYERS)}; got {layer!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"value must be a number, got {value!r}")  # noqa: TRY004
+            raise ValueError(f"value must be a number, got {value!r}")
         attributes = {"e2e.metric.name": str(metric_name)[:100], "e2e.metric.value": float(value),
                       "e2e.metric.unit": str(unit)[:20], ATTR_LAYER: layer, ATTR_COMPONENT: str(component)[:190],
                       **_prefixed(ATTR_METADATA_PREFIX, metadata)}

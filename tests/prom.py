@@ -135,7 +135,9 @@ def dashboard_promql() -> list[tuple[Query, str]]:
 
 _COMPARISONS = ("==", "!=", ">=", "<=", ">", "<")
 _SET_OPS = ("and", "unless")
-_MODIFIER = re.compile(r"^\s*(?:bool\s+)?(?:(?:on|ignoring)\s*\([^)]*\)\s*)?(?:(?:group_left|group_right)\s*(?:\([^)]*\))?\s*)?")
+_MODIFIER = re.compile(
+    r"^\s*(?:bool\s+)?(?:(?:on|ignoring)\s*\([^)]*\)\s*)?(?:(?:group_left|group_right)\s*(?:\([^)]*\))?\s*)?"
+)
 
 
 def _operator_at(expr: str, i: int) -> str | None:
@@ -276,7 +278,7 @@ class PrometheusServer:
         except OSError:
             return ""
 
-    def __enter__(self) -> PrometheusServer:  # noqa: PYI034
+    def __enter__(self) -> PrometheusServer:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

@@ -7,6 +7,7 @@ environment, waits until the port accepts connections, keeps stdout+stderr in a 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -110,23 +111,19 @@ class ServerProcess:
         _signal_group(process.pid, signal.SIGKILL)  # stragglers (gunicorn workers) of the group
         return process.returncode
 
-    def __enter__(self) -> ServerProcess:  # noqa: PYI034
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
         self._log.close()
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(self._log.name)
-        except OSError:
-            pass
 
 
 def _signal_group(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def runserver(env: Mapping[str, str], port: int | None = None) -> ServerProcess:

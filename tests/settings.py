@@ -27,7 +27,7 @@ def _mysql_reachable() -> str | None:
     try:
         conn = pymysql.connect(host=MYSQL["HOST"], port=MYSQL["PORT"], user=MYSQL["USER"],
                                password=MYSQL["PASSWORD"], connect_timeout=2)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return f"MySQL at {MYSQL['HOST']}:{MYSQL['PORT']} unreachable: {exc}"
     conn.close()
     return None

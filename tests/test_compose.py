@@ -38,7 +38,7 @@ def bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def test_all_services_defined(services: dict[str, dict[str, Any]]) -> None:
-    assert EXPECTED_SERVICES <= set(services)
+    assert set(services) >= EXPECTED_SERVICES
 
 
 def test_every_bind_mount_exists(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
@@ -108,7 +108,9 @@ def referenced_hosts() -> dict[str, set[str]]:
     hosts: dict[str, set[str]] = {}
     prometheus = load_yaml(COLLECTOR_DIR / "prometheus.yml")
     targets = [t for job in prometheus["scrape_configs"] for sc in job.get("static_configs", []) for t in sc["targets"]]
-    targets += [t for am in prometheus["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]]
+    targets += [
+        t for am in prometheus["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]
+    ]
     hosts["prometheus.yml"] = {t.rsplit(":", 1)[0] for t in targets}
     otelcol = load_yaml(COLLECTOR_DIR / "otelcol.yaml")
     hosts["otelcol.yaml"] = {

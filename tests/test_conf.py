@@ -67,9 +67,9 @@ def test_sample_rate_from_otel_traces_sampler(sampler, arg, expected) -> None:
     if arg is not None:
         env["OTEL_TRACES_SAMPLER_ARG"] = arg
     cfg = resolve(None, env)
-    assert cfg.SAMPLE_RATE == expected and cfg.errors == []
+    assert expected == cfg.SAMPLE_RATE and cfg.errors == []
     # production profile default yields to the env variable, the settings dict beats both
-    assert resolve({"ENVIRONMENT": "production"}, env).SAMPLE_RATE == expected
+    assert expected == resolve({"ENVIRONMENT": "production"}, env).SAMPLE_RATE
     assert resolve({"SAMPLE_RATE": 0.75}, env).SAMPLE_RATE == 0.75
 
 

@@ -110,7 +110,7 @@ BAD_VALUES = [
     "3f2504e04f8911d39a0c0305e82c3301" * 8,
     "3f2504e0-4f89-11d3-9a0c-0305e82c330\x07",
     "3f2504e0-4f89-11d3-9a0c-0305e82c33\t1",
-    "３f2504e0-4f89-11d3-9a0c-0305e82c3301",  # full-width digit
+    "\uff13f2504e0-4f89-11d3-9a0c-0305e82c3301",  # full-width digit
     "ünïcødé-correlation",
     "3f2504e0-4f89-11d3-9a0c-0305e82c3301\r\nSet-Cookie: pwned=1",
     "{3f2504e0-4f89-11d3-9a0c-0305e82c3301}",
@@ -163,7 +163,9 @@ def test_inject_headers_carries_traceparent_and_correlation_id() -> None:
         headers = {"accept": "application/json"}
         returned = inject_headers(headers)
         assert returned is headers and headers["accept"] == "application/json"
-        assert headers["traceparent"] == f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags) & 3:02x}"
+        assert headers["traceparent"] == (
+            f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags) & 3:02x}"
+        )
         assert headers["X-Correlation-ID"] == format_correlation_id(context.trace_id)
 
 

@@ -249,8 +249,8 @@ def test_demo_refuses_a_foreign_database_and_never_touches_its_users(tmp_path: P
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM debugging_configuration WHERE name = 'e2e_demo'").fetchone()[0] == 1
         alice = conn.execute("SELECT id FROM auth_user WHERE username = 'e2e-demo-alice'").fetchone()[0]
-        conn.execute("INSERT INTO authtoken_token (key, created, user_id) VALUES ('stale0token0of0an0earlier0run0000000000', "
-                     "'2026-01-01 00:00:00', ?)", (alice,))
+        conn.execute("INSERT INTO authtoken_token (key, created, user_id) "
+                     "VALUES ('stale0token0of0an0earlier0run0000000000', '2026-01-01 00:00:00', ?)", (alice,))
 
     # Now marked as the demo's: accepted without --reset, and the earlier run's token is gone.
     again = subprocess.run([*DEMO_CMD, "--workflows", "0", "--no-serve", "--db", str(db)], check=False,

@@ -168,10 +168,12 @@ def test_exported_status_description_and_link_attributes_are_scrubbed() -> None:
     tracer = provider.get_tracer("t")
     other = tracer.start_span("other")
     other.end()
-    with pytest.raises(RuntimeError):
-        with tracer.start_as_current_span("s", links=[Link(other.get_span_context(), {"api_key": "k-123"})]):
-            raise RuntimeError("login failed password=hunter2 Authorization: Bearer abc.def.ghi")
-    exported = [s for s in sink.get_finished_spans() if s.name == "s"][0]
+    with (
+        pytest.raises(RuntimeError),
+        tracer.start_as_current_span("s", links=[Link(other.get_span_context(), {"api_key": "k-123"})]),
+    ):
+        raise RuntimeError("login failed password=hunter2 Authorization: Bearer abc.def.ghi")
+    exported = next(s for s in sink.get_finished_spans() if s.name == "s")
     assert exported.status.status_code is StatusCode.ERROR
     text = repr((exported.status.description, [e.attributes for e in exported.events],
                  [link.attributes for link in exported.links]))

@@ -207,8 +207,8 @@ def seeded(db):  # type: ignore[no-untyped-def]
         correlation_id=uuid.uuid4(), workflow_type="browse", status="completed", start_time=now - timedelta(minutes=4),
         duration_ms=4200.0, step_count=1)
     WorkflowSession.objects.create(  # neither failed nor slow: not listed
-        correlation_id=uuid.uuid4(), workflow_type="checkout", status="completed", start_time=now - timedelta(minutes=1),
-        duration_ms=20.0)
+        correlation_id=uuid.uuid4(), workflow_type="checkout", status="completed",
+        start_time=now - timedelta(minutes=1), duration_ms=20.0)
     TraceStep.objects.create(
         workflow_session=failed, correlation_id=failed.correlation_id, span_id="a" * 16, layer="database",
         component="shop_order", operation="INSERT", start_time=now - timedelta(minutes=3), duration_ms=12.0,

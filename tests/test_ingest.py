@@ -463,8 +463,8 @@ def test_browser_cannot_close_or_relabel_another_session():
     runtime = get_runtime()
     assert runtime is not None
     trace_id = new_trace_id()
-    response = Client().get("/ping/", headers={"traceparent": f"00-{trace_id:032x}-{random.getrandbits(63) | 1:016x}-01",
-                                               "baggage": "e2e.workflow=checkout"})
+    traceparent = f"00-{trace_id:032x}-{random.getrandbits(63) | 1:016x}-01"
+    response = Client().get("/ping/", headers={"traceparent": traceparent, "baggage": "e2e.workflow=checkout"})
     assert response.status_code == 200
     assert post(_hostile_payload(trace_id).SerializeToString()).status_code == 200
     assert runtime.force_flush(10)

@@ -85,7 +85,7 @@ def test_gunicorn_preload_two_workers_both_export(otlp_receiver: OTLPReceiver) -
             for _ in range(10):  # concurrent slow requests keep both workers busy
                 ids = [str(uuid.uuid4()) for _ in range(4)]
                 results = pool.map(lambda cid: server.get("/pid/?sleep=0.15", {"X-Correlation-ID": cid}), ids)
-                for cid, (status, headers, body) in zip(ids, results):
+                for cid, (status, _headers, body) in zip(ids, results, strict=True):
                     assert status == 200, server.logs()
                     served.setdefault(json.loads(body)["pid"], []).append(cid)
                 if len(served) == 2:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from opentelemetry import baggage, context
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -20,6 +21,14 @@ from e2e_otel.processors import WorkflowSpanProcessor, build_record_processor
 from e2e_otel.propagation import CorrelationIdGenerator, format_correlation_id
 from e2e_otel.sampling import RecordOnlySampler
 from e2e_otel.sanitize import Sanitizer
+from e2e_otel.spans_to_records import (
+    _normalised_frames,
+    classify,
+    classify_error,
+    error_fingerprint,
+    is_frontend_span,
+    step_from_span,
+)
 from e2e_otel.store import RecordWriter
 
 pytestmark = [pytest.mark.mysql, pytest.mark.django_db(transaction=True)]
@@ -174,7 +183,8 @@ def test_unsampled_hold_is_bounded(harness: Any) -> None:
     h.processor._max_traces = 2  # small bound to exercise eviction
     roots = [h.tracer.start_span(f"job {i}") for i in range(3)]
     for root in roots:
-        with h.tracer.start_as_current_span("child", context=__import__("opentelemetry").trace.set_span_in_context(root)):
+        parent = __import__("opentelemetry").trace.set_span_in_context(root)
+        with h.tracer.start_as_current_span("child", context=parent):
             pass
     assert h.processor.stats()["held_traces"] == 2
     assert h.processor.stats()["dropped"]["unsampled_overflow"] == 1
@@ -325,17 +335,6 @@ def test_correlation_ids_are_trace_ids(harness: Any) -> None:
 
 # --- pure mapping (no database) ---------------------------------------------------------------------
 
-from opentelemetry.sdk.resources import Resource
-
-from e2e_otel.spans_to_records import (
-    _normalised_frames,
-    classify,
-    classify_error,
-    error_fingerprint,
-    is_frontend_span,
-    step_from_span,
-)
-
 
 def _ended(kind: SpanKind = SpanKind.INTERNAL, *, resource: Resource | None = None, scope: str = "tests",
            **attributes: Any) -> Any:
@@ -370,13 +369,18 @@ def test_layer_component_operation_rules() -> None:
 
 @pytest.mark.django_db(transaction=False)
 def test_error_fingerprint_ignores_line_numbers_message_and_ids() -> None:
-    a = 'Traceback:\n  File "/srv/app/views.py", line 10, in checkout\n    pay()\n  File "/srv/app/pay.py", line 3, in pay\n'
+    a = ('Traceback:\n  File "/srv/app/views.py", line 10, in checkout\n    pay()\n'
+         '  File "/srv/app/pay.py", line 3, in pay\n')
     b = a.replace("line 10", "line 12").replace("line 3", "line 4")
-    assert error_fingerprint("KeyError", "api", "/cart/", "GET", a) == error_fingerprint("KeyError", "api", "/cart/", "GET", b)
-    assert error_fingerprint("KeyError", "api", "/cart/", "GET", a) != error_fingerprint("KeyError", "api", "/cart/", "POST", a)
-    assert error_fingerprint("KeyError", "api", "/items/41", "GET", "") == error_fingerprint("KeyError", "api", "/items/42", "GET", "")
+    assert error_fingerprint("KeyError", "api", "/cart/", "GET", a) == error_fingerprint(
+        "KeyError", "api", "/cart/", "GET", b)
+    assert error_fingerprint("KeyError", "api", "/cart/", "GET", a) != error_fingerprint(
+        "KeyError", "api", "/cart/", "POST", a)
+    assert error_fingerprint("KeyError", "api", "/items/41", "GET", "") == error_fingerprint(
+        "KeyError", "api", "/items/42", "GET", "")
     other = a.replace("in pay", "in refund")
-    assert error_fingerprint("KeyError", "api", "/cart/", "GET", a) != error_fingerprint("KeyError", "api", "/cart/", "GET", other)
+    assert error_fingerprint("KeyError", "api", "/cart/", "GET", a) != error_fingerprint(
+        "KeyError", "api", "/cart/", "GET", other)
     assert classify_error("django.db.utils.OperationalError") == ("critical", "database")
     assert classify_error("rest_framework.exceptions.NotAuthenticated") == ("warning", "auth")
     assert classify_error("django.core.exceptions.ValidationError") == ("warning", "validation")

@@ -3,8 +3,8 @@
 
 Setup (once for the module, < 60 s): the seed PerformanceThreshold rows, two of them lowered so the test
 traffic breaches each latency threshold at both severities (api 300/550 ms, database 0.01/2 ms; frontend
-keeps its 200/1000 ms default); gunicorn with 2 workers in prometheus_client multiprocess mode, exporting spans over OTLP to
-a real receiver, with a 4-slot record queue so bursts drop records; Prometheus scraping ``/metrics``
+keeps its 200/1000 ms default); gunicorn with 2 workers in prometheus_client multiprocess mode, exporting spans over
+OTLP to a real receiver, with a 4-slot record queue so bursts drop records; Prometheus scraping ``/metrics``
 every second with the ``service``/``environment`` target labels of prometheus.yml. Traffic: ok views
 (/ping/, /items/, /raw-sql/), slow ones (/slow/ 0.35 s and 0.6 s), failing ones (/fail/), browser
 spans through the ingestion endpoint (frontend layer, 50/300/1500 ms), concurrent bursts.

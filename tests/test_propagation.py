@@ -133,7 +133,7 @@ def test_future_versions_parse_first_55_chars(value: str) -> None:
         f"00-{TRACE_ID}3-{SPAN_ID}-01",
         f"00-{TRACE_ID[:-1]}-{SPAN_ID}-01",
         f"00-{'ABCDEF' + TRACE_ID[6:]}-{SPAN_ID}-01",
-        f"00-{'٠' * 32}-{SPAN_ID}-01",  # non-ASCII digits
+        "00-" + "\u0660" * 32 + f"-{SPAN_ID}-01",  # non-ASCII (Arabic-Indic) digits
         # parent id
         f"00-{TRACE_ID}-{'0' * 16}-01",
         f"00-{TRACE_ID}-.{SPAN_ID[1:]}-01",
@@ -422,7 +422,7 @@ def test_parse_correlation_id_accepts_uuids(value: str) -> None:
         "0af76519-16cd-43dd-8448eb211c80319c",
         "0af76519_16cd_43dd_8448_eb211c80319c",
         "0x" + UUID[2:],
-        "٠" * 32,
+        "\u0660" * 32,  # Arabic-Indic digit zero
         f"{UUID_DASHED[:8]}+{UUID_DASHED[9:]}",
         f"{UUID},{UUID}",
         "not-a-uuid",

@@ -53,7 +53,7 @@ def test_reused_correlation_id_gives_one_session_with_ordered_steps(records: Wor
     assert [s.component for s in steps if s.layer == "api"] == ["/items/", "/items/<int:pk>/", "/items/"]
     assert {s.component for s in steps if s.layer == "database"} == {"testapp_item"}
     assert str(item.pk) not in "".join(s.component + s.operation for s in steps)
-    for api, db in zip(steps[::2], steps[1::2]):
+    for api, db in zip(steps[::2], steps[1::2], strict=True):
         assert db.parent_span_id == api.span_id
         assert api.start_time <= db.start_time and db.end_time <= api.end_time
         assert 0 < db.duration_ms <= api.duration_ms

@@ -498,7 +498,9 @@ def test_ansi_quoting_keeps_double_quoted_names_for_sqlite_and_postgresql() -> N
     from e2e_otel.sanitize import ansi_quotes_for, scrub_sql
 
     sql = 'SELECT "shop"."id" FROM "shop" WHERE "shop"."name" = \'hunter2\' AND "shop"."n" > 42'
-    assert scrub_sql(sql, ansi_quotes=True) == 'SELECT "shop"."id" FROM "shop" WHERE "shop"."name" = ? AND "shop"."n" > ?'
+    assert scrub_sql(sql, ansi_quotes=True) == (
+        'SELECT "shop"."id" FROM "shop" WHERE "shop"."name" = ? AND "shop"."n" > ?'
+    )
     assert "shop" not in scrub_sql(sql)  # MySQL default mode: "..." is a string literal
     assert [ansi_quotes_for(s) for s in ("sqlite", "postgresql", "mysql", "MariaDB", None)] == [
         True, True, False, False, False]

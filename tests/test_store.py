@@ -383,13 +383,15 @@ def test_an_exception_escaping_nested_spans_is_one_error_kept_where_it_was_raise
 
     try:
         for _ in range(2):  # two requests, each with the error crossing three spans
-            with pytest.raises(ValueError):
-                with tracer.start_as_current_span("POST /checkout/", kind=trace.SpanKind.SERVER,
-                                                  attributes={"http.route": "checkout/", "http.method": "POST"}):
-                    with tracer.start_as_current_span("workflow checkout"):
-                        with tracer.start_as_current_span("charge", attributes={"e2e.layer": "external",
-                                                                                "e2e.component": "payments"}):
-                            charge()
+            with (
+                pytest.raises(ValueError),
+                tracer.start_as_current_span("POST /checkout/", kind=trace.SpanKind.SERVER,
+                                             attributes={"http.route": "checkout/", "http.method": "POST"}),
+                tracer.start_as_current_span("workflow checkout"),
+                tracer.start_as_current_span("charge", attributes={"e2e.layer": "external",
+                                                                   "e2e.component": "payments"}),
+            ):
+                charge()
         assert writer.force_flush(5)
         (group,) = ErrorLog.objects.all()
         assert (group.layer, group.component, group.occurrences) == ("external", "payments", 2)

@@ -69,8 +69,8 @@ def test_defaults_rule_set_in_base_units() -> None:
 
 def test_step_metrics_and_duration_breaches(setup) -> None:
     evaluator, span, value, _ = setup
-    span("GET items/<int:pk>/", 0.05, kind=SpanKind.SERVER, attributes={"http.method": "GET", "http.route": "items/<int:pk>/",
-                                                                         "http.status_code": 200})
+    span("GET items/<int:pk>/", 0.05, kind=SpanKind.SERVER,
+         attributes={"http.method": "GET", "http.route": "items/<int:pk>/", "http.status_code": 200})
     span("SELECT", 0.03, kind=SpanKind.CLIENT, attributes=_db("shop_order"))
     span("SELECT", 0.3, kind=SpanKind.CLIENT, attributes=_db("shop_order"))   # > 100 ms warning
     span("SELECT", 0.7, kind=SpanKind.CLIENT, attributes=_db("shop_product"))  # > 500 ms critical
@@ -108,9 +108,11 @@ def test_component_rule_wins_over_layer_rule(setup) -> None:
 
 def test_errors_by_type_and_error_status(setup) -> None:
     _, span, value, _ = setup
-    span("GET fail/", 0.01, kind=SpanKind.SERVER, attributes={"http.method": "GET", "http.route": "fail/"}, error=KeyError("x"))
+    span("GET fail/", 0.01, kind=SpanKind.SERVER, attributes={"http.method": "GET", "http.route": "fail/"},
+         error=KeyError("x"))
     span("work", 0.01, error=ValueError("bad"))
-    span("GET broken/", 0.01, kind=SpanKind.SERVER, attributes={"http.method": "GET", "http.route": "broken/", "http.status_code": 503})
+    span("GET broken/", 0.01, kind=SpanKind.SERVER,
+         attributes={"http.method": "GET", "http.route": "broken/", "http.status_code": 503})
     assert value("e2e_otel_errors_total", layer="api", error_type="KeyError") == 1
     assert value("e2e_otel_errors_total", layer="internal", error_type="ValueError") == 1
     assert value("e2e_otel_errors_total", layer="api", error_type="503") == 1
@@ -133,7 +135,8 @@ def test_error_ratio_window_and_its_rule(setup) -> None:
 
 def test_error_ratio_needs_enough_requests(setup) -> None:
     evaluator, span, value, _ = setup
-    span("GET x/", 0.001, kind=SpanKind.SERVER, attributes={"http.method": "GET", "http.route": "x/", "http.status_code": 500})
+    span("GET x/", 0.001, kind=SpanKind.SERVER,
+         attributes={"http.method": "GET", "http.route": "x/", "http.status_code": 500})
     monitor = ThresholdMonitor(evaluator, write_snapshots=False, refresh_interval=3600)
     monitor._last_refresh = time.monotonic()
     monitor.tick()

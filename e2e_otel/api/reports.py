@@ -35,7 +35,7 @@ class MarkdownRenderer(BaseRenderer):
 class DebuggingReportView(DebuggingAPIMixin, APIView):
     """Workflows by type, slowest steps per layer, threshold breaches, unresolved errors, query findings."""
 
-    renderer_classes = [JSONRenderer, MarkdownRenderer]  # noqa: RUF012 (DRF's own convention)
+    renderer_classes = [JSONRenderer, MarkdownRenderer]  # DRF's own convention
 
     @extend_schema(
         parameters=[OpenApiParameter("since", str, description="window ending now: 90m, 24h, 7d (default 24h)"),

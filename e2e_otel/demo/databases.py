@@ -25,7 +25,9 @@ def _url_options(query: str) -> dict[str, object]:
     seen: set[str] = set()
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key not in KNOWN_OPTIONS:
-            raise ImproperlyConfigured(f"DATABASE_URL: unknown option {key!r}; known options: {', '.join(KNOWN_OPTIONS)}")
+            raise ImproperlyConfigured(
+                f"DATABASE_URL: unknown option {key!r}; known options: {', '.join(KNOWN_OPTIONS)}"
+            )
         if key in seen:
             raise ImproperlyConfigured(f"DATABASE_URL: option {key!r} is given more than once")
         if not value:

@@ -99,7 +99,8 @@ def seed(*, customer_password: str | None = None, admin_password: str | None = N
                 )
         for username in CUSTOMERS:
             user, _ = user_model.objects.get_or_create(
-                username=username, defaults={"email": f"{username}@shop.example", "first_name": username.rsplit("-", 1)[-1].title()}
+                username=username,
+                defaults={"email": f"{username}@shop.example", "first_name": username.rsplit("-", 1)[-1].title()},
             )
             user.set_password(customer_password)
             user.save()

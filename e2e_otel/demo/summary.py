@@ -101,7 +101,7 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str], indent: str = "
     lines = []
     for n, row in enumerate(cells):
         lines.append(indent + "  ".join(c.ljust(w) if i == 0 or not _numeric(c) else c.rjust(w)
-                                        for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+                                        for i, (c, w) in enumerate(zip(row, widths, strict=False))).rstrip())
         if n == 0:
             lines.append(indent + "  ".join("-" * w for w in widths))
     return lines

@@ -340,7 +340,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 request = ExportTraceServiceRequest()
                 request.ParseFromString(body)
-        except Exception as exc:  # noqa: BLE001 - any decode problem is a 400
+        except Exception as exc:  # any decode problem is a 400
             self._send_status(400, f"cannot decode request: {exc}", is_json)
             return
 

@@ -28,7 +28,7 @@ class Command(BaseCommand):
         rows = [(",".join(e.methods), e.route, _workflows(e.workflows), e.view) for e in endpoints]
         widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(_HEADER)]
         for row in [_HEADER, tuple("-" * w for w in widths), *rows]:
-            self.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+            self.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         self.stdout.write(f"\n{len(endpoints)} endpoints")
         for rule in unmatched:
             close = f" (close: {', '.join(rule.close)})" if rule.close else ""
