@@ -145,7 +145,8 @@ def ratios(results: dict[str, dict[str, Any]], view: str, num: str, den: str) ->
     if num not in results or den not in results:
         return None
     a, b = results[num][view], results[den][view]
-    per_round = [x / y for x, y in zip(a["round_thread_cpu_medians_us"], b["round_thread_cpu_medians_us"]) if y]
+    per_round = [x / y for x, y in zip(a["round_thread_cpu_medians_us"],
+                                                 b["round_thread_cpu_medians_us"], strict=True) if y]
     return {
         "median": a["median_us"] / b["median_us"],
         "p90": a["p90_us"] / b["p90_us"],

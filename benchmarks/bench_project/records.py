@@ -157,7 +157,8 @@ def offer_load(runtime: Any, *, rate: float, seconds: float, steps_per_trace: in
     processor = record_processor(runtime)
     found = writer(runtime)
     if processor is None or found is None:
-        return {"offered_rate": rate, "unavailable": "e2e_otel.processors.WorkflowSpanProcessor / RecordWriter not available"}
+        return {"offered_rate": rate,
+                "unavailable": "e2e_otel.processors.WorkflowSpanProcessor / RecordWriter not available"}
     provider = TracerProvider()
     provider.add_span_processor(_Forward(processor))
     tracer = provider.get_tracer("bench.writer_load")

@@ -3,7 +3,7 @@ thresholds and metrics enabled, every trace sampled."""
 
 from __future__ import annotations
 
-from .settings_base import *
+from .settings_base import *  # noqa: F403
 from .settings_base import INSTALLED_APPS, OTLP_ENDPOINT
 
 INSTALLED_APPS = [*INSTALLED_APPS, "e2e_otel"]

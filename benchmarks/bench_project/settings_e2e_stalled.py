@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from .settings_e2e import *
+from .settings_e2e import *  # noqa: F403
 from .settings_e2e import DATABASES, E2E_OTEL
 
 DATABASES = {

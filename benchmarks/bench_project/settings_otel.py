@@ -4,4 +4,4 @@ BatchSpanProcessor with the OTLP/gRPC exporter, the way the upstream docs set it
 
 from __future__ import annotations
 
-from .settings_base import *
+from .settings_base import *  # noqa: F403

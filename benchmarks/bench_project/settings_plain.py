@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from .settings_base import *
+from .settings_base import *  # noqa: F403

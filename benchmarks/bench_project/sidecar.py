@@ -8,6 +8,7 @@ endpoints, then answers ``counts`` (spans received per service.name) and ``quit`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -83,10 +84,8 @@ class StallingProxy:
             pass
         finally:
             for sock in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ Protocol: one JSON object per line on stdin, one JSON answer per line on the ori
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import gc
 import io
@@ -251,10 +252,8 @@ class Worker:
                 request_ns += self._call(view)[1]
         finally:
             for _label, obj, method in hooks:
-                try:
+                with contextlib.suppress(AttributeError):
                     delattr(obj, method)
-                except AttributeError:
-                    pass
         self._flush_export()
         if self.config in FLUSH_RECORDS:
             self._flush_records(30.0)
@@ -343,7 +342,7 @@ def main() -> None:
             return
         try:
             answer = getattr(worker, f"op_{op}")(**message)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             import traceback
 
             traceback.print_exc()

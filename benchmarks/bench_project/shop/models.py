@@ -20,4 +20,4 @@ class Product(models.Model):
 
     class Meta:
         app_label = "bench_shop"
-        indexes = [models.Index(fields=["category", "price_cents"])]  # noqa: RUF012 (Django Meta)
+        indexes = [models.Index(fields=["category", "price_cents"])]
