@@ -5,12 +5,17 @@ queue drops and counts). The writer thread batches, sanitises, and writes Workfl
 TraceStep / ErrorLog / PerformanceSnapshot rows on its own thread-local Django connection with
 instrumentation suppressed, so its SQL never becomes spans. A database outage, a row lock held
 longer than ``LOCK_WAIT_TIMEOUT`` or a deadlock makes it back off exponentially (capped) and retry
-the batch, keeping the newest pending steps up to the queue size; it recovers by itself. Errors are
-grouped once per batch: one locked read and one counter update (or insert) per fingerprint.
+the batch, keeping the newest pending steps up to the queue size; it recovers by itself. Each batch
+is one transaction of a few set-based statements (sessions locked with one read, new ones inserted
+with one insert, all steps with one, all sessions stored with one upsert), so the writer's CPU (and
+the GIL time it takes from request threads) grows with rows, not with traces; a batch the database
+refuses is written again trace by trace so only the offending trace is dropped. Errors are grouped
+once per batch: one locked read and one counter update (or insert) per fingerprint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -69,6 +74,27 @@ class _Occurrence(NamedTuple):
     correlation_id: uuid.UUID
     span_id: str
     user_id: str
+
+
+class _Folded(NamedTuple):
+    """One trace's steps applied to its session in memory, waiting for the commit."""
+
+    kept: list[StepData]
+    over: int  # steps beyond MAX_STEPS_PER_WORKFLOW (dropped as ``step_cap``)
+    closed: str | None  # the ``workflow_closed`` reason, if this closed the workflow
+
+
+# Every WorkflowSession column the writer changes on an existing row (one upsert per chunk).
+_SESSION_FIELDS = (
+    "workflow_type", "workflow_type_source", "user_id", "service", "start_time", "end_time",
+    "last_activity", "duration_ms", "status", "status_explicit", "root_span_id", "step_count",
+    "error_count", "dropped_step_count", "metadata", "updated_at",
+)
+
+
+def _ordered(items: list[tuple[int, StepData]]) -> list[StepData]:
+    """One trace's steps in start order (the first one's start is the session's start)."""
+    return sorted((step for _, step in items), key=lambda s: (s.start_ns, s.end_ns))
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -184,10 +210,8 @@ class RecordWriter:
         if thread is None:
             return True
         self._stopping.set()
-        try:
+        with contextlib.suppress(queue.Full):  # the loop also checks the event
             self._queue.put(_STOP, timeout=max(0.0, timeout / 2))
-        except queue.Full:
-            pass  # the loop also checks the event
         thread.join(timeout)
         return not thread.is_alive()
 
@@ -308,7 +332,7 @@ class RecordWriter:
             self._note_error(exc)
             logger.warning("e2e-otel: record batch refused by the database: %s", exc)
             return "dropped"
-        except Exception as exc:  # noqa: BLE001 - e.g. database access not allowed yet; never die
+        except Exception as exc:  # e.g. database access not allowed yet; never die
             return self._back_off(exc)
         with self._lock:
             self._last_flush_ts = time.time()
@@ -353,7 +377,7 @@ class RecordWriter:
         connection = connections[self.alias]
         try:
             return connection.connection is not None and connection.is_usable()
-        except Exception:  # noqa: BLE001
+        except Exception:
             return False
 
     def _close_connection(self) -> None:
@@ -373,17 +397,113 @@ class RecordWriter:
     # --- writing (writer thread, inside _attempt) ---------------------------------------------------
 
     def _write(self, chunk: list[tuple[int, StepData]]) -> None:
-        """Write a chunk trace by trace, then group the chunk's errors. Steps committed by an earlier
-        attempt of the same chunk (their sequence numbers are in ``_chunk_done``) are skipped on
-        retry, and their errors wait in ``_chunk_errors``, so counters are never applied twice."""
+        """Write a chunk in one transaction (set-based: a handful of statements whatever the number
+        of traces), then group the chunk's errors. If the database refuses the chunk's data (or another
+        process created one of its sessions meanwhile), it is written again trace by trace, so only the
+        refused trace is dropped. Steps committed by an earlier attempt of the same chunk (their
+        sequence numbers are in ``_chunk_done``) are skipped on retry, and their errors wait in
+        ``_chunk_errors``, so counters are never applied twice."""
         from django.db import DatabaseError, InterfaceError, OperationalError
 
         by_trace: dict[int, list[tuple[int, StepData]]] = {}
         for seq, step in chunk:
             if seq not in self._chunk_done:
                 by_trace.setdefault(step.trace_id, []).append((seq, step))
+        if by_trace:
+            try:
+                self._write_set(by_trace)
+            except (OperationalError, InterfaceError) as exc:
+                if _is_retryable(exc) or not self._connection_usable():
+                    raise  # lock wait timeout / deadlock / outage: rolled back, retried as a whole
+                self._write_trace_by_trace(by_trace)  # e.g. MySQL 1292: data, not outage
+            except DatabaseError:  # refused data or a concurrent session insert: find out per trace
+                self._write_trace_by_trace(by_trace)
+        if not self._chunk_errors:
+            return
+        try:
+            self._group_errors(self._chunk_errors)
+        except (OperationalError, InterfaceError) as exc:
+            if _is_retryable(exc) or not self._connection_usable():
+                raise  # retried with the chunk: its traces are done, its errors are still here
+            self._refused_errors(exc)
+        except DatabaseError as exc:
+            self._refused_errors(exc)
+        self._chunk_errors = []
+
+    def _write_set(self, by_trace: dict[int, list[tuple[int, StepData]]]) -> None:
+        """One transaction for the whole chunk: one locked read of its existing sessions (in
+        correlation id order, so concurrent writers lock in the same order), one insert of the new
+        ones, one insert of all steps, one of all snapshots, one upsert of all sessions. Counters,
+        signals and ``_chunk_done`` are applied only after the commit."""
+        from django.db import transaction
+
+        from .models import PerformanceSnapshot, TraceStep
+
+        alias = self.alias
+        groups = {trace_id: _ordered(items) for trace_id, items in by_trace.items()}
+        results: list[tuple[int, Any, _Folded]] = []
+        with transaction.atomic(using=alias):
+            sessions = self._lock_or_create_sessions(groups)
+            steps: list[Any] = []
+            snapshots: list[Any] = []
+            for trace_id, group in groups.items():
+                session = sessions[trace_id]
+                folded = self._fold(session, group)
+                steps.extend(self._step_row(TraceStep, session, session.correlation_id, step)
+                             for step in folded.kept)
+                snapshots.extend(self._snapshot_rows(PerformanceSnapshot, session.correlation_id, folded.kept))
+                results.append((trace_id, session, folded))
+            if steps:
+                TraceStep.objects.using(alias).bulk_create(steps, ignore_conflicts=True)
+            if snapshots:
+                PerformanceSnapshot.objects.using(alias).bulk_create(snapshots)
+            self._save_sessions(list(sessions.values()))
+        for trace_id, session, folded in results:
+            self._chunk_errors.extend(self._committed(trace_id, session, groups[trace_id], folded))
+        for items in by_trace.values():
+            self._chunk_done.update(seq for seq, _ in items)
+
+    def _lock_or_create_sessions(self, groups: dict[int, list[StepData]]) -> dict[int, Any]:
+        """The chunk's sessions by trace id, locked: one ``SELECT … FOR UPDATE`` and one bulk insert.
+        A session another process inserted since the read raises ``IntegrityError`` (the caller
+        then falls back to the per-trace path, which handles that race row by row)."""
+        from .models import WorkflowSession
+
+        rows = WorkflowSession.objects.using(self.alias)
+        cids = sorted(uuid.UUID(int=trace_id) for trace_id in groups)
+        found = {s.correlation_id.int: s for s in rows.select_for_update().filter(correlation_id__in=cids)}
+        new = [WorkflowSession(**self._new_session_fields(uuid.UUID(int=trace_id), groups[trace_id]))
+               for trace_id in sorted(groups) if trace_id not in found]  # same order as the read
+        if new:
+            rows.bulk_create(new)
+            if any(session.pk is None for session in new):  # backends that return no ids on insert
+                new = list(rows.select_for_update().filter(correlation_id__in=[s.correlation_id for s in new]))
+            found.update((session.correlation_id.int, session) for session in new)
+        return found
+
+    def _save_sessions(self, sessions: list[Any]) -> None:
+        """Store the chunk's (locked, existing) session rows in one statement: an upsert on the
+        primary key (``INSERT … ON DUPLICATE KEY UPDATE`` on MySQL/MariaDB). ``bulk_update`` would
+        say the same with a ``CASE`` per column and row, which costs the writer several times the
+        CPU to build."""
+        from django.db import connections
+
+        from .models import WorkflowSession
+
+        created = [session.created_at for session in sessions]  # bulk_create's pre_save resets it
+        target = ["pk"] if connections[self.alias].features.supports_update_conflicts_with_target else None
+        WorkflowSession.objects.using(self.alias).bulk_create(
+            sessions, update_conflicts=True, update_fields=list(_SESSION_FIELDS), unique_fields=target,
+        )
+        for session, created_at in zip(sessions, created, strict=True):
+            session.created_at = created_at
+
+    def _write_trace_by_trace(self, by_trace: dict[int, list[tuple[int, StepData]]]) -> None:
+        """The fallback: one transaction per trace, so refused data drops only its own trace."""
+        from django.db import DatabaseError, InterfaceError, OperationalError
+
         for trace_id, items in by_trace.items():
-            group = sorted((step for _, step in items), key=lambda s: (s.start_ns, s.end_ns))
+            group = _ordered(items)
             try:
                 self._chunk_errors.extend(self._write_trace(trace_id, group))
             except (OperationalError, InterfaceError) as exc:
@@ -400,17 +520,6 @@ class RecordWriter:
                 self.count_drop("db_error", len(group))
                 logger.warning("e2e-otel: records of trace %032x refused by the database: %s", trace_id, exc)
             self._chunk_done.update(seq for seq, _ in items)
-        if not self._chunk_errors:
-            return
-        try:
-            self._group_errors(self._chunk_errors)
-        except (OperationalError, InterfaceError) as exc:
-            if _is_retryable(exc) or not self._connection_usable():
-                raise  # retried with the chunk: its traces are done, its errors are still here
-            self._refused_errors(exc)
-        except DatabaseError as exc:
-            self._refused_errors(exc)
-        self._chunk_errors = []
 
     def _refused_errors(self, exc: BaseException) -> None:
         self._note_error(exc)
@@ -434,12 +543,10 @@ class RecordWriter:
         """One transaction for one trace's session, steps and snapshots; returns its errors."""
         from django.db import IntegrityError, transaction
 
-        from . import signals
-        from .models import PerformanceSnapshot, TraceStep, WorkflowSession, WorkflowStatus
+        from .models import PerformanceSnapshot, TraceStep, WorkflowSession
 
         alias = self.alias
         cid = uuid.UUID(int=trace_id)
-        closed: tuple[WorkflowSession, str] | None = None
         with transaction.atomic(using=alias):
             sessions = WorkflowSession.objects.using(alias)
             session = sessions.select_for_update().filter(correlation_id=cid).first()
@@ -449,58 +556,74 @@ class RecordWriter:
                         session = sessions.create(**self._new_session_fields(cid, group))
                 except IntegrityError:  # another process created it a moment ago
                     session = sessions.select_for_update().get(correlation_id=cid)
-            previous_status = session.status
-
-            allowed = max(0, self._max_steps - session.step_count)
-            kept, over = group[:allowed], group[allowed:]
-            if over:
-                self.count_drop("step_cap", len(over))
-                session.dropped_step_count += len(over)
-            if kept:
+            folded = self._fold(session, group)
+            if folded.kept:
                 TraceStep.objects.using(alias).bulk_create(
-                    [self._step_row(TraceStep, session, cid, step) for step in kept], ignore_conflicts=True
+                    [self._step_row(TraceStep, session, cid, step) for step in folded.kept], ignore_conflicts=True
                 )
-            self._update_session(session, group, kept)
-
-            occurrences = [_Occurrence(error, cid, step.span_id, session.user_id)
-                           for step in sorted(group, key=lambda s: s.end_ns) for error in step.errors
-                           if self._first_sighting(trace_id, error)]
-            metrics = [(metric, step) for step in kept for metric in step.metrics]
-            if metrics:
-                PerformanceSnapshot.objects.using(alias).bulk_create([
-                    PerformanceSnapshot(
-                        timestamp=_dt(metric.timestamp_ns), layer=metric.layer[:20],
-                        component=self._text(metric.component, 190), metric_name=metric.name,
-                        metric_value=metric.value, unit=metric.unit, correlation_id=cid,
-                        metadata=self._sanitizer.clean_mapping(dict(metric.metadata)),
-                    ) for metric, step in metrics
-                ])
-
-            reason = self._close_reason(session, group)
-            if reason is not None:
-                end = max(s.end_ns for s in group)
-                session.end_time = max(filter(None, (session.end_time, _dt(end))))
-                session.duration_ms = (session.end_time - session.start_time).total_seconds() * 1000
-                if not session.status_explicit:
-                    session.status = WorkflowStatus.FAILED if session.error_count else WorkflowStatus.COMPLETED
-                if previous_status == WorkflowStatus.IN_PROGRESS or previous_status != session.status:
-                    closed = (session, reason)
-            elif not session.status_explicit and session.status != WorkflowStatus.IN_PROGRESS:
-                if session.end_time is None or any(_dt(s.start_ns) > session.end_time for s in group):
-                    session.status = WorkflowStatus.IN_PROGRESS  # a later request of the same workflow
-                else:  # late spans of work already closed (a browser fetch ending after its click)
-                    end = _dt(max(s.end_ns for s in group))
-                    if end > session.end_time:
-                        session.end_time = end
-                        session.duration_ms = (end - session.start_time).total_seconds() * 1000
-                    session.status = WorkflowStatus.FAILED if session.error_count else WorkflowStatus.COMPLETED
+            snapshots = self._snapshot_rows(PerformanceSnapshot, cid, folded.kept)
+            if snapshots:
+                PerformanceSnapshot.objects.using(alias).bulk_create(snapshots)
             session.save(using=alias)
+        return self._committed(trace_id, session, group, folded)
+
+    def _fold(self, session: Any, group: list[StepData]) -> _Folded:
+        """Apply one trace's steps to its locked session in memory: step cap, counters, workflow
+        type, metadata, and whether this closes (or reopens) the workflow. Nothing is written."""
+        from .models import WorkflowStatus
+
+        previous_status = session.status
+        allowed = max(0, self._max_steps - session.step_count)
+        kept, over = group[:allowed], len(group[allowed:])
+        session.dropped_step_count += over
+        self._update_session(session, group, kept)
+        closed: str | None = None
+        reason = self._close_reason(session, group)
+        if reason is not None:
+            end = max(s.end_ns for s in group)
+            session.end_time = max(filter(None, (session.end_time, _dt(end))))
+            session.duration_ms = (session.end_time - session.start_time).total_seconds() * 1000
+            if not session.status_explicit:
+                session.status = WorkflowStatus.FAILED if session.error_count else WorkflowStatus.COMPLETED
+            if previous_status == WorkflowStatus.IN_PROGRESS or previous_status != session.status:
+                closed = reason
+        elif not session.status_explicit and session.status != WorkflowStatus.IN_PROGRESS:
+            if session.end_time is None or any(_dt(s.start_ns) > session.end_time for s in group):
+                session.status = WorkflowStatus.IN_PROGRESS  # a later request of the same workflow
+            else:  # late spans of work already closed (a browser fetch ending after its click)
+                late_end = _dt(max(s.end_ns for s in group))
+                if late_end > session.end_time:
+                    session.end_time = late_end
+                    session.duration_ms = (late_end - session.start_time).total_seconds() * 1000
+                session.status = WorkflowStatus.FAILED if session.error_count else WorkflowStatus.COMPLETED
+        return _Folded(kept, over, closed)
+
+    def _committed(self, trace_id: int, session: Any, group: list[StepData], folded: _Folded) -> list[_Occurrence]:
+        """After the commit: counters, the ``workflow_closed`` signal, and the trace's errors (first
+        sightings only) for the chunk's error grouping."""
+        from . import signals
+        from .models import WorkflowSession
+
+        if folded.over:
+            self.count_drop("step_cap", folded.over)
         self._written_add("session", 1)
-        self._written_add("step", len(kept))
-        self._written_add("snapshot", len(metrics))
-        if closed is not None:
-            signals.workflow_closed.send_robust(sender=WorkflowSession, session=closed[0], reason=closed[1])
-        return occurrences
+        self._written_add("step", len(folded.kept))
+        self._written_add("snapshot", sum(len(step.metrics) for step in folded.kept))
+        if folded.closed is not None:
+            signals.workflow_closed.send_robust(sender=WorkflowSession, session=session, reason=folded.closed)
+        return [_Occurrence(error, session.correlation_id, step.span_id, session.user_id)
+                for step in sorted(group, key=lambda s: s.end_ns) for error in step.errors
+                if self._first_sighting(trace_id, error)]
+
+    def _snapshot_rows(self, model: Any, cid: uuid.UUID, kept: list[StepData]) -> list[Any]:
+        return [
+            model(
+                timestamp=_dt(metric.timestamp_ns), layer=metric.layer[:20],
+                component=self._text(metric.component, 190), metric_name=metric.name,
+                metric_value=metric.value, unit=metric.unit, correlation_id=cid,
+                metadata=self._sanitizer.clean_mapping(dict(metric.metadata)),
+            ) for step in kept for metric in step.metrics
+        ]
 
     def _new_session_fields(self, cid: uuid.UUID, group: list[StepData]) -> dict[str, Any]:
         workflow_type, source = resolve_workflow_type([s.hints for s in group], self._rules) or _UNKNOWN_TYPE
