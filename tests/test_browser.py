@@ -197,12 +197,6 @@ def test_browser_checkout_becomes_one_workflow(frontend: int, bundle_dir: Path, 
         # a finished request must not reopen it.
         assert session.status == "completed" and session.duration_ms and session.duration_ms > 0, (
             session.status, session.duration_ms)
-        deadline = time.monotonic() + 10
-        while session.status == "in_progress" and time.monotonic() < deadline:  # the click root closes it
-            time.sleep(0.2)
-            session.refresh_from_db()
-        assert session.status == "completed" and session.duration_ms and session.duration_ms > 0, (
-            session.status, session.duration_ms)
 
         # start-time order: the click, the browser's fetch, Django's request, then its queries
         assert [step.layer for step in steps][:3] == ["frontend", "frontend", "api"], steps
