@@ -17,9 +17,7 @@ from opentelemetry.trace import Span, SpanContext
 
 from .conf import get_config
 from .propagation import format_correlation_id
-
-#: Span attribute marking e2e-otel's own traffic (see ``CorrelationMiddleware.process_view``).
-ATTR_INTERNAL = "e2e.internal"
+from .spans_to_records import ATTR_INTERNAL
 
 __all__ = ["CorrelationMiddleware", "get_correlation_id", "inject_headers", "traceresponse_value"]
 

@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 #: Span attribute conventions (documented in docs/metrics.md).
 ATTR_LAYER = "e2e.layer"
 ATTR_CACHE_HIT = "e2e.cache.hit"
-ATTR_INTERNAL = "e2e.internal"  # e2e-otel's own views (/metrics, debugging API, ingestion, admin)
 PENDING_BREACHES = 1000
 _LAYER_SET = frozenset(LAYERS)
 _EMPTY: Mapping[str, Any] = {}
@@ -107,7 +106,7 @@ class ThresholdEvaluator(SpanProcessor):
         metrics.steps.labels(layer, component, "error" if error else "ok").inc()
         if error:
             self._count_errors(span, layer, attributes)
-        if ATTR_INTERNAL in attributes:
+        if spans_to_records.ATTR_INTERNAL in attributes:
             return  # our own scrapes/API/ingest posts: real steps, but not the app's health
         if layer == "api":
             self.api_window.add(error)

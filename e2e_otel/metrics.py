@@ -397,11 +397,9 @@ def render(accept: str = "") -> tuple[bytes, str]:
 def metrics_view(request):  # type: ignore[no-untyped-def]
     """``GET /metrics``: Prometheus exposition; ``Authorization: Bearer <METRICS_KEY>`` when a key is set."""
     from django.http import HttpResponse, HttpResponseNotAllowed
-    from opentelemetry import trace
 
     from .conf import get_config
 
-    trace.get_current_span().set_attribute("e2e.internal", "metrics")
     if request.method not in ("GET", "HEAD"):
         return HttpResponseNotAllowed(["GET", "HEAD"])
     config = get_config()

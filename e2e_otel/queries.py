@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from .propagation import format_correlation_id
 from .sanitize import ansi_quotes_for, scrub_sql, sql_operation_and_table
+from .spans_to_records import ATTR_INTERNAL
 
 if TYPE_CHECKING:
     from .bootstrap import Runtime
@@ -131,7 +132,7 @@ class QueryAnalyzer(SpanProcessor):
             self._observe(trace_id, statement[:_MAX_STATEMENT_CHARS], (span.end_time or 0) - (span.start_time or 0),
                           ansi_quotes_for(attributes.get("db.system")))
         if span.parent is None or span.parent.is_remote:
-            if "e2e.internal" in attributes:  # e2e-otel's own pages: not the app's queries
+            if ATTR_INTERNAL in attributes:  # e2e-otel's own pages: not the app's queries
                 with self._lock:
                     self._traces.pop(trace_id, None)
                 return

@@ -55,7 +55,9 @@ ATTR_LAYER = "e2e.layer"
 ATTR_COMPONENT = "e2e.component"
 ATTR_OPERATION = "e2e.operation"
 ATTR_WORKFLOW_TYPE = "e2e.workflow.type"
-ATTR_INTERNAL = "e2e.internal"  # set by e2e-otel's own views on their server span
+#: e2e-otel's own traffic (debugging API, ingestion, /metrics, its admin), marked on the server span by
+#: ``CorrelationMiddleware.process_view``: traced and exported, never recorded or evaluated.
+ATTR_INTERNAL = "e2e.internal"
 ATTR_WORKFLOW_BAGGAGE = "e2e.workflow.baggage"
 ATTR_WORKFLOW_STATUS = "e2e.workflow.status"
 ATTR_WORKFLOW_MESSAGE = "e2e.workflow.message"

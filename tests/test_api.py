@@ -33,31 +33,13 @@ def live_records():
 
 @pytest.fixture
 def quiet_records(request):
-    """These tests exercise the API on rows they create themselves: detach the record processor so the
-    test requests' own spans don't add sessions/steps (the writer commits on its own connection), and
-    hide rows earlier tests left behind (deleted inside this test's rolled-back transaction)."""
-    from e2e_otel.bootstrap import get_runtime
-
-    if "live_records" in request.fixturenames:
-        yield
-        return
-    runtime = get_runtime()
-    detached = []
-    if runtime is not None:
-        runtime.force_flush(5)
-        from e2e_otel.processors import WorkflowSpanProcessor
-
-        processor = runtime.processor(WorkflowSpanProcessor)
-        if processor is not None:
-            runtime.derived.remove(processor)
-            detached.append(processor)
-    for model in (TraceStep, WorkflowSession, ErrorLog, PerformanceSnapshot):
-        model.objects.all().delete()
-    try:
-        yield
-    finally:
-        for processor in detached:
-            runtime.derived.add(processor)
+    """These tests exercise the API on rows they create themselves: hide rows earlier tests left
+    behind (deleted inside this test's rolled-back transaction). The record processor itself is
+    detached for non-transactional tests by ``tests/conftest.py``."""
+    if "live_records" not in request.fixturenames:
+        for model in (TraceStep, WorkflowSession, ErrorLog, PerformanceSnapshot):
+            model.objects.all().delete()
+    yield
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from django.utils import timezone
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from drf_spectacular.utils import extend_schema as _extend_schema
-from opentelemetry import trace
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.filters import OrderingFilter
@@ -81,11 +80,6 @@ class DebuggingAPIMixin:
     parser_classes = [JSONParser]
     schema = AutoSchema()
     filter_params: dict[str, Param] = {}
-
-    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        # Tooling traffic: traced and exported like any request, but not recorded as a workflow.
-        trace.get_current_span().set_attribute("e2e.internal", "api")
-        super().initial(request, *args, **kwargs)  # type: ignore[misc]
 
 
 # --- workflow sessions --------------------------------------------------------------------------------
