@@ -372,13 +372,16 @@ def format_report(report: dict[str, Any]) -> str:
     for config, stats in report.get("record_writer", {}).items():
         lines.append(f"record writer after the rounds [{config}]: {json.dumps(stats, sort_keys=True)}")
     if report.get("hook_costs"):
-        lines += ["", ("CPU time in tracing hooks on the request thread (us per request; thread_time_ns around "
-                       "each call, so GIL waits are excluded; total = request-thread CPU of the request):")]
+        lines += ["", ("CPU time in tracing hooks (us per request; thread_time_ns around each call, so GIL "
+                       "waits are excluded). 'request thread' = hooks on the request thread, of the request's "
+                       "own CPU; 'derive' = e2e-otel's derived processors, on its derive thread:")]
         for config, by_view in report["hook_costs"].items():
             for view, costs in by_view.items():
                 hooks = costs["hooks_us_per_request"]
-                lines.append(f"  {'/' + view + '/':<9}{LABELS[config]:<33}total {sum(hooks.values()):.0f} of "
-                             f"{costs['request_us']:.0f} per request")
+                inline = sum(us for name, us in hooks.items() if not name.startswith("derive: "))
+                derive = sum(us for name, us in hooks.items() if name.startswith("derive: "))
+                lines.append(f"  {'/' + view + '/':<9}{LABELS[config]:<33}request thread {inline:.0f} of "
+                             f"{costs['request_us']:.0f} per request" + (f"; derive {derive:.0f}" if derive else ""))
                 for name, us in hooks.items():
                     lines.append(f"      {name:<58}{us:>8.1f}  ({costs['calls_per_request'][name]:.0f} calls)")
     for prof in report.get("writer_profile", []):

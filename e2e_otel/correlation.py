@@ -40,12 +40,18 @@ def inject_headers(headers: MutableMapping[str, str] | None = None) -> MutableMa
 
 def traceresponse_value(context: SpanContext) -> str:
     """W3C Trace Context Level 2 ``traceresponse``: the server span as the caller's child."""
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+    return _traceresponse(f"{context.trace_id:032x}", context)
+
+
+def _traceresponse(trace_hex: str, context: SpanContext) -> str:
+    """``traceresponse`` with the trace id's 32 hex digits already at hand (the middleware has them)."""
+    return f"00-{trace_hex}-{context.span_id:016x}-{int(context.trace_flags):02x}"
 
 
 class CorrelationMiddleware:
     """Sets ``request.correlation_id`` and the response headers. Inserted right after the OTel
-    middleware by ``AppConfig.ready()``; runs on the request thread and does O(1) work."""
+    middleware by ``AppConfig.ready()``; runs on the request thread and does O(1) work: one span
+    lookup and one id formatting per request, reused for the response headers."""
 
     sync_capable = True
     async_capable = True
@@ -53,6 +59,8 @@ class CorrelationMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
         self.header = get_config().CORRELATION_HEADER
+        # Access-Control-Expose-Headers when the response has none yet (the usual case).
+        self._expose = f"{self.header}, traceresponse"
         self._is_async = iscoroutinefunction(get_response)
         if self._is_async:
             markcoroutinefunction(self)
@@ -60,19 +68,18 @@ class CorrelationMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
         if self._is_async:
             return self.__acall__(request)
-        context = self._before(request)
-        return self._after(self.get_response(request), context)
+        context, correlation_id = self._before(request)
+        return self._after(self.get_response(request), context, correlation_id)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        context = self._before(request)
-        return self._after(await self.get_response(request), context)
+        context, correlation_id = self._before(request)
+        return self._after(await self.get_response(request), context, correlation_id)
 
-    def _before(self, request: HttpRequest) -> SpanContext:
+    def _before(self, request: HttpRequest) -> tuple[SpanContext, str | None]:
         context = trace.get_current_span().get_span_context()
-        request.correlation_id = (  # type: ignore[attr-defined]
-            format_correlation_id(context.trace_id) if context.is_valid else None
-        )
-        return context
+        correlation_id = format_correlation_id(context.trace_id) if context.is_valid else None
+        request.correlation_id = correlation_id  # type: ignore[attr-defined]
+        return context, correlation_id
 
     def process_view(self, request: HttpRequest, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
         """Mark e2e-otel's own pages (debugging API, ingestion, /metrics, its admin) as internal.
@@ -89,14 +96,20 @@ class CorrelationMiddleware:
                 span.set_attribute(ATTR_INTERNAL, "admin" if match.app_name == "admin" else "e2e_otel")
         return None
 
-    def _after(self, response: HttpResponseBase, context: SpanContext) -> HttpResponseBase:
-        if context.is_valid:
-            response[self.header] = format_correlation_id(context.trace_id)
-            response["traceresponse"] = traceresponse_value(context)
-            exposed = response.get("Access-Control-Expose-Headers", "")
-            names = [n.strip() for n in exposed.split(",") if n.strip()]
-            for name in (self.header, "traceresponse"):
-                if name.lower() not in (n.lower() for n in names):
-                    names.append(name)
-            response["Access-Control-Expose-Headers"] = ", ".join(names)
+    def _after(self, response: HttpResponseBase, context: SpanContext,
+               correlation_id: str | None) -> HttpResponseBase:
+        if correlation_id is None:
+            return response
+        headers = response.headers
+        headers[self.header] = correlation_id
+        headers["traceresponse"] = _traceresponse(correlation_id.replace("-", ""), context)
+        exposed = headers.get("Access-Control-Expose-Headers")
+        if not exposed:
+            headers["Access-Control-Expose-Headers"] = self._expose
+            return response
+        names = [n.strip() for n in exposed.split(",") if n.strip()]
+        for name in (self.header, "traceresponse"):
+            if name.lower() not in (n.lower() for n in names):
+                names.append(name)
+        headers["Access-Control-Expose-Headers"] = ", ".join(names)
         return response

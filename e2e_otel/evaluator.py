@@ -2,7 +2,9 @@
 ratio-window events and duration breaches; and ``build_metrics_processor``, its bootstrap factory.
 
 It reads the ``RuleSet`` the monitor thread swaps in (``thresholds.py``), feeds ``SlidingWindow``s
-(``windows.py``) and queues span breaches for ``ThresholdMonitor`` (``monitor.py``) to signal.
+(``windows.py``) and queues span breaches for ``ThresholdMonitor`` (``monitor.py``) to signal. Its
+``on_end`` runs on the derive thread (``derive.py``), one span at a time; nothing in it relies on that
+(spans may still reach it from another thread), so everything it touches is thread-safe.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ ATTR_CACHE_HIT = "e2e.cache.hit"
 PENDING_BREACHES = 1000
 _LAYER_SET = frozenset(LAYERS)
 _EMPTY: Mapping[str, Any] = {}
+#: http.response.status_code (stable semconv) wins over http.status_code (old), as in the records.
+_STATUS_CODE_KEYS = ("http.response.status_code", "http.status_code")
+#: The attributes ``on_end`` asks about that most spans lack. The SDK's attribute mapping answers a
+#: missing key by raising and catching KeyError, so one pass over its keys finds which are present.
+_SOUGHT_KEYS = frozenset({ATTR_LAYER, ATTR_CACHE_HIT, spans_to_records.ATTR_INTERNAL, *_STATUS_CODE_KEYS})
 
 
 def classify(span: ReadableSpan) -> tuple[str, str]:
@@ -40,23 +47,32 @@ def classify(span: ReadableSpan) -> tuple[str, str]:
     components are route templates or table names, never raw paths. A span carrying
     ``e2e.cache.hit`` (and no explicit ``e2e.layer``) is a cache step; a layer outside the known set
     becomes ``internal`` (it is a label value)."""
-    return _classify(span, span.attributes or _EMPTY)
+    attributes = span.attributes or _EMPTY
+    return _classify(span, attributes, _SOUGHT_KEYS.intersection(attributes))
 
 
-def _classify(span: ReadableSpan, attributes: Mapping[str, Any]) -> tuple[str, str]:
-    layer, component = spans_to_records.classify(span)[:2]
-    if ATTR_CACHE_HIT in attributes and not attributes.get(ATTR_LAYER):
+def _classify(span: ReadableSpan, attributes: Mapping[str, Any], present: frozenset[str]) -> tuple[str, str]:
+    """``present``: the ``_SOUGHT_KEYS`` that ``attributes`` has."""
+    layer, component, _ = spans_to_records.classify(span)
+    if ATTR_CACHE_HIT in present and not (ATTR_LAYER in present and attributes[ATTR_LAYER]):
         layer = "cache"
     if layer not in _LAYER_SET:
         layer = "internal"
     return layer, component
 
 
-def _is_error(span: ReadableSpan, layer: str, attributes: Mapping[str, Any]) -> bool:
+def _status_code(attributes: Mapping[str, Any], present: frozenset[str]) -> Any:
+    for key in _STATUS_CODE_KEYS:
+        if key in present:
+            return attributes[key]
+    return None
+
+
+def _is_error(span: ReadableSpan, layer: str, attributes: Mapping[str, Any], present: frozenset[str]) -> bool:
     if span.status.status_code is StatusCode.ERROR:
         return True
     if layer == "api":
-        code = attributes.get("http.response.status_code", attributes.get("http.status_code"))
+        code = _status_code(attributes, present)
         return isinstance(code, int) and code >= 500
     return False
 
@@ -64,11 +80,14 @@ def _is_error(span: ReadableSpan, layer: str, attributes: Mapping[str, Any]) -> 
 class ThresholdEvaluator(SpanProcessor):
     """Spans → step/error metrics, ratio windows and duration breaches.
 
-    ``on_end`` runs on the span-ending thread (request threads, the ingest view's thread); the
-    ``workflow_closed`` receiver on the record writer thread; ``drain_pending`` on the monitor thread.
-    Every recorded span counts, sampled or not (the sampler records what it does not export), so rates
-    do not depend on SAMPLE_RATE. ``on_end`` classifies each span once, reads the span's own attribute
-    mapping (no copy), never blocks on I/O and never raises. e2e-otel's own traffic (``e2e.internal``)
+    ``on_end`` runs on the derive thread, one span at a time; the ``workflow_closed`` receiver on the
+    record writer thread; ``drain_pending`` on the monitor thread. Nothing relies on ``on_end`` having
+    one thread, though (a span may be replayed into it from another): its only per-span state is in
+    thread-safe structures (label caps, ``ChildCache``s, windows, the breach queue). Every recorded
+    span counts, sampled or not (the sampler records what it does not export), so rates do not depend
+    on SAMPLE_RATE. ``on_end`` classifies each span once, reads the span's own attribute mapping (no
+    copy, one pass over its keys), labels through the metrics' child caches, never blocks on I/O and
+    never raises. e2e-otel's own traffic (``e2e.internal``)
     counts as steps but never in the API error ratio or in breaches. Span breaches wait in a bounded
     queue for the monitor thread; when it is full the oldest is dropped and counted in
     ``e2e_otel_breach_signals_dropped_total``.
@@ -94,25 +113,28 @@ class ThresholdEvaluator(SpanProcessor):
             logger.debug("e2e-otel: threshold evaluation failed", exc_info=True)
 
     def _observe(self, span: ReadableSpan) -> None:
-        if span.end_time is None or span.start_time is None:
+        start, end = span.start_time, span.end_time
+        if end is None or start is None:
             return
         metrics = self.metrics
         attributes = span.attributes or _EMPTY
-        layer, raw_component = _classify(span, attributes)
+        present = _SOUGHT_KEYS.intersection(attributes)
+        layer, raw_component = _classify(span, attributes, present)
         component = metrics.component_label(layer, raw_component)
-        seconds = max(0.0, (span.end_time - span.start_time) / 1e9)
-        error = _is_error(span, layer, attributes)
-        metrics.step_duration.labels(layer, component).observe(seconds)
-        metrics.steps.labels(layer, component, "error" if error else "ok").inc()
+        seconds = max(0.0, (end - start) / 1e9)
+        error = _is_error(span, layer, attributes, present)
+        metrics.step_duration_children[layer, component].observe(seconds)
+        metrics.steps_children[layer, component, "error" if error else "ok"].inc()
         if error:
-            self._count_errors(span, layer, attributes)
-        if spans_to_records.ATTR_INTERNAL in attributes:
+            self._count_errors(span, layer, attributes, present)
+        if spans_to_records.ATTR_INTERNAL in present:
             return  # our own scrapes/API/ingest posts: real steps, but not the app's health
         if layer == "api":
             self.api_window.add(error)
-        hit = attributes.get(ATTR_CACHE_HIT)
-        if isinstance(hit, bool):
-            self.cache_window.add(not hit)
+        if ATTR_CACHE_HIT in present:
+            hit = attributes[ATTR_CACHE_HIT]
+            if isinstance(hit, bool):
+                self.cache_window.add(not hit)
         metric = DURATION_METRIC_BY_LAYER.get(layer)
         if metric is None:
             return
@@ -138,17 +160,18 @@ class ThresholdEvaluator(SpanProcessor):
             self.pending.clear()
         return breaches
 
-    def _count_errors(self, span: ReadableSpan, layer: str, attributes: Mapping[str, Any]) -> None:
+    def _count_errors(self, span: ReadableSpan, layer: str, attributes: Mapping[str, Any],
+                      present: frozenset[str]) -> None:
+        metrics = self.metrics
         counted = False
         for event in span.events:
             if event.name == "exception":
                 error_type = (event.attributes or _EMPTY).get("exception.type") or "Exception"
-                self.metrics.errors.labels(layer, self.metrics.error_type_label(layer, str(error_type))).inc()
+                metrics.errors_children[layer, metrics.error_type_label(layer, str(error_type))].inc()
                 counted = True
         if not counted:
-            error_type = attributes.get("error.type") or attributes.get(
-                "http.response.status_code", attributes.get("http.status_code")) or "error"
-            self.metrics.errors.labels(layer, self.metrics.error_type_label(layer, str(error_type))).inc()
+            error_type = attributes.get("error.type") or _status_code(attributes, present) or "error"
+            metrics.errors_children[layer, metrics.error_type_label(layer, str(error_type))].inc()
 
     def on_workflow_closed(self, sender: Any = None, session: Any = None, **kwargs: Any) -> None:
         """``signals.workflow_closed`` receiver (record writer thread): workflow counters."""
@@ -156,11 +179,12 @@ class ThresholdEvaluator(SpanProcessor):
             status = str(getattr(session, "status", ""))
             if status not in ("completed", "failed"):
                 return
-            workflow_type = self.metrics.workflow_type_label(str(getattr(session, "workflow_type", "") or "unknown"))
-            self.metrics.workflows.labels(workflow_type, status).inc()
+            metrics = self.metrics
+            workflow_type = metrics.workflow_type_label(str(getattr(session, "workflow_type", "") or "unknown"))
+            metrics.workflows_children[workflow_type, status].inc()
             duration_ms = getattr(session, "duration_ms", None)
             if isinstance(duration_ms, (int, float)):
-                self.metrics.workflow_duration.labels(workflow_type).observe(max(0.0, duration_ms / 1000.0))
+                metrics.workflow_duration_children[(workflow_type,)].observe(max(0.0, duration_ms / 1000.0))
         except Exception:
             logger.debug("e2e-otel: workflow metrics failed", exc_info=True)
 

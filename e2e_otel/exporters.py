@@ -1,6 +1,7 @@
 """Span exporters: which one the settings ask for, made fork-safe and privacy-safe.
 
-Both wrappers run on the SDK's export thread, never on the request path.
+The exporter wrappers run on the SDK's export thread, never on the request path;
+``CountingBatchSpanProcessor.on_end`` and ``QueueFullLogFilter`` run where spans end (request threads).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
-from opentelemetry.trace import Link, Status
+from opentelemetry.trace import Link, Status, TraceFlags
 
 from .conf import Config
 from .sanitize import MASK, Sanitizer, ansi_quotes_for
 
 logger = logging.getLogger(__name__)
+
+_SAMPLED = TraceFlags.SAMPLED
 
 
 class QueueFullLogFilter(logging.Filter):
@@ -66,10 +69,12 @@ def _install_queue_full_filter() -> None:
 class CountingBatchSpanProcessor(BatchSpanProcessor):
     """The SDK's batch processor, plus a count of the spans it drops when its queue is full.
 
-    Runs on span-ending threads (``on_end``). The SDK drops silently (one log line per span); we
+    Runs on span-ending threads (``on_end``), i.e. request threads. The SDK drops silently (one log line per span); we
     read its queue length before handing the span over — two attribute reads, no lock (the SDK
-    clears that deque in place after fork, so the reference stays valid). If a future
-    SDK renames those internals, counting stops (``counting`` is False) but export is unaffected.
+    clears that deque in place after fork, so the reference stays valid) — and then call the SDK's
+    ``emit`` directly: ``on_end`` is per span, so it does the sampled check once instead of again
+    in ``super().on_end``. If a future SDK renames those internals, counting stops (``counting`` is
+    False) and spans go through ``super().on_end``; export is unaffected.
     """
 
     def __init__(self, exporter: SpanExporter, on_drop: Callable[[], None] | None = None) -> None:
@@ -79,17 +84,23 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         batch = getattr(self, "_batch_processor", None)
         self._queue = getattr(batch, "_queue", None)
         self._capacity = getattr(batch, "_max_queue_size", None)
-        self.counting = self._queue is not None and isinstance(self._capacity, int)
+        self._emit: Callable[[ReadableSpan], None] | None = getattr(batch, "emit", None)
+        self.counting = self._queue is not None and isinstance(self._capacity, int) and self._emit is not None
         if self.counting:
             _install_queue_full_filter()
 
     def on_end(self, span: ReadableSpan) -> None:
-        counting = self.counting and span.context is not None and span.context.trace_flags.sampled
-        if counting and len(self._queue) >= self._capacity:  # type: ignore[arg-type,operator]
+        if not self.counting:
+            super().on_end(span)
+            return
+        context = span.context
+        if not (context and context.trace_flags & _SAMPLED):  # as the SDK's on_end: export sampled spans
+            return
+        if len(self._queue) >= self._capacity:  # type: ignore[arg-type,operator]
             self.dropped += 1
             if self._on_drop is not None:
                 self._on_drop()
-        super().on_end(span)
+        self._emit(span)  # type: ignore[misc]
 
 
 class PerProcessExporter(SpanExporter):

@@ -25,6 +25,19 @@ _STANDARD_ATTRS = frozenset(
     | {"message", "asctime", "correlation_id", "trace_id", "span_id", "trace_sampled"}
 )
 
+# (trace id, correlation id, 32-hex trace id) of the last record made in a trace: the records of one
+# request share its trace, so each is formatted once. One entry, replaced whole (thread-safe).
+_last_trace: tuple[int, str, str] = (0, "", "")
+
+
+def _trace_fields(trace_id: int) -> tuple[str, str]:
+    """``(correlation_id, trace_id)`` text for a valid trace id, memoised for the previous trace."""
+    global _last_trace
+    last = _last_trace
+    if last[0] != trace_id:
+        last = _last_trace = (trace_id, format_correlation_id(trace_id), f"{trace_id:032x}")
+    return last[1], last[2]
+
 
 def install_record_factory() -> None:
     """Wrap the current log record factory once per process."""
@@ -35,11 +48,11 @@ def install_record_factory() -> None:
         previous: Callable[..., logging.LogRecord] = logging.getLogRecordFactory()
 
         def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            # Runs for every record any logger creates, on the logging thread (often a request's).
             record = previous(*args, **kwargs)
             context = trace.get_current_span().get_span_context()
             if context.is_valid:
-                record.correlation_id = format_correlation_id(context.trace_id)
-                record.trace_id = f"{context.trace_id:032x}"
+                record.correlation_id, record.trace_id = _trace_fields(context.trace_id)
                 record.span_id = f"{context.span_id:016x}"
                 record.trace_sampled = context.trace_flags.sampled
             else:

@@ -15,12 +15,13 @@ import os
 import threading
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics import MetricWrapperBase
 
 from . import forksafe
 
@@ -102,14 +103,49 @@ def error_type_budget(max_labels: int) -> int:
     return min(ERROR_TYPES_PER_LAYER, max_labels)
 
 
+def component_pairs(max_labels: int) -> int:
+    """Distinct (layer, component) label pairs: every layer's budget plus one ``other`` per layer."""
+    return sum(component_budget(layer, max_labels) for layer in LAYERS) + len(LAYERS)
+
+
+_Child = TypeVar("_Child", bound=MetricWrapperBase)
+
+
+class ChildCache(dict[tuple[str, ...], _Child], Generic[_Child]):
+    """A family's labelled children by label values: ``cache[layer, component]`` is
+    ``family.labels(layer, component)``, at most ``limit`` of them kept.
+
+    ``labels()`` validates, converts and takes the family's lock on every call, which costs more than
+    the observation itself on the per-span path; a known key here is a plain dict lookup. Label values
+    must already be capped (``component_label`` & co.), so the keys stay within ``limit``; anything
+    beyond it is served by ``labels()`` uncached. Safe from any thread: two threads missing the same
+    key both get the family's one child (``labels()`` creates it under its lock), so nothing counts
+    twice. A cached child stays the one ``labels()`` returns: e2e-otel never removes children, a
+    forked child's multiprocess values re-open their own files on the first write (prometheus_client
+    checks the pid), and tests build a new ``E2EMetrics`` (with new caches) instead of resetting one.
+    """
+
+    def __init__(self, family: _Child, limit: int) -> None:
+        super().__init__()
+        self.family = family
+        self.limit = limit
+
+    def __missing__(self, labels: tuple[str, ...]) -> _Child:
+        child = self.family.labels(*labels)
+        if len(self) < self.limit:
+            self[labels] = child
+        return child
+
+
 class E2EMetrics:
     """Every e2e-otel metric family (the METRICS CONTRACT), registered on one registry.
 
-    Safe from any thread (span-ending, record writer, monitor and request threads all use it). Every
+    Safe from any thread (derive, record writer, monitor, export and request threads all use it). Every
     layer has its own component cap (``max_labels``; ``frontend``: ``component_budget``) and its own
     error_type cap (``error_type_budget``); workflow types share one cap of ``max_labels``. A value
     beyond its cap becomes ``other``; every value is cut to ``MAX_LABEL_LENGTH``. Always label through
-    ``component_label``/``error_type_label``/``workflow_type_label``.
+    ``component_label``/``error_type_label``/``workflow_type_label``. The families labelled once per
+    span or workflow have a ``ChildCache`` each (``steps_children`` & co.) for those capped values.
     """
 
     def __init__(self, registry: CollectorRegistry | None = REGISTRY, *, max_labels: int = 200) -> None:
@@ -161,6 +197,12 @@ class E2EMetrics:
         self.records_dropped = Counter(
             f"{PREFIX}_records_dropped", "Records dropped before reaching the database, by reason.",
             ["reason"], registry=r)
+        self.derive_queue_depth = Gauge(
+            f"{PREFIX}_derive_queue_depth", "Ended spans waiting for the derive thread (records, metrics, findings).",
+            registry=r, multiprocess_mode="livesum")
+        self.derive_dropped = Counter(
+            f"{PREFIX}_derive_dropped_spans", "Ended spans never derived into records, metrics or findings "
+            "because the derive queue was full (they are still exported).", registry=r)
         self.records_written = Counter(
             f"{PREFIX}_records_written", "Records written to the database, by kind.", ["kind"], registry=r)
         self.exporter_up = Gauge(
@@ -183,6 +225,13 @@ class E2EMetrics:
         self.build_info = Gauge(
             f"{PREFIX}_build_info", "Always 1; labels describe this build.",
             ["version", "service", "environment"], registry=r, multiprocess_mode="max")
+        # the per-span and per-workflow children: keys are capped labels, so the limits are never reached
+        pairs = component_pairs(max_labels)
+        self.step_duration_children = ChildCache(self.step_duration, pairs)
+        self.steps_children = ChildCache(self.steps, 2 * pairs)  # status: ok, error
+        self.errors_children = ChildCache(self.errors, len(LAYERS) * (error_type_budget(max_labels) + 1))
+        self.workflows_children = ChildCache(self.workflows, 2 * (max_labels + 1))  # completed, failed
+        self.workflow_duration_children = ChildCache(self.workflow_duration, max_labels + 1)
         self._stats_lock = threading.Lock()
         self._build_labels: tuple[str, str, str] | None = None
         # per source object, weakly: a discarded processor's memo goes with it, and a new processor
@@ -271,6 +320,21 @@ class E2EMetrics:
                         memos[memo] = float(total)
             self.record_queue_depth.set(depth)
 
+    def sync_derive_stats(self, source: object, stats: dict[str, Any]) -> None:
+        """Copy the derive queue's ``stats()`` (``FanOutSpanProcessor.stats``) into its two metrics."""
+        with self._stats_lock:
+            self.derive_queue_depth.set(stats.get("queue_depth", 0))
+            dropped = stats.get("dropped", 0)
+            try:
+                memos = self._last_stats.setdefault(source, {})
+            except TypeError:
+                return
+            last = memos.get(("derive", "dropped"), 0.0)
+            delta = dropped - last if dropped >= last else dropped
+            if delta > 0:
+                self.derive_dropped.inc(delta)
+            memos[("derive", "dropped")] = float(dropped)
+
 
 BREACH_METRICS = 7  # response_time, query_time, render_time, memory_usage, cpu_usage, error_rate, hit_rate
 
@@ -282,8 +346,7 @@ def series_bound(max_labels: int = 200, *, rules: int = 7, drop_reasons: int = 4
     single-process mode; multiprocess scrapes have fewer per worker.
     """
     layers = len(LAYERS)
-    # admitted (layer, x) pairs + one "other" per layer
-    pairs = sum(component_budget(layer, max_labels) for layer in LAYERS) + layers
+    pairs = component_pairs(max_labels)
     error_pairs = layers * error_type_budget(max_labels) + layers
     database = max_labels + 1  # the database layer's components (+ other)
     types = max_labels + 1
@@ -298,8 +361,8 @@ def series_bound(max_labels: int = 200, *, rules: int = 7, drop_reasons: int = 4
         + BREACH_METRICS * 2 * 2   # threshold_breaches_total
         + rules * 2                # threshold_value
         + 2 * (drop_reasons + written_kinds + 2)  # records_dropped/written, exported_spans
-        + 2 * 2                    # export_dropped_spans_total, breach_signals_dropped_total (+ _created)
-        + 7                        # six plain gauges + build_info
+        + 2 * 3                    # export/derive dropped spans, breach_signals_dropped_total (+ _created)
+        + 8                        # seven plain gauges + build_info
     )
 
 
@@ -357,7 +420,7 @@ class CountingSpanExporter(SpanExporter):
 
 
 def sync_runtime_stats() -> None:
-    """Pull scrape-time numbers (record queue stats) from the installed runtime's processors."""
+    """Pull scrape-time numbers (record and derive queue stats) from the installed runtime."""
     from .bootstrap import get_runtime
 
     runtime = get_runtime()
@@ -371,8 +434,10 @@ def sync_runtime_stats() -> None:
                 sources.append((processor, stats()))
             except Exception:
                 logger.exception("e2e-otel: stats() of %r failed", processor)
+    metrics = get_metrics()
     if sources:
-        get_metrics().sync_record_stats(sources)
+        metrics.sync_record_stats(sources)
+    metrics.sync_derive_stats(runtime.derived, runtime.derived.stats())
 
 
 def scrape_registry() -> CollectorRegistry:

@@ -1,8 +1,9 @@
 """``WorkflowSpanProcessor``: every ended span becomes a step in the record queue.
 
-Runs on whichever thread starts or ends a span (request threads, the ingestion view). Both hooks do
-bounded work per span without I/O: ``on_start`` copies one baggage entry into an attribute;
-``on_end`` reduces the span to a ``StepData`` (a fixed set of attribute lookups, plus frame parsing
+Both hooks do bounded work per span without I/O. ``on_start`` runs on the thread that starts the span
+(a request thread): it copies one baggage entry and the parent's internal mark onto the span, because
+the context is gone by the time the span is derived. ``on_end`` runs on the derive thread
+(``derive.py``): it reduces the span to a ``StepData`` (a fixed set of attribute lookups, plus frame parsing
 for the rare exception event) and hands it to the ``RecordWriter`` without blocking. Sanitising and
 all database work happen on the writer thread.
 
@@ -24,6 +25,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import baggage, trace
+from opentelemetry import context as context_api
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
@@ -94,15 +96,19 @@ class WorkflowSpanProcessor(SpanProcessor):
         return cls(writer, slow_span_ms=float(config.SLOW_SPAN_MS))
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        # Per span on the request thread: the current context is resolved once for both lookups.
+        context = context_api.get_current() if parent_context is None else parent_context
         # Baggage lives in the context, not on the span; copy the workflow name so on_end sees it.
-        value = baggage.get_baggage(BAGGAGE_WORKFLOW, parent_context)
+        value = baggage.get_baggage(BAGGAGE_WORKFLOW, context)
         if value:
             span.set_attribute(ATTR_WORKFLOW_BAGGAGE, str(value)[:100])
         # e2e-otel's own views mark their server span internal; their queries inherit the mark so
         # the whole trace stays out of the workflow records.
-        parent_attributes = getattr(trace.get_current_span(parent_context), "attributes", None)
-        if parent_attributes and ATTR_INTERNAL in parent_attributes:
-            span.set_attribute(ATTR_INTERNAL, parent_attributes[ATTR_INTERNAL])
+        parent_attributes = getattr(trace.get_current_span(context), "attributes", None)
+        if parent_attributes:
+            internal = parent_attributes.get(ATTR_INTERNAL)
+            if internal is not None:
+                span.set_attribute(ATTR_INTERNAL, internal)
 
     def on_end(self, span: ReadableSpan) -> None:
         step = step_from_span(span)

@@ -1,11 +1,12 @@
 """N+1 and slow-query detection, derived from the database spans of each trace.
 
-``QueryAnalyzer`` runs on span-ending threads. Per database span it does a dict update keyed by the
-statement text as the driver saw it: ORM queries keep their ``%s`` placeholders, so the N+1 pattern
-(the same statement once per row of an outer loop) shows up as one key with a high count without any
-parsing on the hot path. The statements are scrubbed and fingerprinted only when a finding is made,
-at the end of the trace's local root span. State is bounded: at most ``max_traces`` open traces and
-``max_shapes`` distinct statements per trace; the oldest trace is evicted first.
+``QueryAnalyzer.on_end`` runs on e2e-otel's derive thread (``derive.py``), one span at a time. Per
+database span it does a dict update keyed by the statement text as the driver saw it: ORM queries keep
+their ``%s`` placeholders, so the N+1 pattern (the same statement once per row of an outer loop) shows
+up as one key with a high count without any parsing on the hot path. The statements are scrubbed and
+fingerprinted only when a finding is made, at the end of the trace's local root span. State is
+bounded: at most ``max_traces`` open traces and ``max_shapes`` distinct statements per trace; the
+oldest trace is evicted first.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.context import Context
@@ -32,8 +34,9 @@ __all__ = ["QueryAnalyzer", "QueryFinding", "advice_for", "build_query_analyzer"
 _STATEMENT_KEYS = ("db.statement", "db.query.text")
 _MAX_STATEMENT_CHARS = 2048
 #: Findings built per trace, worst (most total time) first: building one scrubs SQL, and it happens
-#: on the thread that ends the root span.
+#: on the derive thread, in the root span's ``on_end``.
 MAX_FINDINGS_PER_TRACE = 5
+_EMPTY: Mapping[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -102,8 +105,8 @@ class _TraceQueries:
 
 
 class QueryAnalyzer(SpanProcessor):
-    """Per-trace query statistics → findings at local-root end. Runs on span-ending threads; the
-    short lock guards dict operations only."""
+    """Per-trace query statistics → findings at local-root end. ``on_end`` runs on the derive thread;
+    the short lock guards the per-trace dicts (no I/O and no SQL parsing under it)."""
 
     def __init__(self, *, slow_query_ms: float, n_plus_one_threshold: int, max_traces: int = 2000,
                  max_shapes: int = 200, max_findings: int = 500) -> None:
@@ -125,26 +128,37 @@ class QueryAnalyzer(SpanProcessor):
         pass
 
     def on_end(self, span: ReadableSpan) -> None:
-        attributes = span.attributes or {}
+        # The SDK wraps its attributes in a new proxy on each access, and every lookup through it runs
+        # Python code (a missing key raises inside): take the proxy once and look each key up once.
+        attributes = span.attributes
+        if attributes is None:
+            attributes = _EMPTY
         trace_id = span.context.trace_id
-        statement = next((attributes[k] for k in _STATEMENT_KEYS if k in attributes), None)
+        statement = None
+        for key in _STATEMENT_KEYS:  # attribute values are never None: None means absent
+            statement = attributes.get(key)
+            if statement is not None:
+                break
         if isinstance(statement, str):
             self._observe(trace_id, statement[:_MAX_STATEMENT_CHARS], (span.end_time or 0) - (span.start_time or 0),
-                          ansi_quotes_for(attributes.get("db.system")))
-        if span.parent is None or span.parent.is_remote:
+                          attributes)
+        parent = span.parent
+        if parent is None or parent.is_remote:
             if ATTR_INTERNAL in attributes:  # e2e-otel's own pages: not the app's queries
                 with self._lock:
                     self._traces.pop(trace_id, None)
                 return
             self._finish(trace_id, span)
 
-    def _observe(self, trace_id: int, statement: str, duration_ns: int, ansi_quotes: bool) -> None:
+    def _observe(self, trace_id: int, statement: str, duration_ns: int, attributes: Mapping[str, Any]) -> None:
+        """Counts one statement; ``attributes`` (the span's) are read only by a trace's first query."""
         with self._lock:
             queries = self._traces.get(trace_id)
             if queries is None:
                 if len(self._traces) >= self._max_traces:
                     self._traces.popitem(last=False)
                     self.evicted_traces += 1
+                ansi_quotes = ansi_quotes_for(attributes.get("db.system"))
                 queries = self._traces[trace_id] = _TraceQueries(ansi_quotes=ansi_quotes)
             shape = queries.shapes.get(statement)
             if shape is None:
@@ -153,7 +167,8 @@ class QueryAnalyzer(SpanProcessor):
                 shape = queries.shapes[statement] = _Shape()
             shape.count += 1
             shape.total_ns += duration_ns
-            shape.max_ns = max(shape.max_ns, duration_ns)
+            if duration_ns > shape.max_ns:
+                shape.max_ns = duration_ns
             if duration_ns > self._slow_ns and len(queries.slow) < self._max_shapes:
                 queries.slow.append((statement, duration_ns))
 

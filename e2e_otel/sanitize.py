@@ -1,6 +1,6 @@
 """Redaction of secrets from span attributes, free text and SQL before anything is stored or exported.
 
-Runs on span-ending and export threads for every span, so it is pure Python with no Django import,
+Runs on the derive, writer and export threads for every span, so it is pure Python with no Django import,
 every pattern is precompiled and written so that it cannot backtrack catastrophically (bounded or
 unambiguous repetitions, literal-led alternatives), and every input has a size cap.
 
@@ -152,7 +152,7 @@ def _truncate(text: str, limit: int) -> str:
 class Sanitizer:
     """Masks sensitive keys and inline secrets, scrubs SQL literals, bounds sizes.
 
-    Immutable after construction and safe to share between threads (span-ending, export, writer).
+    Immutable after construction and safe to share between threads (derive, export, writer).
     ``enabled=False`` turns masking off for keys and text (sizes are still bounded); SQL literals are
     scrubbed regardless, because SQL parameter values are never exported.
 

@@ -1,13 +1,14 @@
 """Pure mapping from an ended span to the small, immutable facts the record writer stores.
 
-Runs on the span-ending thread inside ``WorkflowSpanProcessor.on_end``, so its work per span is
-bounded: one copy of the span's attributes, lookups of a fixed set of keys, a walk over the span's
-events (at most 8 exceptions and 32 metrics kept), and for database spans a cached SQL summary. It
-never sanitises (the writer thread does that) nor touches Django. Raw text is cut at capture (SQL,
-exception messages, stack traces), so a queued step holds bounded memory. Exception events are rare;
-their fingerprint is computed here because it needs the raw stack trace, of which only the last
-20,000 characters and the innermost 5 frames are parsed, with linear-time patterns (browsers send
-stack traces through the public ingestion endpoint).
+Runs on e2e-otel's derive thread (``derive.py``) inside ``WorkflowSpanProcessor.on_end``, one span at
+a time, so its work per span is bounded: one copy of the span's attributes, lookups of a fixed set of
+keys, a walk over the span's events (at most 8 exceptions and 32 metrics kept), and for database
+spans a cached SQL summary. ``classify`` remembers its last span, which the threshold evaluator
+classifies right after the record processor. It never sanitises (the writer thread does that) nor
+touches Django. Raw text is cut at capture (SQL, exception messages, stack traces), so a queued step
+holds bounded memory. Exception events are rare; their fingerprint is computed here because it needs
+the raw stack trace, of which only the last 20,000 characters and the innermost 5 frames are parsed,
+with linear-time patterns (browsers send stack traces through the public ingestion endpoint).
 
 Layer rules (``classify``), first match wins:
 
@@ -30,7 +31,8 @@ from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import urlsplit
 
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from .sanitize import MAX_SQL_LENGTH, sql_operation_and_table
@@ -181,13 +183,33 @@ def _is_frontend(span: ReadableSpan, attributes: Mapping[str, Any]) -> bool:
     if attributes.get(ATTR_LAYER) == "frontend":
         return True
     resource = span.resource
-    if resource is not None and resource.attributes.get("telemetry.sdk.language") == "webjs":
+    if resource is not None and _resource_facts(resource)[0]:
         return True
     scope = span.instrumentation_scope
-    if scope is not None and scope.name:
-        name = scope.name.lower()
-        return any(marker in name for marker in _FRONTEND_SCOPES)
-    return False
+    return scope is not None and bool(scope.name) and _is_frontend_scope(scope.name)
+
+
+# The last resource read and its facts, one tuple like ``_last_classified``. A process's own spans
+# share one Resource, immutable once made, whose attribute lookups run Python code: read it once.
+_last_resource: tuple[Resource | None, bool, str] = (None, False, "")
+
+
+def _resource_facts(resource: Resource) -> tuple[bool, str]:
+    """``(made by the OTel JS web SDK, service name)`` of a span's resource."""
+    global _last_resource
+    cached = _last_resource
+    if cached[0] is not resource:
+        attributes = resource.attributes
+        cached = _last_resource = (resource, attributes.get("telemetry.sdk.language") == "webjs",
+                                   str(attributes.get("service.name", ""))[:100])
+    return cached[1], cached[2]
+
+
+@functools.lru_cache(maxsize=256)
+def _is_frontend_scope(name: str) -> bool:
+    # A process has a handful of instrumentation scopes; test each name once, not once per span.
+    lower = name.lower()
+    return any(marker in lower for marker in _FRONTEND_SCOPES)
 
 
 def _first(attributes: Mapping[str, Any], keys: Sequence[str]) -> Any:
@@ -205,9 +227,31 @@ def _route(attributes: Mapping[str, Any]) -> str | None:
     return route if route.startswith("/") else "/" + route
 
 
+# The last span classified and its result, read and replaced as one tuple (atomic under the GIL, so a
+# reader never pairs one span with another's result). It holds the span itself: a later span cannot
+# reuse the identity of one still referenced here.
+_last_classified: tuple[ReadableSpan | None, tuple[str, str, str]] = (None, ("", "", ""))
+
+
 def classify(span: ReadableSpan) -> tuple[str, str, str]:
-    """``(layer, component, operation)`` of a span; never a raw URL (so never an id in a path)."""
-    return _classify(span, dict(span.attributes or {}))
+    """``(layer, component, operation)`` of a span; never a raw URL (so never an id in a path).
+
+    The record processor and then the threshold evaluator classify each ended span; the second call
+    for the same span object returns the remembered result.
+    """
+    return _classified(span, None)
+
+
+def _classified(span: ReadableSpan, attributes: Mapping[str, Any] | None) -> tuple[str, str, str]:
+    """``classify`` through the single-entry memo; ``attributes``: the caller's copy, if it has one."""
+    global _last_classified
+    cached = _last_classified
+    if cached[0] is span:
+        return cached[1]
+    result = _classify(span, dict(span.attributes or {}) if attributes is None else attributes)
+    if span.end_time is not None:  # ended spans no longer change; a live one may
+        _last_classified = (span, result)
+    return result
 
 
 def _classify(span: ReadableSpan, attributes: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -292,11 +336,18 @@ def url_template(url: str) -> str:
 
 
 _STATUS_VALUES = frozenset({"completed", "failed"})
+#: The hints of a span that says nothing about its workflow (most database spans). Shared, because steps
+#: are read-only facts: building a frozen dataclass per span was a tenth of ``step_from_span``.
+_NO_HINTS = WorkflowHints()
 
 
-def _hints(span: ReadableSpan, attributes: Mapping[str, Any], frontend: bool = False) -> WorkflowHints:
-    """``frontend``: the span came from a browser, which may not close a workflow (it could name
-    any correlation id); only server-side ``complete_workflow``/``fail_workflow`` set a status."""
+def _hints(span: ReadableSpan, attributes: Mapping[str, Any], own_keys: Sequence[str],
+           events: Sequence[Event], frontend: bool) -> WorkflowHints:
+    """``own_keys``: the ``e2e.`` keys of ``attributes``. ``frontend``: the span came from a browser,
+    which may not close a workflow (it could name any correlation id); only server-side
+    ``complete_workflow``/``fail_workflow`` set a status."""
+    if not own_keys and not events and span.kind is not SpanKind.SERVER and not attributes.get("enduser.id"):
+        return _NO_HINTS
     explicit = attributes.get(ATTR_WORKFLOW_TYPE)
     baggage = attributes.get(ATTR_WORKFLOW_BAGGAGE)
     status = attributes.get(ATTR_WORKFLOW_STATUS)
@@ -308,12 +359,13 @@ def _hints(span: ReadableSpan, attributes: Mapping[str, Any], frontend: bool = F
         if method is not None:
             route_key = f"{method} {route or '<unmatched>'}"
     metadata: dict[str, Any] = {}
-    for event in span.events:
+    for event in events:
         if event.name == EVENT_WORKFLOW_STATUS and event.attributes:
             status = event.attributes.get(ATTR_WORKFLOW_STATUS, status)
             message = event.attributes.get(ATTR_WORKFLOW_MESSAGE, message)
             metadata.update(_prefixed(event.attributes, ATTR_WORKFLOW_METADATA))
-    metadata.update(_prefixed(attributes, ATTR_WORKFLOW_METADATA))
+    if own_keys:
+        metadata.update(_prefixed_keys(attributes, own_keys, ATTR_WORKFLOW_METADATA))
     user = attributes.get(ATTR_WORKFLOW_USER) or attributes.get("enduser.id")
     return WorkflowHints(
         explicit_type=str(explicit)[:100] if explicit else None,
@@ -330,56 +382,74 @@ def _prefixed(attributes: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return {k[len(prefix):]: v for k, v in attributes.items() if k.startswith(prefix)}
 
 
+def _prefixed_keys(attributes: Mapping[str, Any], keys: Sequence[str], prefix: str) -> dict[str, Any]:
+    """``_prefixed`` over a subset of the keys (in attribute order)."""
+    return {key[len(prefix):]: attributes[key] for key in keys if key.startswith(prefix)}
+
+
 def step_from_span(span: ReadableSpan) -> StepData | None:
     """The step for an ended span, or ``None`` when it has no valid context or times, or when it is
     e2e-otel's own traffic (``e2e.internal``: /metrics scrapes, the debugging API, ingestion posts),
     which is tooling, not a business workflow."""
     context = span.context
-    if context is None or not context.is_valid or span.start_time is None or span.end_time is None:
+    start_ns, end_ns = span.start_time, span.end_time
+    if context is None or not context.is_valid or start_ns is None or end_ns is None:
         return None
-    attributes = dict(span.attributes or {})  # one copy: plain dict lookups are much cheaper
+    # One copy: the SDK wraps its attributes in a new proxy on every access, and lookups through it
+    # run Python code (a missing key raises inside); a plain dict answers in C.
+    attributes = dict(span.attributes or {})
     if ATTR_INTERNAL in attributes:
         return None
+    layer, component, operation = _classified(span, attributes)  # before the cut, as classify() sees it
     for key in _STATEMENT_KEYS:
         statement = attributes.get(key)
         if isinstance(statement, str) and len(statement) > _MAX_SQL_CAPTURE:
             attributes[key] = statement[:_MAX_SQL_CAPTURE]
-    layer, component, operation = _classify(span, attributes)
+    # Our own attributes (workflow hints, step metadata) all start with "e2e.": find them in one pass.
+    own_keys = [key for key in attributes if key.startswith("e2e.")]
+    events = span.events  # the SDK copies the event list on each access
+    errors, metrics = _event_records(events, layer, component, operation) if events else ((), ())
+    kept = {key: attributes[key] for key in _KEPT_ATTRIBUTES if key in attributes}
+    if own_keys:
+        kept.update(_prefixed_keys(attributes, own_keys, ATTR_METADATA_PREFIX))
+    resource = span.resource
+    service = _resource_facts(resource)[1] if resource is not None else ""
     parent = span.parent
+    return StepData(
+        trace_id=context.trace_id,
+        span_id=format(context.span_id, "016x"),
+        parent_span_id=format(parent.span_id, "016x") if parent is not None else "",
+        name=span.name[:_MAX_COMPONENT],
+        layer=layer,
+        component=component,
+        operation=operation,
+        start_ns=start_ns,
+        end_ns=end_ns,
+        status="error" if span.status.status_code is StatusCode.ERROR else "ok",
+        is_local_root=parent is None or parent.is_remote,
+        sampled=context.trace_flags.sampled,
+        hints=_hints(span, attributes, own_keys, events, layer == "frontend"),
+        attributes=kept,
+        service=service,
+        errors=errors,
+        metrics=metrics,
+    )
+
+
+def _event_records(
+    events: Sequence[Event], layer: str, component: str, operation: str
+) -> tuple[tuple[ErrorData, ...], tuple[MetricData, ...]]:
+    """The span's ``exception`` events (at most 8) and ``e2e.metric`` events (at most 32)."""
     errors: list[ErrorData] = []
     metrics: list[MetricData] = []
-    for event in span.events:
+    for event in events:
         if event.name == "exception" and len(errors) < _MAX_ERRORS_PER_SPAN:
             errors.append(_error_from_event(event.attributes or {}, event.timestamp, layer, component, operation))
         elif event.name == EVENT_METRIC and len(metrics) < _MAX_METRICS_PER_SPAN:
             metric = _metric_from_event(event.attributes or {}, event.timestamp, layer, component)
             if metric is not None:
                 metrics.append(metric)
-    failed = span.status.status_code is StatusCode.ERROR
-    kept = {key: attributes[key] for key in _KEPT_ATTRIBUTES if key in attributes}
-    kept.update(_prefixed(attributes, ATTR_METADATA_PREFIX))
-    service = ""
-    if span.resource is not None:
-        service = str(span.resource.attributes.get("service.name", ""))[:100]
-    return StepData(
-        trace_id=context.trace_id,
-        span_id=f"{context.span_id:016x}",
-        parent_span_id=f"{parent.span_id:016x}" if parent is not None else "",
-        name=span.name[:_MAX_COMPONENT],
-        layer=layer,
-        component=component,
-        operation=operation,
-        start_ns=span.start_time,
-        end_ns=span.end_time,
-        status="error" if failed else "ok",
-        is_local_root=parent is None or parent.is_remote,
-        sampled=context.trace_flags.sampled,
-        hints=_hints(span, attributes, frontend=layer == "frontend"),
-        attributes=kept,
-        service=service,
-        errors=tuple(errors),
-        metrics=tuple(metrics),
-    )
+    return tuple(errors), tuple(metrics)
 
 
 def _metric_from_event(

@@ -51,7 +51,7 @@ class Rule:
 
 @dataclass(frozen=True)
 class Breach:
-    """One threshold breach, queued by the span-ending thread or found by the monitor thread."""
+    """One threshold breach, queued by the derive thread or found by the monitor thread."""
 
     layer: str
     component: str
@@ -64,7 +64,7 @@ class Breach:
 class RuleSet:
     """An immutable set of rules; a component-specific rule wins over the layer-wide one.
 
-    Built on the monitor thread and swapped in whole, so span-ending threads read it without a lock.
+    Built on the monitor thread and swapped in whole, so the derive thread reads it without a lock.
     """
 
     def __init__(self, rules: Iterable[Rule], source: str) -> None:

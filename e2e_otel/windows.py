@@ -12,7 +12,7 @@ WINDOW_SECONDS = 60
 class SlidingWindow:
     """Event and "bad event" counts over the last ``seconds``, in one-second buckets.
 
-    ``add`` runs on span-ending threads: O(1), holding a lock only for a few integer updates (never
+    ``add`` runs on the derive thread: O(1), holding a lock only for a few integer updates (never
     across I/O). ``totals`` runs on the monitor thread. A forked child builds new windows
     (``ThresholdEvaluator``), so a lock held by the parent at fork time is never inherited in use.
     """

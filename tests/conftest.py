@@ -48,12 +48,14 @@ def _records_only_in_transactional_tests(request: pytest.FixtureRequest):
         yield
         return
     detached = [p for p in runtime.derived.processors if isinstance(p, WorkflowSpanProcessor)]
+    runtime.derived.queue.flush(5)  # spans an earlier test ended still reach its writer
     for processor in detached:
         runtime.derived.remove(processor)
         processor.force_flush(5_000)  # an earlier test's steps must not land inside this one
     try:
         yield
     finally:
+        runtime.derived.queue.flush(5)  # this test's spans are derived while the writer is detached
         for processor in detached:
             runtime.derived.add(processor)
 

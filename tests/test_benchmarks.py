@@ -61,11 +61,13 @@ def test_quick_benchmark_runs_and_reports(tmp_path: Path) -> None:
     assert load["step_rows_added"] == load["steps_written"]
     assert load["steps_written"] + load["dropped_total"] <= load["offered_spans"]
 
-    # Both tracing setups see exactly the two spans of /one/ (server + one query) per request.
+    # Both tracing setups see exactly the two spans of /one/ (server + one query) per request; e2e-otel's
+    # derived processors see them on the derive thread.
     hooks = report["hook_costs"]
     assert hooks["otel"]["one"]["calls_per_request"]["BatchSpanProcessor.on_end"] == 2
-    assert hooks["e2e"]["one"]["calls_per_request"]["WorkflowSpanProcessor.on_end"] == 2
-    assert hooks["e2e"]["heavy"]["calls_per_request"]["WorkflowSpanProcessor.on_end"] == 11
+    assert hooks["e2e"]["one"]["calls_per_request"]["FanOutSpanProcessor.on_end"] == 2
+    assert hooks["e2e"]["one"]["calls_per_request"]["derive: WorkflowSpanProcessor.on_end"] == 2
+    assert hooks["e2e"]["heavy"]["calls_per_request"]["derive: WorkflowSpanProcessor.on_end"] == 11
 
     assert "e2e-otel / stock OTel" in report["table"] and "median" in report["table"]
     assert proc.stdout.strip() == report["table"]

@@ -75,6 +75,7 @@ def test_existing_provider_gets_our_processors_not_a_second_exporter() -> None:
     collect = _Collect()
     runtime.derived.add(collect)
     provider.get_tracer("t").start_span("s").end()
+    assert runtime.derived.force_flush(5_000)
     assert [s.name for s in collect.spans] == ["s"]
 
 
@@ -89,6 +90,7 @@ def test_production_sampling_records_everything_exports_a_tenth() -> None:
     tracer = runtime.provider.get_tracer("t")
     for _ in range(2000):
         tracer.start_span("root").end()
+    assert runtime.derived.force_flush(5_000)
     assert len(collect.spans) == 2000  # processors see every span
     sampled = len(exported.get_finished_spans())
     assert 100 < sampled < 320, sampled  # ~10 % exported
@@ -124,8 +126,10 @@ def test_fanout_isolates_failing_children_and_can_detach() -> None:
     provider = TracerProvider()
     provider.add_span_processor(fanout)
     provider.get_tracer("t").start_span("a").end()  # no exception reaches the caller
+    assert fanout.force_flush(5_000)
     fanout.remove(collect)
     provider.get_tracer("t").start_span("b").end()
+    assert fanout.force_flush(5_000)
     assert [s.name for s in collect.spans] == ["a"]
 
 

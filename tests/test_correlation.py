@@ -264,3 +264,46 @@ def test_e2e_otel_own_pages_are_marked_internal_and_not_recorded(spans) -> None:
     recorded = {str(c) for c in WorkflowSession.objects.values_list("correlation_id", flat=True)}
     assert app["X-Correlation-ID"] in recorded
     assert admin["X-Correlation-ID"] not in recorded and scrape["X-Correlation-ID"] not in recorded
+
+
+@pytest.mark.parametrize(("existing", "expected"), [
+    (None, "X-Correlation-ID, traceresponse"),
+    ("", "X-Correlation-ID, traceresponse"),
+    (" , ", "X-Correlation-ID, traceresponse"),
+    ("ETag", "ETag, X-Correlation-ID, traceresponse"),
+    ("ETag, x-correlation-id", "ETag, x-correlation-id, traceresponse"),
+    ("TRACERESPONSE,X-Correlation-ID", "TRACERESPONSE, X-Correlation-ID"),
+])
+def test_middleware_headers_keep_existing_expose_headers(existing: str | None, expected: str) -> None:
+    """The response headers come from the span current when the request entered the middleware."""
+    from django.http import HttpRequest, HttpResponse
+
+    from e2e_otel.correlation import CorrelationMiddleware, traceresponse_value
+
+    def view(request: HttpRequest) -> HttpResponse:
+        response = HttpResponse("ok")
+        if existing is not None:
+            response["Access-Control-Expose-Headers"] = existing
+        return response
+
+    middleware = CorrelationMiddleware(view)
+    request = HttpRequest()
+    with trace.get_tracer("tests").start_as_current_span("server") as span:
+        response = middleware(request)
+    context = span.get_span_context()
+    assert request.correlation_id == response["X-Correlation-ID"] == format_correlation_id(context.trace_id)
+    assert response["traceresponse"] == traceresponse_value(context)
+    assert TRACERESPONSE_RE.match(response["traceresponse"])
+    assert response["Access-Control-Expose-Headers"] == expected
+
+
+def test_middleware_outside_a_trace_sets_no_headers() -> None:
+    from django.http import HttpRequest, HttpResponse
+
+    from e2e_otel.correlation import CorrelationMiddleware
+
+    request = HttpRequest()
+    response = CorrelationMiddleware(lambda request: HttpResponse("ok"))(request)
+    assert request.correlation_id is None
+    assert not any(response.has_header(name) for name in
+                   ("X-Correlation-ID", "traceresponse", "Access-Control-Expose-Headers"))

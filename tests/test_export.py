@@ -152,6 +152,34 @@ def test_spans_dropped_by_a_full_export_queue_are_counted() -> None:
         provider.shutdown()
 
 
+def test_counting_processor_queues_exactly_the_sampled_spans() -> None:
+    """Unsampled (record-only) spans never reach the export queue, with or without counting."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    from e2e_otel.exporters import CountingBatchSpanProcessor
+    from e2e_otel.sampling import build_sampler
+
+    class NullExporter(SpanExporter):
+        def export(self, spans):  # type: ignore[no-untyped-def]
+            return SpanExportResult.SUCCESS
+
+    for counting in (True, False):
+        processor = CountingBatchSpanProcessor(NullExporter())
+        assert processor.counting
+        queue = processor._queue
+        processor.counting = counting  # False: what an SDK with renamed internals gets
+        tracer = TracerProvider(sampler=build_sampler(0.5, record_unsampled=True)).get_tracer("t")
+        spans = [tracer.start_span("s") for _ in range(200)]
+        sampled = sum(span.get_span_context().trace_flags.sampled for span in spans)
+        assert 0 < sampled < 200
+        for span in spans:
+            span.end()
+            processor.on_end(span)
+        assert len(queue) == sampled and processor.dropped == 0, counting
+        processor.shutdown()
+
+
 def test_exported_status_description_and_link_attributes_are_scrubbed() -> None:
     """The SDK copies an escaping exception's message into the status description."""
     from opentelemetry.sdk.trace import TracerProvider

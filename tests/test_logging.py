@@ -111,3 +111,24 @@ def test_json_formatter_keeps_stack_info() -> None:
     record = logging.getLogger("tests.json").makeRecord("x", logging.INFO, __file__, 1, "m", None, None,
                                                         sinfo="Stack (most recent call last):\n  here")
     assert _format(record)["stack"].endswith("here")
+
+
+def test_records_of_interleaved_traces_get_their_own_ids() -> None:
+    """The factory memoises the previous trace's text forms (one entry): switching traces, back and
+    forth, must never hand a record another trace's ids."""
+    from e2e_otel import logging as e2e_logging
+
+    install_record_factory()
+    factory = logging.getLogRecordFactory()
+    tracer = trace.get_tracer("tests")
+    first, second = tracer.start_span("first"), tracer.start_span("second")
+    for span in (first, first, second, first, second, second):
+        with trace.use_span(span):
+            record = factory("tests.memo", logging.INFO, __file__, 1, "m", None, None)
+        context = span.get_span_context()
+        assert record.correlation_id == format_correlation_id(context.trace_id)
+        assert record.trace_id == f"{context.trace_id:032x}"
+        assert record.span_id == f"{context.span_id:016x}"
+        assert e2e_logging._last_trace[0] == context.trace_id  # the memo holds one entry
+    record = factory("tests.memo", logging.INFO, __file__, 1, "m", None, None)
+    assert record.correlation_id == record.trace_id == record.span_id == ""

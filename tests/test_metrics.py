@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 
 import pytest
 from django.test import Client, override_settings
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
 from e2e_otel.bootstrap import get_runtime
 from e2e_otel.conf import get_config
 from e2e_otel.evaluator import ThresholdEvaluator
-from e2e_otel.metrics import UNMATCHED, CountingSpanExporter, E2EMetrics, series_bound
+from e2e_otel.metrics import UNMATCHED, ChildCache, CountingSpanExporter, E2EMetrics, component_pairs, series_bound
 
 CONTRACT = {
     "e2e_otel_step_duration_seconds": "histogram",
@@ -32,6 +33,8 @@ CONTRACT = {
     "e2e_otel_system_cpu_usage_ratio": "gauge",
     "e2e_otel_record_queue_depth": "gauge",
     "e2e_otel_records_dropped": "counter",
+    "e2e_otel_derive_queue_depth": "gauge",
+    "e2e_otel_derive_dropped_spans": "counter",
     "e2e_otel_records_written": "counter",
     "e2e_otel_exporter_up": "gauge",
     "e2e_otel_exported_spans": "counter",
@@ -42,6 +45,9 @@ CONTRACT = {
 
 
 def scrape(client: Client, **headers: str) -> str:
+    """/metrics after the derive thread has handled every span ended so far."""
+    runtime = get_runtime()
+    assert runtime is None or runtime.derived.queue.flush(10)
     response = client.get("/metrics", **headers)
     assert response.status_code == 200, response.content
     assert response["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -153,6 +159,43 @@ def test_component_cap_bounds_series_for_many_route_templates() -> None:
     text = generate_latest(registry).decode()
     assert e2e_sample_count(text) <= series_bound(20)
     assert len({s.labels["component"] for s in samples(text, "e2e_otel_steps_total")}) == 21
+    # the per-span child caches hold exactly the capped series, well inside their limits
+    assert len(metrics.step_duration_children) == 21 <= metrics.step_duration_children.limit == component_pairs(20)
+    assert len(metrics.steps_children) == 21 <= metrics.steps_children.limit
+
+
+def test_child_cache_beyond_its_limit_serves_uncached_children() -> None:
+    registry = CollectorRegistry()
+    family = Counter("cached", "A counter behind a two-entry child cache.", ["layer", "component"],
+                     registry=registry)
+    cache = ChildCache(family, 2)
+    for component in ("a", "b", "c", "c"):
+        cache["api", component].inc()
+    assert sorted(cache) == [("api", "a"), ("api", "b")]
+    assert cache["api", "a"] is family.labels("api", "a")
+    assert cache["api", "c"] is family.labels("api", "c")  # not kept, still the family's one child
+    assert registry.get_sample_value("cached_total", {"layer": "api", "component": "c"}) == 2
+
+
+def test_child_cache_under_concurrent_first_use_counts_every_increment() -> None:
+    """Threads racing to create the same children must each count once, whoever stored the child."""
+    registry = CollectorRegistry()
+    family = Counter("raced", "A counter created from many threads at once.", ["component"], registry=registry)
+    cache = ChildCache(family, 1000)
+    start = threading.Barrier(8)
+
+    def work() -> None:
+        start.wait()
+        for n in range(2000):
+            cache[(f"c{n % 50}",)].inc()
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(cache) == 50
+    assert sum(registry.get_sample_value("raced_total", {"component": f"c{n}"}) for n in range(50)) == 8 * 2000
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")

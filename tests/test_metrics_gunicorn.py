@@ -50,11 +50,17 @@ def test_one_scrape_sums_both_workers_and_dead_workers_are_cleaned(server) -> No
     assert len(served) == 2, f"only {served} served: {process.logs()}"
     requests = sum(served.values())
 
-    status, headers, body = process.get("/metrics")
-    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
-    text = body.decode()
-    steps = [s for s in _samples(text, "e2e_otel_steps_total")
-             if s.labels.get("layer") == "api" and s.labels.get("component") == "/pid/"]
+    # Spans become metrics on each worker's derive thread, a few milliseconds after the response.
+    deadline = time.monotonic() + 10
+    while True:
+        status, headers, body = process.get("/metrics")
+        assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
+        text = body.decode()
+        steps = [s for s in _samples(text, "e2e_otel_steps_total")
+                 if s.labels.get("layer") == "api" and s.labels.get("component") == "/pid/"]
+        if sum(s.value for s in steps) >= requests or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert sum(s.value for s in steps) == requests
     assert all("pid" not in s.labels for s in steps)  # counters are summed, not per worker
     (count,) = [s.value for s in _samples(text, "e2e_otel_step_duration_seconds_count")

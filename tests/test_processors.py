@@ -112,6 +112,38 @@ def test_spans_become_one_session_with_ordered_steps(harness: Any) -> None:
     assert stats["written"]["step"] == 2 and stats["written"]["session"] == 1
 
 
+def test_on_start_copies_workflow_baggage_and_inherits_the_internal_mark(harness: Any) -> None:
+    """Both lookups read the explicit parent context when given, else the current one; the mark
+    passes down whole subtrees, also from a parent that already ended."""
+    from opentelemetry import trace
+
+    from e2e_otel.spans_to_records import ATTR_INTERNAL, ATTR_WORKFLOW_BAGGAGE
+
+    tracer = harness().tracer
+    internal = tracer.start_span("GET metrics", kind=SpanKind.SERVER, attributes={ATTR_INTERNAL: "metrics"})
+    plain = tracer.start_span("GET items/", kind=SpanKind.SERVER)
+    with trace.use_span(internal):
+        child = tracer.start_span("SELECT")
+        with trace.use_span(child):
+            grandchild = tracer.start_span("SELECT")
+        explicit = tracer.start_span("SELECT", context=trace.set_span_in_context(plain))
+    internal.end()
+    late = tracer.start_span("SELECT", context=trace.set_span_in_context(internal))
+    assert [s.attributes.get(ATTR_INTERNAL) for s in (child, grandchild, late)] == ["metrics"] * 3
+    assert ATTR_INTERNAL not in explicit.attributes and ATTR_INTERNAL not in plain.attributes
+
+    token = context.attach(baggage.set_baggage("e2e.workflow", "x" * 150))
+    try:
+        current = tracer.start_span("current")
+        other = tracer.start_span("explicit", context=baggage.set_baggage("e2e.workflow", "other", context.Context()))
+        empty = tracer.start_span("no baggage", context=context.Context())
+    finally:
+        context.detach(token)
+    assert current.attributes[ATTR_WORKFLOW_BAGGAGE] == "x" * 100
+    assert other.attributes[ATTR_WORKFLOW_BAGGAGE] == "other"
+    assert ATTR_WORKFLOW_BAGGAGE not in empty.attributes
+
+
 def test_workflow_type_from_baggage_and_rules(harness: Any) -> None:
     h = harness(WORKFLOWS={"checkout": ["POST /api/v1/checkout/*"]})
     by_rule = h.request("POST", "api/v1/checkout/<int:cart>/")
@@ -365,6 +397,50 @@ def test_layer_component_operation_rules() -> None:
     assert classify(fetch) == ("frontend", "/api/v1/items/:id", "GET")
     assert is_frontend_span(_ended(scope="@opentelemetry/instrumentation-document-load"))
     assert classify(_ended())[0] == "internal" and not is_frontend_span(_ended())
+
+
+@pytest.mark.django_db(transaction=False)
+def test_classify_remembers_only_the_last_ended_span(monkeypatch: pytest.MonkeyPatch) -> None:
+    from e2e_otel import spans_to_records
+
+    computed: list[str] = []
+    real = spans_to_records._classify
+
+    def counting(span: Any, attributes: Any) -> tuple[str, str, str]:
+        computed.append(span.name)
+        return real(span, attributes)
+
+    monkeypatch.setattr(spans_to_records, "_classify", counting)
+    query = _ended(SpanKind.CLIENT, **{"db.system": "mysql", "db.statement": "SELECT a FROM `shop_cart` WHERE id = %s"})
+    request = _ended(SpanKind.SERVER, **{"http.method": "GET", "http.route": "cart/"})
+    twin = _ended(SpanKind.CLIENT, **{"db.system": "mysql", "db.statement": "SELECT a FROM `shop_order` WHERE id = %s"})
+
+    step = step_from_span(query)  # the record processor classifies first; the evaluator asks again
+    assert step is not None and classify(query) == ("database", "shop_cart", "SELECT") == (
+        step.layer, step.component, step.operation)
+    assert len(computed) == 1
+    # Another span object is never answered from the memo, nor is the first one after it was replaced.
+    assert classify(request) == ("api", "/cart/", "GET")
+    assert classify(twin) == ("database", "shop_order", "SELECT")
+    assert classify(query) == ("database", "shop_cart", "SELECT")
+    assert len(computed) == 4
+    assert spans_to_records._last_classified[0] is query  # one entry: only the last span is held
+
+    # A span still running can change: it is classified afresh every time.
+    live = TracerProvider().get_tracer("tests").start_span("live", kind=SpanKind.CLIENT)
+    assert classify(live)[0] == "internal"
+    live.set_attribute("db.system", "mysql")
+    assert classify(live)[0] == "database"
+    live.end()
+
+
+@pytest.mark.django_db(transaction=False)
+def test_resource_facts_follow_each_span_resource() -> None:
+    shop, web = Resource.create({"service.name": "shop"}), Resource.create({"service.name": "web",
+                                                                             "telemetry.sdk.language": "webjs"})
+    for resource, service, layer in [(shop, "shop", "internal"), (web, "web", "frontend"), (shop, "shop", "internal")]:
+        step = step_from_span(_ended(resource=resource))
+        assert step is not None and (step.service, step.layer) == (service, layer)
 
 
 @pytest.mark.django_db(transaction=False)

@@ -583,3 +583,48 @@ def test_custom_correlation_header_name_is_read_case_insensitively() -> None:
     assert context.get_value(CORRELATION_TRACE_ID_KEY, ignored) is None
     with pytest.raises(ValueError):
         CorrelationIdPropagator(" ")
+
+
+# --- head sampling -------------------------------------------------------------------------------
+
+
+def _parent_contexts() -> dict[str, Context | None]:
+    """Every kind of parent the parent-based sampler distinguishes, plus roots."""
+    local = TracerProvider().get_tracer("t")
+    sampled_local = local.start_span("sampled")
+    unsampled_local = trace.NonRecordingSpan(trace.SpanContext(
+        int(TRACE_ID, 16), int(SPAN_ID, 16), is_remote=False, trace_flags=TraceFlags(0)))
+    return {
+        "no context": None,
+        "empty context": Context(),
+        "remote sampled": extract(VALID, "a=1,b=2"),
+        "remote unsampled": extract(PARENT_00, "a=1"),
+        "remote sampled, random flag": extract(f"00-{TRACE_ID}-{SPAN_ID}-03"),
+        "local sampled": trace.set_span_in_context(sampled_local),
+        "local unsampled": trace.set_span_in_context(unsampled_local),
+    }
+
+
+@pytest.mark.parametrize("record_unsampled", [False, True])
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.5, 1.0])
+def test_fused_sampler_matches_the_sdk_composition(rate: float, record_unsampled: bool) -> None:
+    """``build_sampler`` decides exactly like ``[RecordOnly]ParentBased(TraceIdRatioBased(rate))``."""
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    from e2e_otel.sampling import RecordOnlySampler, build_sampler
+
+    reference = ParentBased(root=TraceIdRatioBased(rate))
+    if record_unsampled:
+        reference = RecordOnlySampler(reference)
+    fused = build_sampler(rate, record_unsampled=record_unsampled)
+    assert fused.get_description() == reference.get_description()
+    attributes = {"db.system": "mysql"}
+    trace_ids = [1, (1 << 63) - 1, 1 << 63, (1 << 64) - 1, (5 << 64) | 7, (1 << 128) - 1,
+                 *(int(f"{i:02x}" * 16, 16) for i in range(0, 256, 17))]
+    for label, parent in _parent_contexts().items():
+        for trace_id in trace_ids:
+            for attrs in (attributes, None):
+                want = reference.should_sample(parent, trace_id, "s", trace.SpanKind.CLIENT, attrs)
+                got = fused.should_sample(parent, trace_id, "s", trace.SpanKind.CLIENT, attrs)
+                assert (got.decision, dict(got.attributes), got.trace_state) == (
+                    want.decision, dict(want.attributes), want.trace_state), (label, trace_id)

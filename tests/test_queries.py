@@ -91,9 +91,11 @@ def test_live_runtime_detects_orm_n_plus_one() -> None:
     for pk in Item.objects.values_list("pk", flat=True)[:1]:
         response = client.get(f"/items/{pk}/")
         assert response.status_code == 200
+    assert runtime.force_flush(10)  # spans are analysed on the derive thread
     assert len(analyzer.findings("n_plus_one")) == before  # one query: no finding
     response = client.get("/items-n-plus-one/")
     assert response.status_code == 200
+    assert runtime.force_flush(10)
     findings = analyzer.findings("n_plus_one")
     assert len(findings) == before + 1
     assert findings[0].table == "testapp_item"
@@ -106,6 +108,8 @@ def test_findings_endpoint_requires_auth_and_lists_findings() -> None:
     client = Client()
     response = client.get("/items-n-plus-one/")
     correlation_id = response["X-Correlation-ID"]
+    runtime = get_runtime()
+    assert runtime is not None and runtime.force_flush(10)  # spans are analysed on the derive thread
     assert client.get("/api/v1/debugging/query-findings/").status_code in (401, 403)
     auth = {"HTTP_AUTHORIZATION": "Bearer test-api-key"}
     body = client.get("/api/v1/debugging/query-findings/", {"kind": "n_plus_one",

@@ -30,6 +30,9 @@ def records() -> WorkflowSpanProcessor:
 
 
 def flush(processor: WorkflowSpanProcessor) -> None:
+    """Every span ended so far derived (derive thread), then written (``processor``'s writer)."""
+    runtime = get_runtime()
+    assert runtime is not None and runtime.derived.queue.flush(10)
     assert processor.force_flush(10_000)
 
 
@@ -145,6 +148,7 @@ def test_requests_stay_fast_while_the_record_database_is_down() -> None:
             started = time.perf_counter()
             assert client.get("/ping/").status_code == 200
             durations.append(time.perf_counter() - started)
+        assert runtime.derived.queue.flush(5)  # every step offered to the writer
     finally:
         runtime.derived.remove(processor)
         writer.shutdown(2)

@@ -12,6 +12,7 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 from django.utils import timezone
 
+from e2e_otel.bootstrap import get_runtime
 from e2e_otel.models import ErrorLog, PerformanceSnapshot, TraceStep, WorkflowSession
 from e2e_otel.report_render import render, render_json, render_markdown, render_text
 from e2e_otel.reports import build_report, parse_since, percentile
@@ -198,6 +199,8 @@ def test_live_query_findings_are_reported() -> None:
     Item.objects.bulk_create([Item(name=f"i{i}") for i in range(6)])
     response = Client().get("/items-n-plus-one/")
     assert response.status_code == 200
+    runtime = get_runtime()
+    assert runtime is not None and runtime.derived.queue.flush(10)  # the analyzer runs on the derive thread
     report = build_report(since=timedelta(minutes=5))
     assert report.query_findings is not None
     mine = [f for f in report.query_findings if f["correlation_id"] == response["X-Correlation-ID"]]

@@ -225,6 +225,14 @@ def test_workflow_closed_signal_counts_workflows(setup) -> None:
     assert value("e2e_otel_workflow_duration_seconds_sum", workflow_type="checkout") == pytest.approx(1.5)
 
 
+def test_workflow_without_a_duration_adds_no_duration_series(setup) -> None:
+    evaluator, _, value, registry = setup
+    evaluator.on_workflow_closed(session=WorkflowSession(workflow_type="refund", status="completed"))
+    evaluator.on_workflow_closed(session=WorkflowSession(workflow_type="refund", status="completed"))
+    assert value("e2e_otel_workflows_total", workflow_type="refund", status="completed") == 2
+    assert registry.get_sample_value("e2e_otel_workflow_duration_seconds_count", {"workflow_type": "refund"}) is None
+
+
 @pytest.mark.django_db
 def test_rules_load_from_table_with_unit_conversion() -> None:
     assert load_rules().source == "defaults"  # empty table

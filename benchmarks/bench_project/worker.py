@@ -37,6 +37,7 @@ SETTINGS = {
 #: Configurations whose record writer is healthy: their batches wait for it to drain, so the
 #: writer's CPU is charged to the batch that caused it.
 FLUSH_RECORDS = ("e2e", "e2e_patched")
+DERIVE_PREFIX = "derive: "  # hook labels of work done on e2e-otel's derive thread, not the request thread
 
 PATHS = {"one": "/one/", "heavy": "/heavy/"}
 
@@ -206,16 +207,18 @@ class Worker:
         return records.profile_writer(self.runtime, traces=traces, steps_per_trace=steps_per_trace)
 
     def _hooks(self) -> list[tuple[str, Any, str]]:
-        """(label, object, method) of every tracing hook that runs on the request thread."""
+        """(label, object, method) of every tracing hook: those on the request thread (the provider's
+        processors, sampler and id generator), then, labelled ``derive:``, the derived processors'
+        ``on_end``, which e2e-otel runs on its derive thread."""
         hooks: list[tuple[str, Any, str]] = []
         if self.stock_provider is not None:
             from bench_project import stock_otel
 
-            provider, processors = self.stock_provider, [stock_otel.processor]
+            provider, processors, derived = self.stock_provider, [stock_otel.processor], []
         elif self.runtime is not None:
             runtime = self.runtime
             provider = runtime.provider
-            processors = [*runtime.derived.processors, runtime.export_processor]
+            processors, derived = [runtime.derived, runtime.export_processor], list(runtime.derived.processors)
         else:
             return hooks
         for processor in processors:
@@ -224,6 +227,7 @@ class Worker:
         hooks.append((f"sampler {type(provider.sampler).__name__}.should_sample", provider.sampler, "should_sample"))
         for method in ("generate_trace_id", "generate_span_id"):
             hooks.append((f"ids {type(provider.id_generator).__name__}.{method}", provider.id_generator, method))
+        hooks += [(f"{DERIVE_PREFIX}{type(p).__name__}.on_end", p, "on_end") for p in derived]
         return hooks
 
     def op_hook_costs(self, view: str, n: int) -> dict[str, Any]:
@@ -250,6 +254,8 @@ class Worker:
             request_ns = 0
             for _ in range(n):
                 request_ns += self._call(view)[1]
+            if self.runtime is not None:  # the derive thread still calls the wrapped on_end
+                self.runtime.derived.queue.flush(30.0)
         finally:
             for _label, obj, method in hooks:
                 with contextlib.suppress(AttributeError):

@@ -1,0 +1,173 @@
+"""The derive thread: where ended spans become records, metrics and findings.
+
+Mapping a span to a step, evaluating thresholds and analysing queries costs tens of microseconds per
+span; on the thread that ends the span that would be paid inside every request. ``DeriveQueue.put``
+is what the request thread pays instead: a length check and a ``deque.append`` (no lock, no
+allocation beyond the deque's). One daemon thread per process takes the spans in the order they
+ended and hands each to the derived processors.
+
+Bounded: at most ``capacity`` spans wait; beyond that a span is dropped for the derived views (it is
+still exported) and counted in ``dropped``. The thread wakes every ``interval`` seconds, or sooner
+when ``wake_at`` spans are waiting, and gives the interpreter lock back every ``slice_seconds`` of
+work: without that a request thread returning from a database call could wait the interpreter's
+whole switch interval (5 ms by default) for the lock while this thread works through a backlog.
+
+``flush(timeout)`` returns once every span queued before the call has been handled, so tests,
+reports and shutdown see a settled state. After ``fork()`` the child starts with an empty queue and
+starts its own thread on the first span.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from opentelemetry.sdk.trace import ReadableSpan
+
+from . import forksafe
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DeriveQueue"]
+
+CAPACITY = 20_000
+INTERVAL = 0.05
+WAKE_AT = 256
+SLICE_SECONDS = 0.001
+PAUSE_SECONDS = 0.00005
+
+
+class _Marker:
+    """A point in the queue: set once everything queued before it has been handled."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+
+_STOP = object()
+
+
+class DeriveQueue:
+    """Spans from any thread → ``handle(span)`` on one background thread, in order."""
+
+    def __init__(self, handle: Callable[[ReadableSpan], None], *, capacity: int = CAPACITY,
+                 interval: float = INTERVAL, wake_at: int = WAKE_AT, slice_seconds: float = SLICE_SECONDS,
+                 pause_seconds: float = PAUSE_SECONDS, name: str = "e2e-otel-derive") -> None:
+        if capacity < 1 or wake_at < 1 or interval <= 0 or slice_seconds <= 0 or pause_seconds < 0:
+            raise ValueError("capacity, wake_at, interval and slice_seconds must be positive")
+        self._handle = handle
+        self.capacity = capacity
+        self._interval = interval
+        self._wake_at = min(wake_at, capacity)
+        self._slice = slice_seconds
+        self._pause = pause_seconds
+        self._name = name
+        self._reset()
+        forksafe.register(self)
+
+    def _reset(self) -> None:
+        self._queue: deque[object] = deque()
+        self._wake = threading.Event()
+        self._start_lock = threading.Lock()
+        self._drop_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self.dropped = 0
+        self.handled = 0
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's spans are the parent's to derive; its thread does not exist here.
+        self._reset()
+
+    # --- any thread -------------------------------------------------------------------------------
+
+    def put(self, span: ReadableSpan) -> bool:
+        """Queue ``span`` without blocking; ``False`` (and one more ``dropped``) when full or stopped."""
+        queue = self._queue
+        if len(queue) >= self.capacity or self._stopped:
+            with self._drop_lock:  # only on overflow: the common path takes no lock
+                self.dropped += 1
+            return False
+        queue.append(span)
+        if self._thread is None:
+            self._start()
+        elif len(queue) >= self._wake_at and not self._wake.is_set():
+            self._wake.set()
+        return True
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every span queued before this call is handled; ``False`` on timeout."""
+        if threading.current_thread() is self._thread:  # a handler flushing: handle the rest inline
+            self._drain(until=None)
+            return True
+        if not self._queue:
+            return True
+        if self._stopped:  # the thread is gone or going: nothing will set a marker
+            return False
+        marker = _Marker()
+        self._queue.append(marker)  # a marker is not a span: it may exceed the capacity
+        if self._thread is None:
+            self._start()
+        self._wake.set()
+        return marker.event.wait(max(0.0, timeout))
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Handle what is queued (within ``timeout``) and end the thread; later spans are dropped."""
+        self._stopped = True
+        thread = self._thread
+        if thread is None:
+            return True
+        self._queue.append(_STOP)
+        self._wake.set()
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is not None or self._stopped:
+                return
+            thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            thread.start()
+            self._thread = thread
+
+    # --- derive thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            if self._drain(until=_STOP):
+                return
+
+    def _drain(self, until: object | None) -> bool:
+        """Handle everything queued; ``True`` when ``until`` was reached (the rest stays queued)."""
+        queue, handle, pause, slice_seconds = self._queue, self._handle, self._pause, self._slice
+        clock = time.perf_counter
+        yield_at = clock() + slice_seconds
+        while queue:
+            item = queue.popleft()
+            if item is until:
+                return True
+            if isinstance(item, _Marker):
+                item.event.set()
+                continue
+            if item is _STOP:
+                continue
+            try:
+                handle(item)  # type: ignore[arg-type]
+            except Exception:  # a derived view must never take the thread down
+                logger.exception("e2e-otel: deriving records/metrics from a span failed")
+            self.handled += 1
+            if clock() >= yield_at:
+                time.sleep(pause)  # let a request thread waiting for the interpreter lock in
+                yield_at = clock() + slice_seconds
+        return False
