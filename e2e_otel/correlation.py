@@ -7,6 +7,7 @@ module exposes the id to views, outgoing calls and responses.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -48,6 +49,39 @@ def _traceresponse(trace_hex: str, context: SpanContext) -> str:
     return f"00-{trace_hex}-{context.span_id:016x}-{int(context.trace_flags):02x}"
 
 
+_internal_lock = threading.Lock()
+_internal_in_flight = 0
+
+
+def internal_requests_in_flight() -> bool:
+    """Whether an e2e-otel page is being served in this process right now.
+
+    ``WorkflowSpanProcessor.on_start`` copies the internal mark from parent to child span; while no
+    internal request runs there is no mark to copy, so it skips reading the parent's attributes (the
+    costlier half of its per-span work). Over-approximating is harmless: it only costs that read.
+    """
+    return _internal_in_flight > 0
+
+
+def begin_internal_request() -> None:
+    """Count one more internal request in flight (``process_view`` marked its server span)."""
+    global _internal_in_flight
+    with _internal_lock:  # e2e-otel's own pages only: never taken on the app's requests
+        _internal_in_flight += 1
+
+
+def end_internal_request() -> None:
+    global _internal_in_flight
+    with _internal_lock:
+        _internal_in_flight -= 1
+
+
+def _end_internal(request: HttpRequest) -> None:
+    if getattr(request, "_e2e_internal", False):
+        request._e2e_internal = False  # type: ignore[attr-defined]
+        end_internal_request()
+
+
 class CorrelationMiddleware:
     """Sets ``request.correlation_id`` and the response headers. Inserted right after the OTel
     middleware by ``AppConfig.ready()``; runs on the request thread and does O(1) work: one span
@@ -69,11 +103,19 @@ class CorrelationMiddleware:
         if self._is_async:
             return self.__acall__(request)
         context, correlation_id = self._before(request)
-        return self._after(self.get_response(request), context, correlation_id)
+        try:
+            response = self.get_response(request)
+        finally:
+            _end_internal(request)
+        return self._after(response, context, correlation_id)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         context, correlation_id = self._before(request)
-        return self._after(await self.get_response(request), context, correlation_id)
+        try:
+            response = await self.get_response(request)
+        finally:
+            _end_internal(request)
+        return self._after(response, context, correlation_id)
 
     def _before(self, request: HttpRequest) -> tuple[SpanContext, str | None]:
         context = trace.get_current_span().get_span_context()
@@ -94,6 +136,9 @@ class CorrelationMiddleware:
             span = trace.get_current_span()
             if span.is_recording():
                 span.set_attribute(ATTR_INTERNAL, "admin" if match.app_name == "admin" else "e2e_otel")
+                if not getattr(request, "_e2e_internal", False):
+                    request._e2e_internal = True  # type: ignore[attr-defined]
+                    begin_internal_request()
         return None
 
     def _after(self, response: HttpResponseBase, context: SpanContext,

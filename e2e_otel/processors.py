@@ -31,6 +31,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from . import forksafe
 from .conf import Config
+from .correlation import internal_requests_in_flight
 from .spans_to_records import ATTR_INTERNAL, ATTR_WORKFLOW_BAGGAGE, BAGGAGE_WORKFLOW, StepData, step_from_span
 from .store import RecordWriter
 
@@ -104,6 +105,8 @@ class WorkflowSpanProcessor(SpanProcessor):
             span.set_attribute(ATTR_WORKFLOW_BAGGAGE, str(value)[:100])
         # e2e-otel's own views mark their server span internal; their queries inherit the mark so
         # the whole trace stays out of the workflow records.
+        if not internal_requests_in_flight():
+            return
         parent_attributes = getattr(trace.get_current_span(context), "attributes", None)
         if parent_attributes:
             internal = parent_attributes.get(ATTR_INTERNAL)

@@ -259,6 +259,9 @@ def test_e2e_otel_own_pages_are_marked_internal_and_not_recorded(spans) -> None:
     assert internal[admin["X-Correlation-ID"].replace("-", "")] == "admin"
     assert internal[scrape["X-Correlation-ID"].replace("-", "")]  # "metrics"
     assert internal[app["X-Correlation-ID"].replace("-", "")] is None
+    from e2e_otel.correlation import internal_requests_in_flight
+
+    assert not internal_requests_in_flight()  # every internal request that began has ended
     runtime = get_runtime()
     assert runtime is not None and runtime.force_flush(10)
     recorded = {str(c) for c in WorkflowSession.objects.values_list("correlation_id", flat=True)}

@@ -119,18 +119,25 @@ def test_on_start_copies_workflow_baggage_and_inherits_the_internal_mark(harness
 
     from e2e_otel.spans_to_records import ATTR_INTERNAL, ATTR_WORKFLOW_BAGGAGE
 
+    from e2e_otel.correlation import begin_internal_request, end_internal_request, internal_requests_in_flight
+
     tracer = harness().tracer
-    internal = tracer.start_span("GET metrics", kind=SpanKind.SERVER, attributes={ATTR_INTERNAL: "metrics"})
-    plain = tracer.start_span("GET items/", kind=SpanKind.SERVER)
-    with trace.use_span(internal):
-        child = tracer.start_span("SELECT")
-        with trace.use_span(child):
-            grandchild = tracer.start_span("SELECT")
-        explicit = tracer.start_span("SELECT", context=trace.set_span_in_context(plain))
-    internal.end()
-    late = tracer.start_span("SELECT", context=trace.set_span_in_context(internal))
+    begin_internal_request()  # what CorrelationMiddleware.process_view does when it marks a server span
+    try:
+        internal = tracer.start_span("GET metrics", kind=SpanKind.SERVER, attributes={ATTR_INTERNAL: "metrics"})
+        plain = tracer.start_span("GET items/", kind=SpanKind.SERVER)
+        with trace.use_span(internal):
+            child = tracer.start_span("SELECT")
+            with trace.use_span(child):
+                grandchild = tracer.start_span("SELECT")
+            explicit = tracer.start_span("SELECT", context=trace.set_span_in_context(plain))
+        internal.end()
+        late = tracer.start_span("SELECT", context=trace.set_span_in_context(internal))
+    finally:
+        end_internal_request()
     assert [s.attributes.get(ATTR_INTERNAL) for s in (child, grandchild, late)] == ["metrics"] * 3
     assert ATTR_INTERNAL not in explicit.attributes and ATTR_INTERNAL not in plain.attributes
+    assert not internal_requests_in_flight()  # app requests then skip the parent lookup altogether
 
     token = context.attach(baggage.set_baggage("e2e.workflow", "x" * 150))
     try:
