@@ -8,9 +8,9 @@ ended and hands each to the derived processors.
 
 Bounded: at most ``capacity`` spans wait; beyond that a span is dropped for the derived views (it is
 still exported) and counted in ``dropped``. The thread wakes every ``interval`` seconds, or sooner
-when ``wake_at`` spans are waiting, and gives the interpreter lock back every ``slice_seconds`` of
-work: without that a request thread returning from a database call could wait the interpreter's
-whole switch interval (5 ms by default) for the lock while this thread works through a backlog.
+when ``wake_at`` spans are waiting, and gives the interpreter lock back after every millisecond of
+work (``pacing.py``), so a request thread never waits the interpreter's whole switch interval for
+it while this thread works through a backlog.
 
 ``flush(timeout)`` returns once every span queued before the call has been handled, so tests,
 reports and shutdown see a settled state. After ``fork()`` the child starts with an empty queue and
@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 
 from opentelemetry.sdk.trace import ReadableSpan
 
 from . import forksafe
+from .pacing import Pacer
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +36,6 @@ __all__ = ["DeriveQueue"]
 CAPACITY = 20_000
 INTERVAL = 0.05
 WAKE_AT = 256
-SLICE_SECONDS = 0.001
-PAUSE_SECONDS = 0.00005
 
 
 class _Marker:
@@ -56,16 +54,13 @@ class DeriveQueue:
     """Spans from any thread → ``handle(span)`` on one background thread, in order."""
 
     def __init__(self, handle: Callable[[ReadableSpan], None], *, capacity: int = CAPACITY,
-                 interval: float = INTERVAL, wake_at: int = WAKE_AT, slice_seconds: float = SLICE_SECONDS,
-                 pause_seconds: float = PAUSE_SECONDS, name: str = "e2e-otel-derive") -> None:
-        if capacity < 1 or wake_at < 1 or interval <= 0 or slice_seconds <= 0 or pause_seconds < 0:
-            raise ValueError("capacity, wake_at, interval and slice_seconds must be positive")
+                 interval: float = INTERVAL, wake_at: int = WAKE_AT, name: str = "e2e-otel-derive") -> None:
+        if capacity < 1 or wake_at < 1 or interval <= 0:
+            raise ValueError("capacity, wake_at and interval must be positive")
         self._handle = handle
         self.capacity = capacity
         self._interval = interval
         self._wake_at = min(wake_at, capacity)
-        self._slice = slice_seconds
-        self._pause = pause_seconds
         self._name = name
         self._reset()
         forksafe.register(self)
@@ -76,6 +71,7 @@ class DeriveQueue:
         self._start_lock = threading.Lock()
         self._drop_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._pace = Pacer()  # used by the derive thread only
         self._stopped = False
         self.dropped = 0
         self.handled = 0
@@ -150,9 +146,7 @@ class DeriveQueue:
 
     def _drain(self, until: object | None) -> bool:
         """Handle everything queued; ``True`` when ``until`` was reached (the rest stays queued)."""
-        queue, handle, pause, slice_seconds = self._queue, self._handle, self._pause, self._slice
-        clock = time.perf_counter
-        yield_at = clock() + slice_seconds
+        queue, handle, pace = self._queue, self._handle, self._pace
         while queue:
             item = queue.popleft()
             if item is until:
@@ -167,7 +161,5 @@ class DeriveQueue:
             except Exception:  # a derived view must never take the thread down
                 logger.exception("e2e-otel: deriving records/metrics from a span failed")
             self.handled += 1
-            if clock() >= yield_at:
-                time.sleep(pause)  # let a request thread waiting for the interpreter lock in
-                yield_at = clock() + slice_seconds
+            pace()
         return False

@@ -1,21 +1,28 @@
 """The bounded queue between span processors and the database, and the one thread that drains it.
 
-Span-ending threads call :meth:`RecordWriter.submit` (``put_nowait``: O(1), never blocks; a full
+The derive thread calls :meth:`RecordWriter.submit` (``put_nowait``: O(1), never blocks; a full
 queue drops and counts). The writer thread batches, sanitises, and writes WorkflowSession /
 TraceStep / ErrorLog / PerformanceSnapshot rows on its own thread-local Django connection with
 instrumentation suppressed, so its SQL never becomes spans. A database outage, a row lock held
 longer than ``LOCK_WAIT_TIMEOUT`` or a deadlock makes it back off exponentially (capped) and retry
 the batch, keeping the newest pending steps up to the queue size; it recovers by itself. Each batch
-is one transaction of a few set-based statements (sessions locked with one read, new ones inserted
-with one insert, all steps with one, all sessions stored with one upsert), so the writer's CPU (and
-the GIL time it takes from request threads) grows with rows, not with traces; a batch the database
-refuses is written again trace by trace so only the offending trace is dropped. Errors are grouped
-once per batch: one locked read and one counter update (or insert) per fingerprint.
+is one transaction of set-based statements (existing sessions locked with one read, new ones folded
+in memory and inserted once, the steps, one upsert of the existing sessions), so the writer's CPU
+grows with rows, not with traces; a batch the database refuses is written again trace by trace so
+only the offending trace is dropped. Errors are grouped once per batch: one locked read and one
+counter update (or insert) per fingerprint.
+
+The writer shares the interpreter lock with request threads, so it keeps its share small and
+short: it gathers a batch without waking for every submitted step, builds TraceStep INSERTs itself
+(the ORM's per-field compile cost most of its CPU per step), memoises SQL/name scrubbing (both
+repeat from trace to trace), sends inserts in pieces of a few dozen rows (each round trip releases
+the lock) and gives the lock back every millisecond of Python work in between.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -30,6 +37,7 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from . import forksafe
 from .conf import Config
+from .pacing import Pacer
 from .sanitize import Sanitizer, ansi_quotes_for
 from .spans_to_records import WORKFLOW_SOURCES, ErrorData, StepData, resolve_workflow_type
 
@@ -49,6 +57,21 @@ LOCK_WAIT_TIMEOUT = 5  # seconds the writer waits for a row lock (MySQL/MariaDB)
 # connection; the same data goes in once the other transaction is done, so back off and retry.
 _RETRYABLE_CODES = frozenset({1205, 1213})
 _PING_AFTER_IDLE = 60.0  # seconds without a write after which the connection is pinged first
+# Rows per INSERT. Each statement's round trip gives the interpreter lock back to request threads,
+# and building one (the driver escapes every value in Python) holds it: keep that under a millisecond.
+_ROWS_PER_STATEMENT = 32
+_SESSIONS_PER_STATEMENT = 10  # about 20 fields each, through the ORM's compiler
+# Scrub memos (SQL statements; short texts such as names and components): both repeat from trace to
+# trace, and scrubbing is a pure function of the text. Entries per memo, and the longest text kept
+# (a bulk INSERT's statement can be megabytes: scrubbed without the memo), bound their memory.
+_SCRUB_MEMO_SIZE = 1024
+_SCRUB_MEMO_MAX_SQL = 4096
+_SCRUB_MEMO_MAX_TEXT = 512
+# TraceStep columns in the order of ``_step_fields`` (tests check they are the model's).
+_STEP_COLUMNS = (
+    "workflow_session", "correlation_id", "span_id", "parent_span_id", "name", "layer", "component",
+    "operation", "start_time", "end_time", "duration_ms", "status", "metadata",
+)
 
 
 class _FlushToken:
@@ -115,6 +138,8 @@ class RecordWriter:
                  start: bool = True) -> None:
         self._config = config
         self._sanitizer = sanitizer
+        self._scrub_sql = functools.lru_cache(maxsize=_SCRUB_MEMO_SIZE)(sanitizer.scrub_sql)
+        self._scrub_short = functools.lru_cache(maxsize=_SCRUB_MEMO_SIZE)(sanitizer.scrub_text)
         self.alias = alias or config.DATABASE_ALIAS
         self.capacity = int(config.RECORD_QUEUE_SIZE)
         self._batch_size = int(config.RECORD_BATCH_SIZE)
@@ -148,7 +173,9 @@ class RecordWriter:
         self._retry_at = 0.0
         self._last_used = 0.0
         self._next_sweep = time.monotonic() + self._sweep_interval
+        self._breathe = Pacer()  # gives the interpreter lock back between units of work (pacing.py)
         self._stopping = threading.Event()
+        self._wake = threading.Event()  # cuts the writer's gathering sleep short (see ``_fill``)
         self._thread: threading.Thread | None = None
 
     # --- any thread ---------------------------------------------------------------------------------
@@ -167,6 +194,8 @@ class RecordWriter:
         except queue.Full:
             self.count_drop("queue_full")
             return False
+        if not self._wake.is_set() and self._queue.qsize() + len(self._pending) >= self._batch_size:
+            self._wake.set()  # a batch is ready: the writer need not sleep out its interval
         return True
 
     def count_drop(self, reason: str, count: int = 1) -> None:
@@ -202,6 +231,7 @@ class RecordWriter:
             self._queue.put(token, timeout=max(0.0, timeout))
         except queue.Full:
             return False
+        self._wake.set()
         return token.event.wait(max(0.0, deadline - time.monotonic()))
 
     def shutdown(self, timeout: float = 5.0) -> bool:
@@ -212,6 +242,7 @@ class RecordWriter:
         self._stopping.set()
         with contextlib.suppress(queue.Full):  # the loop also checks the event
             self._queue.put(_STOP, timeout=max(0.0, timeout / 2))
+        self._wake.set()
         thread.join(timeout)
         return not thread.is_alive()
 
@@ -251,7 +282,10 @@ class RecordWriter:
         return max(0.01, min(self._next_sweep - now, 1.0))
 
     def _fill(self) -> None:
-        """Move queued items to ``pending``: wait for the first, then gather up to a batch."""
+        """Move queued items to ``pending``: wait for the first, then gather up to a batch. While
+        gathering, the thread sleeps until the flush interval ends or ``_wake`` is set (a batch is
+        queued, a flush or stop was asked) and then takes what is queued without waiting, rather
+        than waking for every step the derive thread submits."""
         try:
             item = self._queue.get(timeout=self._wait_time()) if not self._stopping.is_set() \
                 else self._queue.get_nowait()
@@ -261,13 +295,26 @@ class RecordWriter:
             return
         deadline = time.monotonic() + self._interval
         while len(self._pending) < self._batch_size and not self._stopping.is_set():
+            if not self._take_queued():
+                return
             remaining = deadline - time.monotonic()
+            if remaining <= 0 or len(self._pending) >= self._batch_size:
+                return
+            self._wake.wait(remaining)
+            self._wake.clear()  # what set it was queued before: the next ``_take_queued`` sees it
+
+    def _take_queued(self) -> bool:
+        """Accept what is queued now, up to a batch; ``False`` when gathering should stop."""
+        get = self._queue.get_nowait
+        while len(self._pending) < self._batch_size:
             try:
-                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                item = get()
             except queue.Empty:
-                return
+                return True
             if not self._accept(item):
-                return
+                return False
+            self._breathe()
+        return True
 
     def _accept(self, item: Any) -> bool:
         """Add one queue item; ``False`` when gathering should stop (flush token or stop)."""
@@ -433,67 +480,119 @@ class RecordWriter:
     def _write_set(self, by_trace: dict[int, list[tuple[int, StepData]]]) -> None:
         """One transaction for the whole chunk: one locked read of its existing sessions (in
         correlation id order, so concurrent writers lock in the same order), one insert of the new
-        ones, one insert of all steps, one of all snapshots, one upsert of all sessions. Counters,
+        ones (already folded, so they are written once), the steps and snapshots, one upsert of the
+        existing sessions. Inserts go out in pieces of at most ``_ROWS_PER_STATEMENT`` rows and the
+        Python work in between gives the interpreter lock back every millisecond (``pacing.py``). Counters,
         signals and ``_chunk_done`` are applied only after the commit."""
         from django.db import transaction
 
-        from .models import PerformanceSnapshot, TraceStep
+        from .models import PerformanceSnapshot
 
         alias = self.alias
         groups = {trace_id: _ordered(items) for trace_id, items in by_trace.items()}
         results: list[tuple[int, Any, _Folded]] = []
         with transaction.atomic(using=alias):
-            sessions = self._lock_or_create_sessions(groups)
-            steps: list[Any] = []
-            snapshots: list[Any] = []
+            existing, new = self._lock_sessions(groups)
+            sessions = {**existing, **new}
             for trace_id, group in groups.items():
-                session = sessions[trace_id]
-                folded = self._fold(session, group)
-                steps.extend(self._step_row(TraceStep, session, session.correlation_id, step)
-                             for step in folded.kept)
-                snapshots.extend(self._snapshot_rows(PerformanceSnapshot, session.correlation_id, folded.kept))
-                results.append((trace_id, session, folded))
-            if steps:
-                TraceStep.objects.using(alias).bulk_create(steps, ignore_conflicts=True)
+                results.append((trace_id, sessions[trace_id], self._fold(sessions[trace_id], group)))
+                self._breathe()
+            self._insert_sessions(list(new.values()))
+            self._insert_steps([(session, step) for _, session, folded in results for step in folded.kept])
+            snapshots = [row for _, session, folded in results
+                         for row in self._snapshot_rows(PerformanceSnapshot, session.correlation_id, folded.kept)]
             if snapshots:
-                PerformanceSnapshot.objects.using(alias).bulk_create(snapshots)
-            self._save_sessions(list(sessions.values()))
+                PerformanceSnapshot.objects.using(alias).bulk_create(snapshots, batch_size=_ROWS_PER_STATEMENT)
+            self._save_sessions(list(existing.values()))
         for trace_id, session, folded in results:
             self._chunk_errors.extend(self._committed(trace_id, session, groups[trace_id], folded))
+            self._breathe()
         for items in by_trace.values():
             self._chunk_done.update(seq for seq, _ in items)
 
-    def _lock_or_create_sessions(self, groups: dict[int, list[StepData]]) -> dict[int, Any]:
-        """The chunk's sessions by trace id, locked: one ``SELECT … FOR UPDATE`` and one bulk insert.
-        A session another process inserted since the read raises ``IntegrityError`` (the caller
-        then falls back to the per-trace path, which handles that race row by row)."""
+    def _lock_sessions(self, groups: dict[int, list[StepData]]) -> tuple[dict[int, Any], dict[int, Any]]:
+        """The chunk's existing sessions by trace id, locked with one ``SELECT … FOR UPDATE``, and
+        unsaved new ones for the others (inserted by ``_insert_sessions`` once folded)."""
         from .models import WorkflowSession
 
         rows = WorkflowSession.objects.using(self.alias)
         cids = sorted(uuid.UUID(int=trace_id) for trace_id in groups)
         found = {s.correlation_id.int: s for s in rows.select_for_update().filter(correlation_id__in=cids)}
-        new = [WorkflowSession(**self._new_session_fields(uuid.UUID(int=trace_id), groups[trace_id]))
-               for trace_id in sorted(groups) if trace_id not in found]  # same order as the read
-        if new:
-            rows.bulk_create(new)
-            if any(session.pk is None for session in new):  # backends that return no ids on insert
-                new = list(rows.select_for_update().filter(correlation_id__in=[s.correlation_id for s in new]))
-            found.update((session.correlation_id.int, session) for session in new)
-        return found
+        new: dict[int, Any] = {}
+        for trace_id in sorted(groups):  # same order as the read
+            if trace_id not in found:
+                new[trace_id] = WorkflowSession(**self._new_session_fields(uuid.UUID(int=trace_id), groups[trace_id]))
+                self._breathe()
+        return found, new
+
+    def _insert_sessions(self, new: list[Any]) -> None:
+        """Insert the chunk's new (folded) sessions. One inserted by another process since the read
+        raises ``IntegrityError`` (the caller then falls back to the per-trace path, which handles
+        that race row by row). Backends that return no ids on insert get them with one read."""
+        from .models import WorkflowSession
+
+        if not new:
+            return
+        rows = WorkflowSession.objects.using(self.alias)
+        rows.bulk_create(new, batch_size=_SESSIONS_PER_STATEMENT)
+        if any(session.pk is None for session in new):
+            pks = dict(rows.filter(correlation_id__in=[s.correlation_id for s in new])
+                       .values_list("correlation_id", "pk"))
+            for session in new:
+                session.pk = pks[session.correlation_id]
+
+    def _insert_steps(self, steps: list[tuple[Any, StepData]]) -> None:
+        """``bulk_create(ignore_conflicts=True)`` of the steps' TraceStep rows: the same statement
+        the ORM builds (the backend's own ignore-conflicts syntax) and the same values its
+        ``get_db_prep_save`` makes, without its per-field compile, which cost the writer most of
+        its CPU per step."""
+        from django.db import connections
+        from django.db.models.constants import OnConflict
+
+        from .models import TraceStep
+
+        if not steps:
+            return
+        connection = connections[self.alias]
+        ops = connection.ops
+        fields = [TraceStep._meta.get_field(name) for name in _STEP_COLUMNS]
+        adapt_dt, metadata_field = ops.adapt_datetimefield_value, fields[-1]
+        rows: list[tuple[Any, ...]] = []
+        for session, step in steps:
+            (_, cid, span_id, parent, name, layer, component, operation, start, end, duration, status,
+             metadata) = self._step_fields(session, session.correlation_id, step)
+            rows.append((session.pk, cid.hex, span_id, parent, name, layer, component, operation,
+                         adapt_dt(start), adapt_dt(end), None if duration is None else float(duration),
+                         status, metadata_field.get_db_prep_save(metadata, connection)))
+            self._breathe()
+        head = "{} {} ({}) VALUES ".format(
+            ops.insert_statement(on_conflict=OnConflict.IGNORE), ops.quote_name(TraceStep._meta.db_table),
+            ", ".join(ops.quote_name(field.column) for field in fields))
+        suffix = ops.on_conflict_suffix_sql(fields, OnConflict.IGNORE, (), ())
+        placeholders = "({})".format(", ".join(["%s"] * len(fields)))
+        size = max(1, min(_ROWS_PER_STATEMENT, ops.bulk_batch_size(fields, rows)))
+        with connection.cursor() as cursor:
+            for first in range(0, len(rows), size):
+                piece = rows[first:first + size]
+                sql = head + ", ".join([placeholders] * len(piece))
+                cursor.execute(f"{sql} {suffix}" if suffix else sql, [value for row in piece for value in row])
+                self._breathe()
 
     def _save_sessions(self, sessions: list[Any]) -> None:
-        """Store the chunk's (locked, existing) session rows in one statement: an upsert on the
-        primary key (``INSERT … ON DUPLICATE KEY UPDATE`` on MySQL/MariaDB). ``bulk_update`` would
-        say the same with a ``CASE`` per column and row, which costs the writer several times the
-        CPU to build."""
+        """Store the chunk's (locked, existing) session rows with an upsert on the primary key
+        (``INSERT … ON DUPLICATE KEY UPDATE`` on MySQL/MariaDB). ``bulk_update`` would say the same
+        with a ``CASE`` per column and row, which costs the writer several times the CPU to build."""
         from django.db import connections
 
         from .models import WorkflowSession
 
+        if not sessions:
+            return
         created = [session.created_at for session in sessions]  # bulk_create's pre_save resets it
         target = ["pk"] if connections[self.alias].features.supports_update_conflicts_with_target else None
         WorkflowSession.objects.using(self.alias).bulk_create(
             sessions, update_conflicts=True, update_fields=list(_SESSION_FIELDS), unique_fields=target,
+            batch_size=_SESSIONS_PER_STATEMENT,
         )
         for session, created_at in zip(sessions, created, strict=True):
             session.created_at = created_at
@@ -679,23 +778,29 @@ class RecordWriter:
         return None
 
     def _step_row(self, model: Any, session: Any, cid: uuid.UUID, step: StepData) -> Any:
-        return model(
-            workflow_session=session, correlation_id=cid, span_id=step.span_id,
-            parent_span_id=step.parent_span_id, name=self._text(step.name, 190), layer=step.layer[:20],
-            component=self._text(step.component, 190), operation=self._text(step.operation, 190),
-            start_time=_dt(step.start_ns), end_time=_dt(step.end_ns), duration_ms=step.duration_ms,
-            status=step.status, metadata=self._metadata(step.attributes),
+        """A TraceStep instance (the per-trace fallback path writes through the ORM)."""
+        return model(**dict(zip(_STEP_COLUMNS, self._step_fields(session, cid, step), strict=True)))
+
+    def _step_fields(self, session: Any, cid: uuid.UUID, step: StepData) -> tuple[Any, ...]:
+        """A step's field values in ``_STEP_COLUMNS`` order, as Python values."""
+        return (
+            session, cid, step.span_id, step.parent_span_id, self._text(step.name, 190), step.layer[:20],
+            self._text(step.component, 190), self._text(step.operation, 190), _dt(step.start_ns),
+            _dt(step.end_ns), step.duration_ms, step.status, self._metadata(step.attributes),
         )
 
     def _metadata(self, attributes: Any) -> dict[str, Any]:
         ansi = ansi_quotes_for(attributes.get("db.system"))
-        sql = {k: self._sanitizer.scrub_sql(v, ansi_quotes=ansi) for k, v in attributes.items()
-               if k in _SQL_KEYS and isinstance(v, str)}
+        sql = {k: (self._scrub_sql if len(v) <= _SCRUB_MEMO_MAX_SQL else self._sanitizer.scrub_sql)(
+                   v, ansi_quotes=ansi)
+               for k, v in attributes.items() if k in _SQL_KEYS and isinstance(v, str)}
         rest = {k: v for k, v in attributes.items() if k not in sql}
         return {**self._sanitizer.clean_mapping(rest), **sql}
 
     def _text(self, value: str, limit: int) -> str:
-        return self._sanitizer.scrub_text(value)[:limit]
+        """A short field (name, component, user id…): scrubbed (through the memo), then cut."""
+        scrub = self._scrub_short if len(value) <= _SCRUB_MEMO_MAX_TEXT else self._sanitizer.scrub_text
+        return scrub(value)[:limit]
 
     def _group_errors(self, occurrences: list[_Occurrence]) -> None:
         """Add the chunk's errors to their open groups: per fingerprint one locked read and one

@@ -196,3 +196,23 @@ def test_derive_queue_numbers_are_on_the_scrape() -> None:
              if line.startswith("e2e_otel_derive_")}
     assert lines["e2e_otel_derive_dropped_spans_total"] >= queue.dropped - before
     assert "e2e_otel_derive_queue_depth" in lines
+
+
+def test_pacer_releases_the_lock_once_per_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from e2e_otel import pacing
+
+    clock = [100.0]
+    sleeps: list[float] = []
+    monkeypatch.setattr(pacing.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(pacing.time, "sleep", sleeps.append)
+    pace = pacing.Pacer(slice_seconds=0.001, pause_seconds=0.00005)
+    pace()  # the first call starts a slice
+    for _ in range(9):  # 0.9 ms of work: still inside the slice
+        clock[0] += 0.0001
+        pace()
+    assert sleeps == [0.00005]
+    clock[0] += 0.0002
+    pace()
+    assert sleeps == [0.00005, 0.00005]
+    with pytest.raises(ValueError):
+        pacing.Pacer(slice_seconds=0)

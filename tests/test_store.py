@@ -397,3 +397,98 @@ def test_an_exception_escaping_nested_spans_is_one_error_kept_where_it_was_raise
         assert (group.layer, group.component, group.occurrences) == ("external", "payments", 2)
     finally:
         writer.shutdown()
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_set_path_writes_the_rows_the_orm_path_writes_in_statements_of_bounded_size(writers: Any) -> None:
+    """The chunk path builds its TraceStep INSERTs itself (in pieces of ``_ROWS_PER_STATEMENT``) and
+    inserts new sessions already folded; the per-trace fallback goes through the ORM. Both must
+    store the same values in every TraceStep column and the same session."""
+    import dataclasses
+
+    from django.test.utils import CaptureQueriesContext
+
+    from e2e_otel.store import _ROWS_PER_STATEMENT, _STEP_COLUMNS
+
+    model_columns = [f.name for f in TraceStep._meta.concrete_fields if not f.primary_key]
+    assert sorted(_STEP_COLUMNS) == sorted(model_columns)
+    writer = writers(start=False, MAX_STEPS_PER_WORKFLOW=1000)
+    count = 2 * _ROWS_PER_STATEMENT + 3
+    trace_id = uuid.uuid4().int
+    root = make_step(trace_id, name="GET /orders/<int:pk>/ password=hunter2",
+                     attributes={"http.route": "/orders/<int:pk>/", "api_token": "abc", "n": 1.5})
+    steps = [root] + [make_step(trace_id, root=False, layer="database", name="SELECT shop_product",
+                                attributes={"db.system": "mysql", "db.statement": f"SELECT {i} FROM t"})
+                      for i in range(count - 1)]
+    other_id = uuid.uuid4().int
+    same = [dataclasses.replace(s, trace_id=other_id) for s in steps]  # span ids are per session
+    seq = iter(range(1, 10_000))
+    with CaptureQueriesContext(connections["default"]) as queries:
+        writer._write_set({trace_id: [(next(seq), s) for s in steps]})
+    inserts = [q["sql"] for q in queries.captured_queries if TraceStep._meta.db_table in q["sql"]]
+    assert len(inserts) == 3, inserts  # two full pieces and the rest
+    writer._write_trace_by_trace({other_id: [(next(seq), s) for s in same]})
+
+    def stored(tid: int) -> tuple[list[tuple[Any, ...]], dict[str, Any]]:
+        cid = uuid.UUID(int=tid)
+        steps = sorted(TraceStep.objects.filter(correlation_id=cid).values_list(*_STEP_COLUMNS[2:]))
+        session = WorkflowSession.objects.filter(correlation_id=cid).values().get()
+        return steps, {k: v for k, v in session.items() if k not in ("id", "correlation_id", "created_at",
+                                                                      "updated_at")}
+
+    set_steps, set_session = stored(trace_id)
+    assert len(set_steps) == count and set_session["step_count"] == count
+    assert "hunter2" not in str(set_steps) and all(row[-1] for row in set_steps)  # scrubbed metadata
+    assert (set_steps, set_session) == stored(other_id)
+
+
+def test_scrub_memos_are_bounded_and_give_the_sanitizers_answers(writers: Any) -> None:
+    from e2e_otel.store import _SCRUB_MEMO_SIZE
+
+    writer = writers(start=False)
+    sanitizer = Sanitizer()
+    for i in range(_SCRUB_MEMO_SIZE + 50):
+        statement = f"SELECT * FROM t{i} WHERE password = 'hunter2' AND id = {i}"
+        assert writer._metadata({"db.statement": statement}) == {"db.statement": sanitizer.scrub_sql(statement)}
+        assert writer._text(f"GET /x/{i}/ token=abc123", 12) == sanitizer.scrub_text(f"GET /x/{i}/ token=abc123")[:12]
+    for memo in (writer._scrub_sql, writer._scrub_short):
+        assert memo.cache_info().currsize == _SCRUB_MEMO_SIZE
+    before = [memo.cache_info() for memo in (writer._scrub_sql, writer._scrub_short)]
+    huge = "INSERT INTO t VALUES " + ", ".join(f"({i}, 'x')" for i in range(2000))  # too long to keep
+    assert writer._metadata({"db.statement": huge}) == {"db.statement": sanitizer.scrub_sql(huge)}
+    assert writer._text("y" * 10_000, 190) == sanitizer.scrub_text("y" * 10_000)[:190]
+    assert [memo.cache_info() for memo in (writer._scrub_sql, writer._scrub_short)] == before
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_a_full_batch_is_written_without_waiting_for_the_interval(writers: Any) -> None:
+    writer = writers(RECORD_FLUSH_INTERVAL=30, RECORD_BATCH_SIZE=20)
+    for n in range(20):
+        writer.submit(make_step())
+        if n == 4:
+            time.sleep(0.2)  # the writer is gathering: these five are pending, the rest queued
+    deadline = time.monotonic() + 10
+    while writer.stats()["written"]["step"] < 20 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert writer.stats()["written"]["step"] == 20
+    assert time.monotonic() < deadline
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_new_sessions_get_their_ids_on_backends_that_return_none(writers: Any, monkeypatch: Any) -> None:
+    writer = writers(start=False)
+    monkeypatch.setattr(type(connections["default"].features), "can_return_rows_from_bulk_insert", False)
+    from django.test.utils import CaptureQueriesContext
+
+    steps = [make_step() for _ in range(3)]
+    with CaptureQueriesContext(connections["default"]) as queries:
+        assert writer._attempt(writer._write, list(enumerate(steps, start=1))) == "ok"
+    table = WorkflowSession._meta.db_table
+    inserts = [q["sql"] for q in queries.captured_queries if q["sql"].startswith(f"INSERT INTO `{table}`")]
+    assert len(inserts) == 1, inserts  # the chunk path, not the per-trace fallback
+    for step in steps:
+        session = WorkflowSession.objects.get(correlation_id=uuid.UUID(int=step.trace_id))
+        assert TraceStep.objects.get(span_id=step.span_id).workflow_session_id == session.pk
