@@ -10,6 +10,7 @@ sleeps ``pause_seconds``, which releases the lock and lets a waiting request thr
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 __all__ = ["PAUSE_SECONDS", "SLICE_SECONDS", "Pacer"]
 
@@ -20,16 +21,20 @@ PAUSE_SECONDS = 0.00005
 class Pacer:
     """``pacer()`` between units of work; one per thread (it keeps that thread's slice)."""
 
-    __slots__ = ("_pause", "_slice", "_yield_at")
+    __slots__ = ("_clock", "_pause", "_sleep", "_slice", "_yield_at")
 
-    def __init__(self, slice_seconds: float = SLICE_SECONDS, pause_seconds: float = PAUSE_SECONDS) -> None:
+    def __init__(self, slice_seconds: float = SLICE_SECONDS, pause_seconds: float = PAUSE_SECONDS, *,
+                 clock: Callable[[], float] = time.perf_counter,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         if slice_seconds <= 0 or pause_seconds < 0:
             raise ValueError(f"slice must be positive and pause not negative, got {slice_seconds!r}, {pause_seconds!r}")
         self._slice = slice_seconds
         self._pause = pause_seconds
+        self._clock = clock
+        self._sleep = sleep
         self._yield_at = 0.0
 
     def __call__(self) -> None:
-        if time.perf_counter() >= self._yield_at:
-            time.sleep(self._pause)  # releases the lock; a request thread waiting for it takes it
-            self._yield_at = time.perf_counter() + self._slice
+        if self._clock() >= self._yield_at:
+            self._sleep(self._pause)  # releases the lock; a request thread waiting for it takes it
+            self._yield_at = self._clock() + self._slice

@@ -198,14 +198,12 @@ def test_derive_queue_numbers_are_on_the_scrape() -> None:
     assert "e2e_otel_derive_queue_depth" in lines
 
 
-def test_pacer_releases_the_lock_once_per_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pacer_releases_the_lock_once_per_slice() -> None:
     from e2e_otel import pacing
 
     clock = [100.0]
     sleeps: list[float] = []
-    monkeypatch.setattr(pacing.time, "perf_counter", lambda: clock[0])
-    monkeypatch.setattr(pacing.time, "sleep", sleeps.append)
-    pace = pacing.Pacer(slice_seconds=0.001, pause_seconds=0.00005)
+    pace = pacing.Pacer(slice_seconds=0.001, pause_seconds=0.00005, clock=lambda: clock[0], sleep=sleeps.append)
     pace()  # the first call starts a slice
     for _ in range(9):  # 0.9 ms of work: still inside the slice
         clock[0] += 0.0001
