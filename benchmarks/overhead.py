@@ -32,6 +32,7 @@ REPO_DIR = BENCH_DIR.parent
 LABELS = {
     "plain": "A  plain Django",
     "otel": "B  stock OpenTelemetry",
+    "otel_twin": "B2 stock OpenTelemetry, twin",
     "e2e": "C  e2e-otel (all on)",
     "e2e_stalled": "C' e2e-otel, record DB stalled",
     "e2e_bare": "Cb e2e-otel, records+metrics off",
@@ -281,6 +282,7 @@ RATIO_PAIRS = {
     "e2e-otel / stock OTel": ("e2e", "otel"),
     "e2e-otel / plain": ("e2e", "plain"),
     "stock OTel / plain": ("otel", "plain"),
+    "twin B2 / B (noise floor)": ("otel_twin", "otel"),
     "stalled record DB / e2e-otel": ("e2e_stalled", "e2e"),
     "e2e core (Cb) / stock OTel": ("e2e_bare", "otel"),
     "+metrics (Cm) / Cb": ("e2e_norecords", "e2e_bare"),
@@ -414,7 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000, help="per configuration and view (all rounds)")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=200, help="untimed requests per worker and view")
-    parser.add_argument("--configs", default="plain,otel,e2e,e2e_stalled")
+    parser.add_argument("--configs", default="plain,otel,e2e,e2e_stalled",
+                        help="comma list; otel_twin adds a second stock-OTel worker whose ratio to B is "
+                             "the noise floor between two identical processes")
     parser.add_argument("--views", default="one,heavy")
     parser.add_argument("--breakdown", action="store_true",
                         help=f"add configurations {BREAKDOWN_CONFIGS} to split C's cost by feature")

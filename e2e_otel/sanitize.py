@@ -50,6 +50,8 @@ TRUNCATION_MARKER = "…[truncated]"
 DEPTH_MARKER = "[max depth]"
 TRUNCATED_ITEMS_KEY = "[truncated]"
 MAX_SQL_LENGTH = 8192
+SQL_MEMO_SIZE = 1024  # distinct statements remembered by Sanitizer.scrub_sql
+SQL_MEMO_MAX_CHARS = 4096  # longer statements are scrubbed without being remembered
 
 DEFAULT_SENSITIVE_KEYS: tuple[str, ...] = (
     "password", "passwd", "pwd", "secret", "token", "api_key", "apikey", "authorization", "auth_token",
@@ -194,6 +196,8 @@ class Sanitizer:
         stems = sorted({max(word, key=len) for word in words}, key=len, reverse=True)
         self._trigger = re.compile("|".join(map(re.escape, stems)))
         self._cached_is_sensitive: Callable[[str], bool] = functools.lru_cache(maxsize=4096)(self._classify)
+        self._scrub_sql_memo: Callable[[str, bool], str] = functools.lru_cache(maxsize=SQL_MEMO_SIZE)(
+            lambda sql, ansi_quotes: scrub_sql(sql, ansi_quotes=ansi_quotes))
 
     # --- keys --------------------------------------------------------------------------------------
 
@@ -333,7 +337,12 @@ class Sanitizer:
     # --- SQL ---------------------------------------------------------------------------------------
 
     def scrub_sql(self, sql: str | bytes, *, ansi_quotes: bool = False) -> str:
-        """See :func:`scrub_sql`; always scrubs, whatever ``enabled`` says."""
+        """See :func:`scrub_sql`; always scrubs, whatever ``enabled`` says. Statements up to
+        ``SQL_MEMO_MAX_CHARS`` go through a memo of ``SQL_MEMO_SIZE`` entries: an app runs the same
+        few hundred statements over and over, and both the exporter and the record writer scrub
+        every one (a multi-megabyte bulk INSERT is scrubbed without being kept)."""
+        if isinstance(sql, str) and len(sql) <= SQL_MEMO_MAX_CHARS:
+            return self._scrub_sql_memo(sql, ansi_quotes)
         return scrub_sql(sql, ansi_quotes=ansi_quotes)
 
     def sql_fingerprint(self, sql: str | bytes, *, ansi_quotes: bool = False) -> str:

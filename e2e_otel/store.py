@@ -14,8 +14,8 @@ counter update (or insert) per fingerprint.
 
 The writer shares the interpreter lock with request threads, so it keeps its share small and
 short: it gathers a batch without waking for every submitted step, builds TraceStep INSERTs itself
-(the ORM's per-field compile cost most of its CPU per step), memoises SQL/name scrubbing (both
-repeat from trace to trace), sends inserts in pieces of a few dozen rows (each round trip releases
+(the ORM's per-field compile cost most of its CPU per step), memoises name scrubbing (SQL is
+memoised by the sanitizer), sends inserts in pieces of a few dozen rows (each round trip releases
 the lock) and gives the lock back every millisecond of Python work in between.
 """
 
@@ -61,11 +61,10 @@ _PING_AFTER_IDLE = 60.0  # seconds without a write after which the connection is
 # and building one (the driver escapes every value in Python) holds it: keep that under a millisecond.
 _ROWS_PER_STATEMENT = 32
 _SESSIONS_PER_STATEMENT = 10  # about 20 fields each, through the ORM's compiler
-# Scrub memos (SQL statements; short texts such as names and components): both repeat from trace to
-# trace, and scrubbing is a pure function of the text. Entries per memo, and the longest text kept
-# (a bulk INSERT's statement can be megabytes: scrubbed without the memo), bound their memory.
+# Scrub memo of short texts (names, components, user ids): they repeat from trace to trace and
+# scrubbing is a pure function of the text. Entries, and the longest text kept, bound its memory.
+# (SQL statements are memoised by the sanitizer itself, for the exporter too.)
 _SCRUB_MEMO_SIZE = 1024
-_SCRUB_MEMO_MAX_SQL = 4096
 _SCRUB_MEMO_MAX_TEXT = 512
 # TraceStep columns in the order of ``_step_fields`` (tests check they are the model's).
 _STEP_COLUMNS = (
@@ -138,7 +137,6 @@ class RecordWriter:
                  start: bool = True) -> None:
         self._config = config
         self._sanitizer = sanitizer
-        self._scrub_sql = functools.lru_cache(maxsize=_SCRUB_MEMO_SIZE)(sanitizer.scrub_sql)
         self._scrub_short = functools.lru_cache(maxsize=_SCRUB_MEMO_SIZE)(sanitizer.scrub_text)
         self.alias = alias or config.DATABASE_ALIAS
         self.capacity = int(config.RECORD_QUEUE_SIZE)
@@ -791,8 +789,7 @@ class RecordWriter:
 
     def _metadata(self, attributes: Any) -> dict[str, Any]:
         ansi = ansi_quotes_for(attributes.get("db.system"))
-        sql = {k: (self._scrub_sql if len(v) <= _SCRUB_MEMO_MAX_SQL else self._sanitizer.scrub_sql)(
-                   v, ansi_quotes=ansi)
+        sql = {k: self._sanitizer.scrub_sql(v, ansi_quotes=ansi)  # memoised by the sanitizer
                for k, v in attributes.items() if k in _SQL_KEYS and isinstance(v, str)}
         rest = {k: v for k, v in attributes.items() if k not in sql}
         return {**self._sanitizer.clean_mapping(rest), **sql}

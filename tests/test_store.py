@@ -452,13 +452,13 @@ def test_scrub_memos_are_bounded_and_give_the_sanitizers_answers(writers: Any) -
         statement = f"SELECT * FROM t{i} WHERE password = 'hunter2' AND id = {i}"
         assert writer._metadata({"db.statement": statement}) == {"db.statement": sanitizer.scrub_sql(statement)}
         assert writer._text(f"GET /x/{i}/ token=abc123", 12) == sanitizer.scrub_text(f"GET /x/{i}/ token=abc123")[:12]
-    for memo in (writer._scrub_sql, writer._scrub_short):
+    for memo in (writer._sanitizer._scrub_sql_memo, writer._scrub_short):
         assert memo.cache_info().currsize == _SCRUB_MEMO_SIZE
-    before = [memo.cache_info() for memo in (writer._scrub_sql, writer._scrub_short)]
+    before = [memo.cache_info() for memo in (writer._sanitizer._scrub_sql_memo, writer._scrub_short)]
     huge = "INSERT INTO t VALUES " + ", ".join(f"({i}, 'x')" for i in range(2000))  # too long to keep
     assert writer._metadata({"db.statement": huge}) == {"db.statement": sanitizer.scrub_sql(huge)}
     assert writer._text("y" * 10_000, 190) == sanitizer.scrub_text("y" * 10_000)[:190]
-    assert [memo.cache_info() for memo in (writer._scrub_sql, writer._scrub_short)] == before
+    assert [memo.cache_info() for memo in (writer._sanitizer._scrub_sql_memo, writer._scrub_short)] == before
 
 
 @pytest.mark.mysql

@@ -28,6 +28,7 @@ from typing import Any
 SETTINGS = {
     "plain": "bench_project.settings_plain",
     "otel": "bench_project.settings_otel",
+    "otel_twin": "bench_project.settings_otel",  # a second, identical B: the noise floor between processes
     "e2e": "bench_project.settings_e2e",
     "e2e_stalled": "bench_project.settings_e2e_stalled",
     "e2e_bare": "bench_project.settings_e2e_bare",
@@ -75,7 +76,7 @@ class Worker:
         self.config = config
         os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS[config]
         self.stock_provider = None
-        if config == "otel":
+        if config in ("otel", "otel_twin"):
             from bench_project import stock_otel
             from bench_project.settings_base import OTLP_ENDPOINT
 
