@@ -105,10 +105,12 @@ class DeriveQueue:
         if threading.current_thread() is self._thread:  # a handler flushing: handle the rest inline
             self._drain(until=None)
             return True
-        if not self._queue:
+        if self._thread is None and not self._queue:
             return True
         if self._stopped:  # the thread is gone or going: nothing will set a marker
-            return False
+            return not self._queue and not self._thread.is_alive()  # type: ignore[union-attr]
+        # Even with the queue empty the thread may be handling the last span it took: the marker is
+        # set only after that.
         marker = _Marker()
         self._queue.append(marker)  # a marker is not a span: it may exceed the capacity
         if self._thread is None:
@@ -154,8 +156,9 @@ class DeriveQueue:
             if isinstance(item, _Marker):
                 item.event.set()
                 continue
-            if item is _STOP:
-                continue
+            if item is _STOP:  # a handler's flush() met stop(): leave it for the thread's own loop
+                queue.appendleft(item)
+                return False
             try:
                 handle(item)  # type: ignore[arg-type]
             except Exception:  # a derived view must never take the thread down

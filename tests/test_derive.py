@@ -214,3 +214,41 @@ def test_pacer_releases_the_lock_once_per_slice() -> None:
     assert sleeps == [0.00005, 0.00005]
     with pytest.raises(ValueError):
         pacing.Pacer(slice_seconds=0)
+
+
+def test_flush_waits_for_the_span_being_handled_even_when_the_queue_is_empty() -> None:
+    started, release, done = threading.Event(), threading.Event(), []
+
+    def handle(span: ReadableSpan) -> None:
+        started.set()
+        release.wait(5)
+        done.append(span.name)
+
+    queue = DeriveQueue(handle, interval=0.01)
+    queue.put(ReadableSpan(name="busy"))
+    assert started.wait(5) and queue.depth == 0  # taken off the queue, still being handled
+    assert queue.flush(0.1) is False
+    release.set()
+    assert queue.flush(5) is True and done == ["busy"]
+    assert queue.stop(5)
+
+
+def test_stop_during_a_handlers_flush_still_ends_the_thread() -> None:
+    queue: DeriveQueue
+    entered, proceed = threading.Event(), threading.Event()
+
+    def handle(span: ReadableSpan) -> None:
+        if span.name == "flusher":
+            entered.set()
+            proceed.wait(5)  # stop() queues its marker meanwhile
+            queue.flush(1)
+
+    queue = DeriveQueue(handle, interval=0.01)
+    queue.put(ReadableSpan(name="flusher"))
+    assert entered.wait(5)
+    stopper = threading.Thread(target=queue.stop, args=(5,))
+    stopper.start()
+    time.sleep(0.05)
+    proceed.set()
+    stopper.join(10)
+    assert queue._thread is not None and not queue._thread.is_alive()
