@@ -58,7 +58,9 @@ def internal_requests_in_flight() -> bool:
 
     ``WorkflowSpanProcessor.on_start`` copies the internal mark from parent to child span; while no
     internal request runs there is no mark to copy, so it skips reading the parent's attributes (the
-    costlier half of its per-span work). Over-approximating is harmless: it only costs that read.
+    costlier half of its per-span work). Over-approximating is harmless: it only costs that read (an
+    ASGI request cancelled while ``process_view`` runs in its worker thread can leave the count one
+    too high for good; marking stays correct).
     """
     return _internal_in_flight > 0
 

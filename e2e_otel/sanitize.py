@@ -154,7 +154,10 @@ def _truncate(text: str, limit: int) -> str:
 class Sanitizer:
     """Masks sensitive keys and inline secrets, scrubs SQL literals, bounds sizes.
 
-    Immutable after construction and safe to share between threads (derive, export, writer).
+    Configuration is fixed at construction; the only state that changes is two thread-safe memos
+    (sensitive-key verdicts; scrubbed SQL, keyed on the raw statement, so up to ``SQL_MEMO_SIZE`` raw
+    statements of at most ``SQL_MEMO_MAX_CHARS`` stay in process memory). Safe to share between
+    threads (derive, export, writer).
     ``enabled=False`` turns masking off for keys and text (sizes are still bounded); SQL literals are
     scrubbed regardless, because SQL parameter values are never exported.
 
