@@ -86,10 +86,10 @@ class ThresholdEvaluator(SpanProcessor):
     thread-safe structures (label caps, ``ChildCache``s, windows, the breach queue). Every recorded
     span counts, sampled or not (the sampler records what it does not export), so rates do not depend
     on SAMPLE_RATE; only spans the derive queue had to drop are missing (counted in
-    ``e2e_otel_derive_dropped_spans_total``). ``on_end`` classifies each span once, reads the span's own attribute mapping (no
-    copy, one pass over its keys), labels through the metrics' child caches, never blocks on I/O and
-    never raises. e2e-otel's own traffic (``e2e.internal``)
-    counts as steps but never in the API error ratio or in breaches. Span breaches wait in a bounded
+    ``e2e_otel_derive_dropped_spans_total``). ``on_end`` classifies each span once, reads the span's
+    own attribute mapping (no copy, one pass over its keys), labels through the metrics' child
+    caches, never blocks on I/O and never raises. e2e-otel's own traffic (``e2e.internal``) counts as
+    steps but never in the API error ratio or in breaches. Span breaches wait in a bounded
     queue for the monitor thread; when it is full the oldest is dropped and counted in
     ``e2e_otel_breach_signals_dropped_total``.
     """

@@ -14,9 +14,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.context import Context

@@ -7,7 +7,8 @@ instrumentation suppressed, so its SQL never becomes spans. A database outage, a
 longer than ``LOCK_WAIT_TIMEOUT`` or a deadlock makes it back off exponentially (capped) and retry
 the batch, keeping the newest pending steps up to the queue size; it recovers by itself. Each batch
 is one transaction of set-based statements (existing sessions locked with one read, new ones folded
-in memory and inserted once, the steps, one upsert of the existing sessions), so the writer's CPU
+in memory and inserted once, the steps, an upsert of the existing sessions; multi-row statements
+of at most 32 rows, 10 for sessions), so the writer's CPU
 grows with rows, not with traces; a batch the database refuses is written again trace by trace so
 only the offending trace is dropped. Errors are grouped once per batch: one locked read and one
 counter update (or insert) per fingerprint.
@@ -31,7 +32,7 @@ import uuid
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
@@ -40,6 +41,9 @@ from .conf import Config
 from .pacing import Pacer
 from .sanitize import Sanitizer, ansi_quotes_for
 from .spans_to_records import WORKFLOW_SOURCES, ErrorData, StepData, resolve_workflow_type
+
+if TYPE_CHECKING:
+    from django.db.models import Field
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +110,7 @@ class _Folded(NamedTuple):
     closed: str | None  # the ``workflow_closed`` reason, if this closed the workflow
 
 
-# Every WorkflowSession column the writer changes on an existing row (one upsert per chunk).
+# Every WorkflowSession column the writer changes on an existing row (upserted per chunk, 10 rows per statement).
 _SESSION_FIELDS = (
     "workflow_type", "workflow_type_source", "user_id", "service", "start_time", "end_time",
     "last_activity", "duration_ms", "status", "status_explicit", "root_span_id", "step_count",
@@ -442,12 +446,13 @@ class RecordWriter:
     # --- writing (writer thread, inside _attempt) ---------------------------------------------------
 
     def _write(self, chunk: list[tuple[int, StepData]]) -> None:
-        """Write a chunk in one transaction (set-based: a handful of statements whatever the number
-        of traces), then group the chunk's errors. If the database refuses the chunk's data (or another
-        process created one of its sessions meanwhile), it is written again trace by trace, so only the
-        refused trace is dropped. Steps committed by an earlier attempt of the same chunk (their
-        sequence numbers are in ``_chunk_done``) are skipped on retry, and their errors wait in
-        ``_chunk_errors``, so counters are never applied twice."""
+        """Write a chunk in one transaction (set-based: one statement per 32 steps or snapshots
+        and per 10 sessions, whatever the number of traces), then group the chunk's errors. If the
+        database refuses the chunk's data (or another process created one of its sessions
+        meanwhile), it is written again trace by trace, so only the refused trace is dropped. Steps
+        committed by an earlier attempt of the same chunk (their sequence numbers are in
+        ``_chunk_done``) are skipped on retry, and their errors wait in ``_chunk_errors``, so
+        counters are never applied twice."""
         from django.db import DatabaseError, InterfaceError, OperationalError
 
         by_trace: dict[int, list[tuple[int, StepData]]] = {}
@@ -478,8 +483,9 @@ class RecordWriter:
     def _write_set(self, by_trace: dict[int, list[tuple[int, StepData]]]) -> None:
         """One transaction for the whole chunk: one locked read of its existing sessions (in
         correlation id order, so concurrent writers lock in the same order), one insert of the new
-        ones (already folded, so they are written once), the steps and snapshots, one upsert of the
-        existing sessions. Inserts go out in pieces of at most ``_ROWS_PER_STATEMENT`` rows and the
+        ones (already folded, so they are written once), the steps and snapshots, an upsert of the
+        existing sessions. Inserts go out in pieces of at most ``_ROWS_PER_STATEMENT`` rows (sessions
+        ``_SESSIONS_PER_STATEMENT``) and the
         Python work in between gives the interpreter lock back every millisecond (``pacing.py``). Counters,
         signals and ``_chunk_done`` are applied only after the commit."""
         from django.db import transaction
@@ -553,7 +559,7 @@ class RecordWriter:
             return
         connection = connections[self.alias]
         ops = connection.ops
-        fields = [TraceStep._meta.get_field(name) for name in _STEP_COLUMNS]
+        fields = [cast("Field[Any, Any]", TraceStep._meta.get_field(name)) for name in _STEP_COLUMNS]
         adapt_dt, metadata_field = ops.adapt_datetimefield_value, fields[-1]
         rows: list[tuple[Any, ...]] = []
         for session, step in steps:
@@ -565,7 +571,7 @@ class RecordWriter:
             self._breathe()
         head = "{} {} ({}) VALUES ".format(
             ops.insert_statement(on_conflict=OnConflict.IGNORE), ops.quote_name(TraceStep._meta.db_table),
-            ", ".join(ops.quote_name(field.column) for field in fields))
+            ", ".join(ops.quote_name(cast(str, field.column)) for field in fields))
         suffix = ops.on_conflict_suffix_sql(fields, OnConflict.IGNORE, (), ())
         placeholders = "({})".format(", ".join(["%s"] * len(fields)))
         size = max(1, min(_ROWS_PER_STATEMENT, ops.bulk_batch_size(fields, rows)))

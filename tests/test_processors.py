@@ -117,9 +117,8 @@ def test_on_start_copies_workflow_baggage_and_inherits_the_internal_mark(harness
     passes down whole subtrees, also from a parent that already ended."""
     from opentelemetry import trace
 
-    from e2e_otel.spans_to_records import ATTR_INTERNAL, ATTR_WORKFLOW_BAGGAGE
-
     from e2e_otel.correlation import begin_internal_request, end_internal_request, internal_requests_in_flight
+    from e2e_otel.spans_to_records import ATTR_INTERNAL, ATTR_WORKFLOW_BAGGAGE
 
     tracer = harness().tracer
     begin_internal_request()  # what CorrelationMiddleware.process_view does when it marks a server span
