@@ -24,6 +24,7 @@ from e2e_otel.conf import get_config, resolve
 from e2e_otel.exporters import PerProcessExporter, SanitizingSpanExporter, build_span_exporter
 from e2e_otel.fanout import FanOutSpanProcessor
 from e2e_otel.sanitize import Sanitizer
+from tests.forking import check_in_child
 
 
 def _config(**user):
@@ -192,25 +193,17 @@ def test_per_process_exporter_after_fork_builds_a_new_exporter_and_names_the_chi
     parent_pid = os.getpid()
     span = _span_with_resource(parent_pid)  # resource built before fork, like gunicorn --preload
     exporter.export([span])
-    read_fd, write_fd = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the child
-        try:
-            exporter.export([span])
-            latest = made[-1]
-            exported = latest.batches[-1][0]
-            ok = (len(made) == 2 and latest.pid == os.getpid()
-                  and exported.resource.attributes["process.pid"] == os.getpid()
-                  and exported.resource.attributes["service.name"] == "s"
-                  and exported.context == span.context and exported.name == span.name)
-            os.write(write_fd, b"ok" if ok else b"bad")
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    answer = os.read(read_fd, 10)
-    os.close(read_fd)
-    os.waitpid(child, 0)
-    assert answer == b"ok"
+
+    def child_exports_with_its_own_exporter_and_pid() -> bool:
+        exporter.export([span])
+        latest = made[-1]
+        exported = latest.batches[-1][0]
+        return (len(made) == 2 and latest.pid == os.getpid()
+                and exported.resource.attributes["process.pid"] == os.getpid()
+                and exported.resource.attributes["service.name"] == "s"
+                and exported.context == span.context and exported.name == span.name)
+
+    assert check_in_child(child_exports_with_its_own_exporter_and_pid)
     assert len(made) == 1 and threading.current_thread() is threading.main_thread()
 
 
@@ -225,20 +218,12 @@ def test_per_process_exporter_leaves_foreign_resources_alone_after_fork() -> Non
     made: list[_PidRecorder] = []
     exporter = PerProcessExporter(lambda: made.append(_PidRecorder()) or made[-1])
     browser_span = _span_with_resource(1)  # e.g. ingested from elsewhere, not our inherited resource
-    read_fd, write_fd = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the child
-        try:
-            exporter.export([browser_span])
-            ok = made[-1].batches[-1][0] is browser_span
-            os.write(write_fd, b"ok" if ok else b"bad")
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    answer = os.read(read_fd, 10)
-    os.close(read_fd)
-    os.waitpid(child, 0)
-    assert answer == b"ok"
+
+    def child_exports_it_unchanged() -> bool:
+        exporter.export([browser_span])
+        return made[-1].batches[-1][0] is browser_span
+
+    assert check_in_child(child_exports_it_unchanged)
 
 
 # --- SQLite database spans (INSTRUMENT_SQLITE) ---------------------------------------------------------

@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from e2e_otel.bootstrap import get_runtime
 from e2e_otel.derive import DeriveQueue
 from e2e_otel.fanout import FanOutSpanProcessor
+from tests.forking import check_in_child
 
 
 class _Record(SpanProcessor):
@@ -160,21 +161,15 @@ def test_forked_child_starts_empty_and_derives_its_own_spans() -> None:
     queue = DeriveQueue(lambda span: (gate.wait(5), handled.append(span.name)), interval=0.01)
     for span in _spans(5):
         queue.put(span)  # the parent's thread is stuck on the first one
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: the parent's backlog is gone, its own spans are derived by a new thread
-        try:
-            gate.set()
-            ok = queue.depth == 0 and queue.put(ReadableSpan(name="child")) and queue.flush(5)
-            os.write(write, b"ok" if ok and handled[-1:] == ["child"] else b"no")
-        finally:
-            os._exit(0)
-    os.close(write)
-    answer = os.read(read, 2)
-    os.waitpid(pid, 0)
-    os.close(read)
+
+    def child_derives_only_its_own() -> bool:  # the parent's backlog is gone; a new thread derives
+        gate.set()
+        return (queue.depth == 0 and queue.put(ReadableSpan(name="child")) and queue.flush(5)
+                and handled[-1:] == ["child"])
+
+    ok = check_in_child(child_derives_only_its_own)
     gate.set()
-    assert answer == b"ok"
+    assert ok
     assert queue.flush(5) and handled == [f"s{i}" for i in range(5)]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from e2e_otel.conf import resolve
 from e2e_otel.models import ErrorLog, TraceStep, WorkflowSession
 from e2e_otel.sanitize import Sanitizer
 from e2e_otel.spans_to_records import ErrorData, StepData, WorkflowHints, error_fingerprint
+from tests.forking import check_in_child
 
 _trace_counter = iter(range(1, 1_000_000))
 
@@ -140,13 +140,9 @@ def test_fork_restarts_the_writer_with_an_empty_queue(writers: Any) -> None:
     for _ in range(3):
         writer.submit(make_step())
     parent_thread = writer._thread
-    pid = os.fork()
-    if pid == 0:  # child: must not touch the database or pytest state
-        ok = (writer.stats()["queue_depth"] == 0 and writer._thread is not None
-              and writer._thread.is_alive() and writer._thread is not parent_thread)
-        os._exit(0 if ok else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.WEXITSTATUS(status) == 0
+    # the child must not touch the database or pytest state
+    assert check_in_child(lambda: writer.stats()["queue_depth"] == 0 and writer._thread is not None
+                          and writer._thread.is_alive() and writer._thread is not parent_thread)
     assert writer.stats()["queue_depth"] >= 1  # the parent's backlog is untouched
 
 
@@ -307,18 +303,11 @@ def test_fork_gives_the_record_processor_a_fresh_hold_and_lock(writers: Any) -> 
     thread.start()
     held.wait(5)
     try:
-        pid = os.fork()
-        if pid == 0:  # child: never return into pytest
-            code = 1
-            try:
-                code = 0 if processor._lock.acquire(timeout=1) and not processor._held else 1
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
+        ok = check_in_child(lambda: processor._lock.acquire(timeout=1) and not processor._held)
     finally:
         release.set()
         thread.join(5)
-    assert os.WEXITSTATUS(status) == 0
+    assert ok
     assert processor.stats()["held_traces"] == 1  # the parent's hold is untouched
 
 

@@ -17,6 +17,7 @@ from e2e_otel.monitor import ThresholdMonitor
 from e2e_otel.signals import threshold_breached, workflow_closed
 from e2e_otel.thresholds import Rule, RuleSet, load_rules, to_base_unit
 from e2e_otel.windows import SlidingWindow
+from tests.forking import check_in_child
 
 
 @pytest.fixture
@@ -314,21 +315,9 @@ def test_monitor_thread_restarts_in_forked_child(setup) -> None:
     monitor = ThresholdMonitor(evaluator, write_snapshots=False, refresh_interval=3600, sample_interval=0.05)
     monitor._last_refresh = time.monotonic()
     monitor.start()
-    try:
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: the monitor must be running again, on a new thread
-            ok = False
-            try:
-                ok = monitor._thread is not None and monitor._thread.is_alive() and len(evaluator.pending) == 0
-            finally:
-                os.write(write_fd, b"1" if ok else b"0")
-                os._exit(0)
-        os.close(write_fd)
-        result = os.read(read_fd, 1)
-        os.waitpid(pid, 0)
-        os.close(read_fd)
-        assert result == b"1"
+    try:  # in the child the monitor must be running again, on a new thread
+        assert check_in_child(lambda: monitor._thread is not None and monitor._thread.is_alive()
+                              and len(evaluator.pending) == 0)
     finally:
         monitor.stop()
 
@@ -437,29 +426,20 @@ def test_locks_held_at_fork_are_fresh_in_the_child(setup) -> None:
     held = [cap._lock, metrics._stats_lock, evaluator._pending_lock]
     for lock in held:
         lock.acquire()
-    read_fd, write_fd = os.pipe()
-    try:
-        pid = os.fork()
-        if pid == 0:  # child
-            ok = False
-            try:
-                def work() -> None:
-                    metrics.component_label("api", "/brand-new/")
-                    metrics.sync_record_stats([])
-                    evaluator.drain_pending()
+    def child_is_not_deadlocked() -> bool:
+        def work() -> None:
+            metrics.component_label("api", "/brand-new/")
+            metrics.sync_record_stats([])
+            evaluator.drain_pending()
 
-                worker = threading.Thread(target=work, daemon=True)
-                worker.start()
-                worker.join(5)
-                ok = not worker.is_alive()
-            finally:
-                os.write(write_fd, b"1" if ok else b"0")
-                os._exit(0)
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        worker.join(5)
+        return not worker.is_alive()
+
+    try:
+        ok = check_in_child(child_is_not_deadlocked)
     finally:
         for lock in held:
             lock.release()
-    os.close(write_fd)
-    result = os.read(read_fd, 1)
-    os.waitpid(pid, 0)
-    os.close(read_fd)
-    assert result == b"1"
+    assert ok
