@@ -50,8 +50,9 @@ TRUNCATION_MARKER = "…[truncated]"
 DEPTH_MARKER = "[max depth]"
 TRUNCATED_ITEMS_KEY = "[truncated]"
 MAX_SQL_LENGTH = 8192
-SQL_MEMO_SIZE = 1024  # distinct statements remembered by Sanitizer.scrub_sql
+MEMO_SIZE = 1024  # distinct statements / texts remembered by Sanitizer.scrub_sql / scrub_text
 SQL_MEMO_MAX_CHARS = 4096  # longer statements are scrubbed without being remembered
+TEXT_MEMO_MAX_CHARS = 512  # short texts (names, routes, user ids) repeat; messages and traces mostly not
 
 DEFAULT_SENSITIVE_KEYS: tuple[str, ...] = (
     "password", "passwd", "pwd", "secret", "token", "api_key", "apikey", "authorization", "auth_token",
@@ -154,9 +155,10 @@ def _truncate(text: str, limit: int) -> str:
 class Sanitizer:
     """Masks sensitive keys and inline secrets, scrubs SQL literals, bounds sizes.
 
-    Configuration is fixed at construction; the only state that changes is two thread-safe memos
-    (sensitive-key verdicts; scrubbed SQL, keyed on the raw statement, so up to ``SQL_MEMO_SIZE`` raw
-    statements of at most ``SQL_MEMO_MAX_CHARS`` stay in process memory). Safe to share between
+    Configuration is fixed at construction; the only state that changes is three thread-safe memos
+    (sensitive-key verdicts; scrubbed SQL and short texts, keyed on the raw input, so up to
+    ``MEMO_SIZE`` raw statements of at most ``SQL_MEMO_MAX_CHARS`` and as many texts of at most
+    ``TEXT_MEMO_MAX_CHARS`` stay in process memory). Safe to share between
     threads (derive, export, writer).
     ``enabled=False`` turns masking off for keys and text (sizes are still bounded); SQL literals are
     scrubbed regardless, because SQL parameter values are never exported.
@@ -199,8 +201,9 @@ class Sanitizer:
         stems = sorted({max(word, key=len) for word in words}, key=len, reverse=True)
         self._trigger = re.compile("|".join(map(re.escape, stems)))
         self._cached_is_sensitive: Callable[[str], bool] = functools.lru_cache(maxsize=4096)(self._classify)
-        self._scrub_sql_memo: Callable[[str, bool], str] = functools.lru_cache(maxsize=SQL_MEMO_SIZE)(
+        self._scrub_sql_memo: Callable[[str, bool], str] = functools.lru_cache(maxsize=MEMO_SIZE)(
             lambda sql, ansi_quotes: scrub_sql(sql, ansi_quotes=ansi_quotes))
+        self._scrub_text_memo: Callable[[str], str] = functools.lru_cache(maxsize=MEMO_SIZE)(self._scrub_text)
 
     # --- keys --------------------------------------------------------------------------------------
 
@@ -268,6 +271,15 @@ class Sanitizer:
 
     def scrub_text(self, text: str) -> str:
         """``text`` (an error message, stack trace, URL…) with inline secrets masked and length capped.
+        Texts up to ``TEXT_MEMO_MAX_CHARS`` go through a memo of ``MEMO_SIZE`` entries (step names,
+        components and user ids repeat from trace to trace).
+"""
+        if len(text) <= TEXT_MEMO_MAX_CHARS:
+            return self._scrub_text_memo(text)
+        return self._scrub_text(text)
+
+    def _scrub_text(self, text: str) -> str:
+        """``scrub_text`` without the memo.
 
         Masks, keeping the key and masking the value: ``key=value`` / ``key: value`` /
         ``"key": "value"`` pairs whose key is sensitive; whole ``Authorization:`` and
@@ -341,7 +353,7 @@ class Sanitizer:
 
     def scrub_sql(self, sql: str | bytes, *, ansi_quotes: bool = False) -> str:
         """See :func:`scrub_sql`; always scrubs, whatever ``enabled`` says. Statements up to
-        ``SQL_MEMO_MAX_CHARS`` go through a memo of ``SQL_MEMO_SIZE`` entries: an app runs the same
+        ``SQL_MEMO_MAX_CHARS`` go through a memo of ``MEMO_SIZE`` entries: an app runs the same
         few hundred statements over and over, and both the exporter and the record writer scrub
         every one (a multi-megabyte bulk INSERT is scrubbed without being kept)."""
         if isinstance(sql, str) and len(sql) <= SQL_MEMO_MAX_CHARS:

@@ -15,15 +15,14 @@ counter update (or insert) per fingerprint.
 
 The writer shares the interpreter lock with request threads, so it keeps its share small and
 short: it gathers a batch without waking for every submitted step, builds TraceStep INSERTs itself
-(the ORM's per-field compile cost most of its CPU per step), memoises name scrubbing (SQL is
-memoised by the sanitizer), sends inserts in pieces of a few dozen rows (each round trip releases
-the lock) and gives the lock back every millisecond of Python work in between.
+(the ORM's per-field compile cost most of its CPU per step), relies on the sanitizer's scrub memos,
+sends inserts in pieces of a few dozen rows (each round trip releases the lock) and gives the lock
+back every millisecond of Python work in between.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import queue
 import threading
@@ -65,11 +64,6 @@ _PING_AFTER_IDLE = 60.0  # seconds without a write after which the connection is
 # and building one (the driver escapes every value in Python) holds it: keep that under a millisecond.
 _ROWS_PER_STATEMENT = 32
 _SESSIONS_PER_STATEMENT = 10  # about 20 fields each, through the ORM's compiler
-# Scrub memo of short texts (names, components, user ids): they repeat from trace to trace and
-# scrubbing is a pure function of the text. Entries, and the longest text kept, bound its memory.
-# (SQL statements are memoised by the sanitizer itself, for the exporter too.)
-_SCRUB_MEMO_SIZE = 1024
-_SCRUB_MEMO_MAX_TEXT = 512
 # TraceStep columns in the order of ``_step_fields`` (tests check they are the model's).
 _STEP_COLUMNS = (
     "workflow_session", "correlation_id", "span_id", "parent_span_id", "name", "layer", "component",
@@ -141,7 +135,6 @@ class RecordWriter:
                  start: bool = True) -> None:
         self._config = config
         self._sanitizer = sanitizer
-        self._scrub_short = functools.lru_cache(maxsize=_SCRUB_MEMO_SIZE)(sanitizer.scrub_text)
         self.alias = alias or config.DATABASE_ALIAS
         self.capacity = int(config.RECORD_QUEUE_SIZE)
         self._batch_size = int(config.RECORD_BATCH_SIZE)
@@ -801,9 +794,8 @@ class RecordWriter:
         return {**self._sanitizer.clean_mapping(rest), **sql}
 
     def _text(self, value: str, limit: int) -> str:
-        """A short field (name, component, user id…): scrubbed (through the memo), then cut."""
-        scrub = self._scrub_short if len(value) <= _SCRUB_MEMO_MAX_TEXT else self._sanitizer.scrub_text
-        return scrub(value)[:limit]
+        """A short field (name, component, user id…): scrubbed (the sanitizer memoises it), then cut."""
+        return self._sanitizer.scrub_text(value)[:limit]
 
     def _group_errors(self, occurrences: list[_Occurrence]) -> None:
         """Add the chunk's errors to their open groups: per fingerprint one locked read and one

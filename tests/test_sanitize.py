@@ -507,14 +507,14 @@ def test_ansi_quoting_keeps_double_quoted_names_for_sqlite_and_postgresql() -> N
 
 
 def test_sql_memo_is_bounded_and_never_changes_an_answer() -> None:
-    from e2e_otel.sanitize import SQL_MEMO_MAX_CHARS, SQL_MEMO_SIZE, Sanitizer, scrub_sql
+    from e2e_otel.sanitize import MEMO_SIZE, SQL_MEMO_MAX_CHARS, Sanitizer, scrub_sql
 
     sanitizer = Sanitizer()
-    for i in range(SQL_MEMO_SIZE + 20):
+    for i in range(MEMO_SIZE + 20):
         statement = f"SELECT * FROM t WHERE password = 'pw{i}' AND id = {i}"
         for ansi in (False, True):
             assert sanitizer.scrub_sql(statement, ansi_quotes=ansi) == scrub_sql(statement, ansi_quotes=ansi)
-    assert sanitizer._scrub_sql_memo.cache_info().currsize == SQL_MEMO_SIZE
+    assert sanitizer._scrub_sql_memo.cache_info().currsize == MEMO_SIZE
     quoted = 'SELECT "name" FROM t'
     assert sanitizer.scrub_sql(quoted, ansi_quotes=True) != sanitizer.scrub_sql(quoted)  # keyed on quoting too
     before = sanitizer._scrub_sql_memo.cache_info()

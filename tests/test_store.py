@@ -433,21 +433,22 @@ def test_set_path_writes_the_rows_the_orm_path_writes_in_statements_of_bounded_s
 
 
 def test_scrub_memos_are_bounded_and_give_the_sanitizers_answers(writers: Any) -> None:
-    from e2e_otel.store import _SCRUB_MEMO_SIZE
+    from e2e_otel.sanitize import MEMO_SIZE
 
     writer = writers(start=False)
     sanitizer = Sanitizer()
-    for i in range(_SCRUB_MEMO_SIZE + 50):
+    for i in range(MEMO_SIZE + 50):
         statement = f"SELECT * FROM t{i} WHERE password = 'hunter2' AND id = {i}"
         assert writer._metadata({"db.statement": statement}) == {"db.statement": sanitizer.scrub_sql(statement)}
         assert writer._text(f"GET /x/{i}/ token=abc123", 12) == sanitizer.scrub_text(f"GET /x/{i}/ token=abc123")[:12]
-    for memo in (writer._sanitizer._scrub_sql_memo, writer._scrub_short):
-        assert memo.cache_info().currsize == _SCRUB_MEMO_SIZE
-    before = [memo.cache_info() for memo in (writer._sanitizer._scrub_sql_memo, writer._scrub_short)]
+    memos = (writer._sanitizer._scrub_sql_memo, writer._sanitizer._scrub_text_memo)
+    for memo in memos:
+        assert memo.cache_info().currsize == MEMO_SIZE
+    before = [memo.cache_info() for memo in memos]
     huge = "INSERT INTO t VALUES " + ", ".join(f"({i}, 'x')" for i in range(2000))  # too long to keep
     assert writer._metadata({"db.statement": huge}) == {"db.statement": sanitizer.scrub_sql(huge)}
     assert writer._text("y" * 10_000, 190) == sanitizer.scrub_text("y" * 10_000)[:190]
-    assert [memo.cache_info() for memo in (writer._sanitizer._scrub_sql_memo, writer._scrub_short)] == before
+    assert [memo.cache_info() for memo in memos] == before
 
 
 @pytest.mark.mysql
