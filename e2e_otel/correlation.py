@@ -17,6 +17,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanContext
 
 from .conf import get_config
+from .inflight import request_finished, request_started
 from .propagation import format_correlation_id
 from .spans_to_records import ATTR_INTERNAL
 
@@ -85,8 +86,9 @@ def _end_internal(request: HttpRequest) -> None:
 
 
 class CorrelationMiddleware:
-    """Sets ``request.correlation_id`` and the response headers. Inserted right after the OTel
-    middleware by ``AppConfig.ready()``; runs on the request thread and does O(1) work: one span
+    """Sets ``request.correlation_id`` and the response headers, and counts the request as in flight
+    (``inflight.py``: e2e-otel's background threads stand back meanwhile). Inserted right after the
+    OTel middleware by ``AppConfig.ready()``; runs on the request thread and does O(1) work: one span
     lookup and one id formatting per request, reused for the response headers."""
 
     sync_capable = True
@@ -105,17 +107,21 @@ class CorrelationMiddleware:
         if self._is_async:
             return self.__acall__(request)
         context, correlation_id = self._before(request)
+        request_started()
         try:
             response = self.get_response(request)
         finally:
+            request_finished()
             _end_internal(request)
         return self._after(response, context, correlation_id)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         context, correlation_id = self._before(request)
+        request_started()
         try:
             response = await self.get_response(request)
         finally:
+            request_finished()
             _end_internal(request)
         return self._after(response, context, correlation_id)
 

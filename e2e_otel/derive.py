@@ -8,9 +8,10 @@ ended and hands each to the derived processors.
 
 Bounded: at most ``capacity`` spans wait; beyond that a span is dropped for the derived views (it is
 still exported) and counted in ``dropped``. The thread wakes every ``interval`` seconds, or sooner
-when ``wake_at`` spans are waiting, and gives the interpreter lock back after every millisecond of
-work (``pacing.py``), so a request thread never waits the interpreter's whole switch interval for
-it while this thread works through a backlog.
+when ``wake_at`` spans are waiting. It shares the interpreter lock politely (``pacing.py``): it
+stands back while a request is in flight, so spans are derived in the gaps between requests, at most
+``MAX_DEFER_SECONDS`` late, or at once when a flush is waiting or a quarter of the capacity is
+queued; and while it works it gives the lock back after every millisecond.
 
 ``flush(timeout)`` returns once every span queued before the call has been handled, so tests,
 reports and shutdown see a settled state. After ``fork()`` the child starts with an empty queue and
@@ -61,6 +62,7 @@ class DeriveQueue:
         self.capacity = capacity
         self._interval = interval
         self._wake_at = min(wake_at, capacity)
+        self._urgent_depth = max(1, capacity // 4)
         self._name = name
         self._reset()
         forksafe.register(self)
@@ -71,7 +73,9 @@ class DeriveQueue:
         self._start_lock = threading.Lock()
         self._drop_lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._pace = Pacer()  # used by the derive thread only
+        self._pace = Pacer(urgent=self._urgent)  # used by the derive thread only
+        self._flushes = 0  # flush() calls waiting for their marker
+        self._flush_lock = threading.Lock()
         self._stopped = False
         self.dropped = 0
         self.handled = 0
@@ -103,7 +107,13 @@ class DeriveQueue:
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every span queued before this call is handled; ``False`` on timeout."""
         if threading.current_thread() is self._thread:  # a handler flushing: handle the rest inline
-            self._drain(until=None)
+            with self._flush_lock:
+                self._flushes += 1
+            try:
+                self._drain(until=None)
+            finally:
+                with self._flush_lock:
+                    self._flushes -= 1
             return True
         if self._thread is None and not self._queue:
             return True
@@ -112,6 +122,8 @@ class DeriveQueue:
         # Even with the queue empty the thread may be handling the last span it took: the marker is
         # set only after that.
         marker = _Marker()
+        with self._flush_lock:
+            self._flushes += 1  # the derive thread stops standing back for requests
         self._queue.append(marker)  # a marker is not a span: it may exceed the capacity
         if self._thread is None:
             self._start()
@@ -139,6 +151,9 @@ class DeriveQueue:
 
     # --- derive thread ----------------------------------------------------------------------------
 
+    def _urgent(self) -> bool:
+        return self._flushes > 0 or self._stopped or len(self._queue) >= self._urgent_depth
+
     def _run(self) -> None:
         while True:
             self._wake.wait(self._interval)
@@ -150,10 +165,13 @@ class DeriveQueue:
         """Handle everything queued; ``True`` when ``until`` was reached (the rest stays queued)."""
         queue, handle, pace = self._queue, self._handle, self._pace
         while queue:
+            pace.stand_back()  # returns at once when no request is in flight
             item = queue.popleft()
             if item is until:
                 return True
             if isinstance(item, _Marker):
+                with self._flush_lock:
+                    self._flushes -= 1
                 item.event.set()
                 continue
             if item is _STOP:  # a handler's flush() met stop(): leave it for the thread's own loop
@@ -165,4 +183,5 @@ class DeriveQueue:
                 logger.exception("e2e-otel: deriving records/metrics from a span failed")
             self.handled += 1
             pace()
+        pace.caught_up()
         return False

@@ -63,7 +63,8 @@ _PING_AFTER_IDLE = 60.0  # seconds without a write after which the connection is
 # Rows per INSERT. Each statement's round trip gives the interpreter lock back to request threads,
 # and building one (the driver escapes every value in Python) holds it: keep that under a millisecond.
 _ROWS_PER_STATEMENT = 32
-_SESSIONS_PER_STATEMENT = 10  # about 20 fields each, through the ORM's compiler
+_SESSIONS_PER_STATEMENT = 10  # about 20 fields each
+_LOCK_READ_IDS = 100  # correlation ids per locking read of existing sessions
 # TraceStep columns in the order of ``_step_fields`` (tests check they are the model's).
 _STEP_COLUMNS = (
     "workflow_session", "correlation_id", "span_id", "parent_span_id", "name", "layer", "component",
@@ -137,6 +138,7 @@ class RecordWriter:
         self._sanitizer = sanitizer
         self.alias = alias or config.DATABASE_ALIAS
         self.capacity = int(config.RECORD_QUEUE_SIZE)
+        self._urgent_depth = max(1, self.capacity // 4)
         self._batch_size = int(config.RECORD_BATCH_SIZE)
         self._interval = float(config.RECORD_FLUSH_INTERVAL)
         self._idle_timeout = float(config.WORKFLOW_IDLE_TIMEOUT)
@@ -168,7 +170,10 @@ class RecordWriter:
         self._retry_at = 0.0
         self._last_used = 0.0
         self._next_sweep = time.monotonic() + self._sweep_interval
-        self._breathe = Pacer()  # gives the interpreter lock back between units of work (pacing.py)
+        # Gives the interpreter lock back between units of work and stands back for requests in
+        # flight before writing a chunk (pacing.py).
+        self._breathe = Pacer(urgent=self._urgent)
+        self._flushes = 0  # force_flush() calls whose token is not released yet
         self._stopping = threading.Event()
         self._wake = threading.Event()  # cuts the writer's gathering sleep short (see ``_fill``)
         self._thread: threading.Thread | None = None
@@ -222,9 +227,13 @@ class RecordWriter:
         deadline = time.monotonic() + timeout
         token = _FlushToken()
         self._retry_at = 0.0
+        with self._lock:
+            self._flushes += 1  # the writer stops standing back for requests
         try:
             self._queue.put(token, timeout=max(0.0, timeout))
         except queue.Full:
+            with self._lock:
+                self._flushes -= 1
             return False
         self._wake.set()
         return token.event.wait(max(0.0, deadline - time.monotonic()))
@@ -256,10 +265,14 @@ class RecordWriter:
                 self._fill()
                 now = time.monotonic()
                 if self._pending and now >= self._retry_at:
+                    self._breathe.stand_back()  # write in the gaps between requests
                     self._drain()
+                    if not self._pending:
+                        self._breathe.caught_up()
                 self._release_tokens()
                 if now >= self._next_sweep and now >= self._retry_at:
                     self._next_sweep = now + self._sweep_interval
+                    self._breathe.stand_back()
                     self._attempt(self._sweep_idle)
                 if self._stopping.is_set():
                     if self._pending:
@@ -269,6 +282,11 @@ class RecordWriter:
                     break
         finally:
             self._close_connection()
+
+    def _urgent(self) -> bool:
+        """Write now, requests in flight or not: a flush or stop waits, or the backlog is large."""
+        return (self._flushes > 0 or self._stopping.is_set()
+                or self._queue.qsize() + len(self._pending) >= self._urgent_depth)
 
     def _wait_time(self) -> float:
         now = time.monotonic()
@@ -337,6 +355,8 @@ class RecordWriter:
         keep = []
         for token in self._tokens:
             if all_tokens or oldest is None or token.seq < oldest:
+                with self._lock:
+                    self._flushes -= 1
                 token.event.set()
             else:
                 keep.append(token)
@@ -498,8 +518,9 @@ class RecordWriter:
             self._insert_steps([(session, step) for _, session, folded in results for step in folded.kept])
             snapshots = [row for _, session, folded in results
                          for row in self._snapshot_rows(PerformanceSnapshot, session.correlation_id, folded.kept)]
-            if snapshots:
-                PerformanceSnapshot.objects.using(alias).bulk_create(snapshots, batch_size=_ROWS_PER_STATEMENT)
+            for first in range(0, len(snapshots), _ROWS_PER_STATEMENT):
+                PerformanceSnapshot.objects.using(alias).bulk_create(snapshots[first:first + _ROWS_PER_STATEMENT])
+                self._breathe()
             self._save_sessions(list(existing.values()))
         for trace_id, session, folded in results:
             self._chunk_errors.extend(self._committed(trace_id, session, groups[trace_id], folded))
@@ -512,9 +533,13 @@ class RecordWriter:
         unsaved new ones for the others (inserted by ``_insert_sessions`` once folded)."""
         from .models import WorkflowSession
 
-        rows = WorkflowSession.objects.using(self.alias)
+        rows = WorkflowSession.objects.using(self.alias).select_for_update()
         cids = sorted(uuid.UUID(int=trace_id) for trace_id in groups)
-        found = {s.correlation_id.int: s for s in rows.select_for_update().filter(correlation_id__in=cids)}
+        found: dict[int, Any] = {}
+        for first in range(0, len(cids), _LOCK_READ_IDS):  # pieces: the lock goes back in between
+            piece = cids[first:first + _LOCK_READ_IDS]
+            found.update((s.correlation_id.int, s) for s in rows.filter(correlation_id__in=piece))
+            self._breathe()
         new: dict[int, Any] = {}
         for trace_id in sorted(groups):  # same order as the read
             if trace_id not in found:
@@ -523,20 +548,49 @@ class RecordWriter:
         return found, new
 
     def _insert_sessions(self, new: list[Any]) -> None:
-        """Insert the chunk's new (folded) sessions. One inserted by another process since the read
-        raises ``IntegrityError`` (the caller then falls back to the per-trace path, which handles
-        that race row by row). Backends that return no ids on insert get them with one read."""
+        """Insert the chunk's new (folded) sessions: the statement ``bulk_create`` builds (the
+        backend's own ``VALUES`` list and ``RETURNING`` clause where it has one) with the values its
+        ``pre_save``/``get_db_prep_save`` make, without its per-value compile, in pieces of
+        ``_SESSIONS_PER_STATEMENT`` rows. One inserted by another process since the read raises
+        ``IntegrityError`` (the caller then falls back to the per-trace path, which handles that
+        race row by row). Backends that return no ids on insert get them with one read."""
+        from django.db import connections
+
         from .models import WorkflowSession
 
         if not new:
             return
-        rows = WorkflowSession.objects.using(self.alias)
-        rows.bulk_create(new, batch_size=_SESSIONS_PER_STATEMENT)
+        connection = connections[self.alias]
+        ops: Any = connection.ops  # the RETURNING helpers exist on the backends that can return rows
+        meta = WorkflowSession._meta
+        fields = [field for field in meta.concrete_fields if not field.primary_key]
+        returning = connection.features.can_return_rows_from_bulk_insert
+        returning_sql, returning_params = ops.return_insert_columns([meta.pk]) if returning else ("", ())
+        head = "{} {} ({}) ".format(ops.insert_statement(), ops.quote_name(meta.db_table),
+                                    ", ".join(ops.quote_name(cast(str, field.column)) for field in fields))
+        size = max(1, min(_SESSIONS_PER_STATEMENT, ops.bulk_batch_size(fields, new)))
+        with connection.cursor() as cursor:
+            for first in range(0, len(new), size):
+                piece = new[first:first + size]
+                params = [field.get_db_prep_save(field.pre_save(session, True), connection)
+                          for session in piece for field in fields]
+                sql = head + ops.bulk_insert_sql(fields, [["%s"] * len(fields)] * len(piece))
+                if returning_sql:
+                    cursor.execute(f"{sql} {returning_sql}", [*params, *returning_params])
+                    for session, row in zip(piece, ops.fetch_returned_insert_rows(cursor), strict=True):
+                        session.pk = row[0]
+                else:
+                    cursor.execute(sql, params)
+                self._breathe()
         if any(session.pk is None for session in new):
-            pks = dict(rows.filter(correlation_id__in=[s.correlation_id for s in new])
+            pks = dict(WorkflowSession.objects.using(self.alias)
+                       .filter(correlation_id__in=[s.correlation_id for s in new])
                        .values_list("correlation_id", "pk"))
             for session in new:
                 session.pk = pks[session.correlation_id]
+        for session in new:  # what bulk_create leaves on saved instances
+            session._state.adding = False
+            session._state.db = self.alias
 
     def _insert_steps(self, steps: list[tuple[Any, StepData]]) -> None:
         """``bulk_create(ignore_conflicts=True)`` of the steps' TraceStep rows: the same statement
@@ -587,10 +641,11 @@ class RecordWriter:
             return
         created = [session.created_at for session in sessions]  # bulk_create's pre_save resets it
         target = ["pk"] if connections[self.alias].features.supports_update_conflicts_with_target else None
-        WorkflowSession.objects.using(self.alias).bulk_create(
-            sessions, update_conflicts=True, update_fields=list(_SESSION_FIELDS), unique_fields=target,
-            batch_size=_SESSIONS_PER_STATEMENT,
-        )
+        rows = WorkflowSession.objects.using(self.alias)
+        for first in range(0, len(sessions), _SESSIONS_PER_STATEMENT):
+            rows.bulk_create(sessions[first:first + _SESSIONS_PER_STATEMENT], update_conflicts=True,
+                             update_fields=list(_SESSION_FIELDS), unique_fields=target)
+            self._breathe()
         for session, created_at in zip(sessions, created, strict=True):
             session.created_at = created_at
 

@@ -193,24 +193,6 @@ def test_derive_queue_numbers_are_on_the_scrape() -> None:
     assert "e2e_otel_derive_queue_depth" in lines
 
 
-def test_pacer_releases_the_lock_once_per_slice() -> None:
-    from e2e_otel import pacing
-
-    clock = [100.0]
-    sleeps: list[float] = []
-    pace = pacing.Pacer(slice_seconds=0.001, pause_seconds=0.00005, clock=lambda: clock[0], sleep=sleeps.append)
-    pace()  # the first call starts a slice
-    for _ in range(9):  # 0.9 ms of work: still inside the slice
-        clock[0] += 0.0001
-        pace()
-    assert sleeps == [0.00005]
-    clock[0] += 0.0002
-    pace()
-    assert sleeps == [0.00005, 0.00005]
-    with pytest.raises(ValueError):
-        pacing.Pacer(slice_seconds=0)
-
-
 def test_flush_waits_for_the_span_being_handled_even_when_the_queue_is_empty() -> None:
     started, release, done = threading.Event(), threading.Event(), []
 

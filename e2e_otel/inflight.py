@@ -1,0 +1,43 @@
+"""How many requests this process is serving right now.
+
+e2e-otel's background threads (derive, record writer) share the interpreter lock with the request
+threads. While a request is in flight they stand back (``pacing.Pacer.stand_back``) and do their
+work in the gaps between requests. ``CorrelationMiddleware`` calls ``request_started`` and
+``request_finished`` around every request; both are a single ``deque`` operation, atomic under the
+GIL, so the request path takes no lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+
+from . import forksafe
+
+__all__ = ["request_finished", "request_started", "requests_in_flight"]
+
+_in_flight: deque[None] = deque()
+
+
+def request_started() -> None:
+    _in_flight.append(None)
+
+
+def request_finished() -> None:
+    with contextlib.suppress(IndexError):  # started before a fork that reset the count
+        _in_flight.pop()
+
+
+def requests_in_flight() -> int:
+    return len(_in_flight)
+
+
+class _ForkReset:
+    """The parent's requests are not in flight in a forked child."""
+
+    def _after_fork_in_child(self) -> None:
+        _in_flight.clear()
+
+
+_fork_reset = _ForkReset()
+forksafe.register(_fork_reset)
