@@ -15,8 +15,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.trace import StatusCode
 
 from . import forksafe, spans_to_records
@@ -103,9 +102,6 @@ class ThresholdEvaluator(SpanProcessor):
         self._pending_lock = threading.Lock()
         self.monitor: ThresholdMonitor | None = None
         forksafe.register(self)
-
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        return None
 
     def on_end(self, span: ReadableSpan) -> None:
         try:

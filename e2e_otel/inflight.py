@@ -9,7 +9,6 @@ GIL, so the request path takes no lock.
 
 from __future__ import annotations
 
-import contextlib
 from collections import deque
 
 from . import forksafe
@@ -24,8 +23,10 @@ def request_started() -> None:
 
 
 def request_finished() -> None:
-    with contextlib.suppress(IndexError):  # started before a fork that reset the count
+    try:
         _in_flight.pop()
+    except IndexError:  # started before a fork that reset the count
+        return
 
 
 def requests_in_flight() -> int:

@@ -18,8 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 from .propagation import format_correlation_id
 from .sanitize import ansi_quotes_for, scrub_sql, sql_operation_and_table
@@ -122,9 +121,6 @@ class QueryAnalyzer(SpanProcessor):
         self.recent: deque[QueryFinding] = deque(maxlen=max_findings)
         self.listeners: list[Callable[[QueryFinding], None]] = []
         self.evicted_traces = 0
-
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        pass
 
     def on_end(self, span: ReadableSpan) -> None:
         # The SDK wraps its attributes in a new proxy on each access, and every lookup through it runs

@@ -78,3 +78,54 @@ def test_rejects_nonsense_arguments() -> None:
                           cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2
     assert "--requests >= --rounds" in proc.stderr
+
+
+def _load(name: str):
+    import importlib.util
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bootstrap_interval_brackets_the_ratio_reproducibly() -> None:
+    overhead = _load("overhead")
+    steady_num = [[110, 111, 109, 110]] * 8
+    steady_den = [[100, 101, 99, 100]] * 8
+    lo, hi = overhead.bootstrap_ratio_ci(steady_num, steady_den)
+    assert lo == pytest.approx(1.1) and hi == pytest.approx(1.1)  # identical rounds: no spread
+    drifting_num = [[100 + 10 * k] * 4 for k in range(8)]  # rounds that move together...
+    drifting_den = [[100 + 10 * k] * 4 for k in range(8)]
+    assert overhead.bootstrap_ratio_ci(drifting_num, drifting_den) == (1.0, 1.0)  # ...cancel out
+    noisy_num = [[100 + (17 * k) % 23] * 4 for k in range(8)]
+    noisy_den = [[100 + (11 * k) % 19] * 4 for k in range(8)]
+    first = overhead.bootstrap_ratio_ci(noisy_num, noisy_den)
+    assert first == overhead.bootstrap_ratio_ci(noisy_num, noisy_den)  # seeded
+    assert first[0] < first[1]
+    assert overhead.verdict(1.02, [0.99, 1.04]) == "met"
+    assert overhead.verdict(1.02, [0.99, 1.09]) == "undecided at this run's noise"
+    assert overhead.verdict(1.12, [1.08, 1.15]) == "NOT met"
+
+
+def test_instruction_counts_run_under_callgrind(tmp_path: Path) -> None:
+    """``benchmarks/instructions.py`` end to end with the fewest requests: two callgrind runs of one
+    configuration, per-request counts from their difference."""
+    import shutil
+
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind not installed (Debian package valgrind)")
+    out = tmp_path / "instructions.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "instructions.py"), "--configs", "e2e", "--views", "one",
+         "--warmup", "2", "--small", "1", "--large", "3", "--db-name", _db_name() + "_i", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    counts = json.loads(out.read_text())["instructions_per_request"]["e2e"]["one"]
+    # A request through Django, the ORM, PyMySQL and the tracing is millions of instructions; all
+    # threads together are more than the request thread alone.
+    assert 500_000 < counts["request_thread"] < counts["all_threads"] < 100_000_000
+    assert "C  e2e-otel (all on)" in proc.stdout
