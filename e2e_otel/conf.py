@@ -207,7 +207,8 @@ OPTIONS: dict[str, Option] = {
     "SENSITIVE_KEYS": Option((), "Extra key names to mask (added to the built-in deny-list).", _str_list),
     # --- records ---
     "RECORDS_ENABLED": Option(True, "Derive WorkflowSession/TraceStep/ErrorLog rows from spans.", _bool),
-    "DATABASE_ALIAS": Option("default", "Database alias the record writer uses.", _str),
+    "DATABASE_ALIAS": Option("default", "Database alias the record writer uses (MySQL/MariaDB, SQLite or PostgreSQL).",
+                             _str),
     "RECORD_QUEUE_SIZE": Option(10_000, "Bound of the span->record queue; overflow is dropped and counted.",
                                 _number(1, integer=True)),
     "RECORD_BATCH_SIZE": Option(500, "Rows per bulk write.", _number(1, 10_000, integer=True)),

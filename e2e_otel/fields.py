@@ -15,6 +15,12 @@ class CorrelationIdField(models.UUIDField):
     (which Django uses for ``UUIDField`` there) rejects values whose version/variant nibbles are not
     RFC 4122-like (``Incorrect uuid value``), so most random trace ids could not be stored. Python
     values stay ``uuid.UUID`` and lookups work as for ``UUIDField``.
+
+    Two things ``UUIDField`` leaves to the backend need saying here, because this column is not the
+    backend's uuid type: reading back (PostgreSQL, with a native uuid type, registers no converter
+    for ``UUIDField``, so ``char(32)`` would come back as ``str``) and bulk inserts (Django 5.2's
+    PostgreSQL ``UNNEST`` insert casts to ``db_type`` without its length, ``char[]``, which keeps one
+    character of each id; a field with ``get_placeholder`` is inserted with a plain ``VALUES`` list).
     """
 
     def db_type(self, connection: Any) -> str:
@@ -29,3 +35,11 @@ class CorrelationIdField(models.UUIDField):
         if not isinstance(value, uuid.UUID):
             value = self.to_python(value)
         return value.hex
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> uuid.UUID | None:
+        if value is None or isinstance(value, uuid.UUID):  # MySQL/SQLite converters already made it
+            return value
+        return uuid.UUID(hex=str(value))
+
+    def get_placeholder(self, value: Any, compiler: Any, connection: Any) -> str:
+        return "%s"
