@@ -10,12 +10,18 @@ Instruction counts do not: for each configuration and view this script runs the 
 twice under ``valgrind --tool=callgrind --separate-threads=yes`` (side by side), once with ``--small``
 and once with ``--large`` measured requests (``bench_project/count_requests.py``), and divides the
 difference by the difference in requests. Start-up, warm-up and exit cancel out. Reported per
-request: the request thread's instructions (the work on the request path itself) and all threads'
-(the telemetry's total price, including span export, the derive thread and the record writer).
+request: the request thread's instructions outside the garbage collector (the work on the request
+path itself), the collector's on all threads (a collection runs on whichever thread crosses the
+allocation threshold, so its cost lands on the request thread by chance), and all threads' (the
+telemetry's total price, including span export, the derive thread and the record writer).
 
 What it does not see: time spent waiting (for MariaDB, for the interpreter lock held by another
-thread) and cache effects; ``overhead.py`` measures those. valgrind runs threads one at a time, so
-the background threads' share is counted but their interference is not.
+thread), kernel time and cache effects; ``overhead.py`` measures those. valgrind runs threads one
+at a time, so the background threads' share is counted but their interference is not. Not quite
+everything cancels: work that depends on wall time (a background thread's periodic wake-ups, the
+interpreter's 5 ms switch requests) runs more often under valgrind's slowdown, which adds a little
+to the "all threads" column, and the request thread's count moves by a few thousand instructions
+between repeated runs (a fraction of a per cent).
 """
 
 from __future__ import annotations
@@ -38,12 +44,16 @@ sys.path.insert(0, str(BENCH_DIR))
 import overhead  # noqa: E402  (the sibling script: database set-up, sidecar, labels)
 
 SUMMARY = re.compile(r"^summary:\s+(\d+)", re.MULTILINE)
+#: (instructions, of which in the garbage collector) by thread number, "1" being the main thread.
+Counts = dict[str, tuple[int, int]]
+GC_LINE = re.compile(r"^\s*([\d,]+) \([^)]*\)\s+\S*Modules/gcmodule\.c:gc_collect_main\b", re.MULTILINE)
 
 
 def count_pair(env: dict[str, str], out_dir: Path, config: str, view: str, warmup: int,
-               sizes: tuple[int, int]) -> tuple[dict[str, int], dict[str, int]]:
+               sizes: tuple[int, int]) -> tuple[Counts, Counts]:
     """Instructions by thread number (1 = the main/request thread) of the two runs, which run at the
-    same time: counts do not depend on what else the machine does."""
+    same time: instruction counts hardly depend on what else the machine does (see the module
+    docstring for what does)."""
     runs = []
     for n in sizes:
         run_dir = Path(tempfile.mkdtemp(prefix=f"{config}-{view}-{n}-", dir=out_dir))
@@ -61,15 +71,42 @@ def count_pair(env: dict[str, str], out_dir: Path, config: str, view: str, warmu
     return counted[0], counted[1]
 
 
-def _threads(run_dir: Path) -> dict[str, int]:
-    by_thread: dict[str, int] = {}
+def _threads(run_dir: Path) -> Counts:
+    """(instructions, of which in the cyclic garbage collector) by thread number."""
+    by_thread: Counts = {}
     for path in sorted(run_dir.glob("cg.out-*")):
         match = SUMMARY.search(path.read_text(errors="replace"))
         if match:
-            by_thread[path.name.rsplit("-", 1)[1].lstrip("0") or "0"] = int(match.group(1))
+            by_thread[path.name.rsplit("-", 1)[1].lstrip("0") or "0"] = (int(match.group(1)), _gc_instructions(path))
     if "1" not in by_thread:
         raise RuntimeError(f"no main-thread profile in {run_dir}: {sorted(p.name for p in run_dir.iterdir())}")
     return by_thread
+
+
+def _gc_instructions(path: Path) -> int:
+    """Inclusive instructions of CPython's ``gc_collect_main`` in one thread's profile.
+
+    A collection runs on whichever thread's allocation crosses the threshold, and one can cost
+    millions of instructions: which thread pays is chance (it moved the request thread's count by
+    ±8 % between two runs), so it is reported apart."""
+    annotated = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(path)],
+                               capture_output=True, text=True, check=False).stdout
+    match = GC_LINE.search(annotated)
+    return int(match.group(1).replace(",", "")) if match else 0
+
+
+def per_request(small: Counts, large: Counts, requests: int) -> dict[str, float]:
+    """Per-request figures from the two runs' (instructions, of which GC) by thread."""
+    def diff(pick: Any, threads: Any = None) -> float:
+        names = threads or set(large) | set(small)
+        return sum(pick(large.get(t, (0, 0))) - pick(small.get(t, (0, 0))) for t in names) / requests
+
+    return {
+        "request_thread": diff(lambda c: c[0] - c[1], ["1"]),
+        "request_thread_with_gc": diff(lambda c: c[0], ["1"]),
+        "gc_all_threads": diff(lambda c: c[1]),
+        "all_threads": diff(lambda c: c[0]),
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -101,11 +138,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"counting {config} /{view}/ ({args.small} and {args.large} requests)", file=sys.stderr,
                       flush=True)
                 small, large = count_pair(env, out_dir, config, view, args.warmup, (args.small, args.large))
-                per = args.large - args.small
-                results.setdefault(config, {})[view] = {
-                    "request_thread": (large["1"] - small["1"]) / per,
-                    "all_threads": (sum(large.values()) - sum(small.values())) / per,
-                }
+                results.setdefault(config, {})[view] = per_request(small, large, args.large - args.small)
         return {"started_utc": started.isoformat(timespec="seconds"), "machine": overhead.machine(args),
                 "parameters": {"warmup": args.warmup, "small": args.small, "large": args.large},
                 "instructions_per_request": results}
@@ -126,14 +159,16 @@ def format_report(report: dict[str, Any]) -> str:
              f"Python {m['python']}, Django {m['django']}, OTel SDK {m['opentelemetry_sdk']} / instrumentation "
              f"{m['instrumentation']}, PyMySQL {m['pymysql']}; per request = (run with {p['large']} requests - "
              f"run with {p['small']}) / {p['large'] - p['small']}, after {p['warmup']} warm-up requests",
+             "request thread = its instructions outside the cyclic garbage collector (a collection runs on",
+             "whichever thread happens to cross the allocation threshold); GC = the collector, all threads.",
              "",
-             f"{'view':<9}{'configuration':<33}{'request thread':>16}{'all threads':>14}"]
+             f"{'view':<9}{'configuration':<33}{'request thread':>16}{'GC':>12}{'all threads':>14}"]
     views = list(next(iter(res.values())))
     for view in views:
         for config, by_view in res.items():
             r = by_view[view]
             lines.append(f"{'/' + view + '/':<9}{overhead.LABELS[config]:<33}{r['request_thread']:>16,.0f}"
-                         f"{r['all_threads']:>14,.0f}")
+                         f"{r['gc_all_threads']:>12,.0f}{r['all_threads']:>14,.0f}")
     lines += ["", f"{'ratio':<30}{'view':<9}{'request thread':>16}{'all threads':>14}"]
     for name, (num, den) in overhead.RATIO_PAIRS.items():
         if num not in res or den not in res:

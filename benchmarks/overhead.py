@@ -213,6 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = dt.datetime.now(dt.timezone.utc)
     create_database(args)
     procs: dict[str, Proc] = {}
+    pools: dict[str, list[Proc]] = {}
     sidecar: Proc | None = None
     logs = contextlib.ExitStack()
     try:
@@ -234,26 +235,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             worker_env = dict(env)
             if config == "e2e_patched":  # the patched package shadows the tree's, for this worker only
                 worker_env["PYTHONPATH"] = os.pathsep.join([str(Path(args.patched).resolve()), env["PYTHONPATH"]])
-            procs[config] = Proc(config, [sys.executable, "-m", "bench_project.worker", config], worker_env,
-                                 logs.enter_context(open(log_dir / f"worker-{config}.log", "w")))  # noqa: SIM115
+            pools[config] = [
+                Proc(f"{config}#{i}", [sys.executable, "-m", "bench_project.worker", config], worker_env,
+                     logs.enter_context(open(log_dir / f"worker-{config}-{i}.log", "w")))  # noqa: SIM115
+                for i in range(args.processes)]
+            procs[config] = pools[config][0]  # the one asked for stats, hook timings, writer load, profiles
         for config in configs:
-            procs[config].read()  # "ready"
-            for view in views:
-                queries = procs[config].send({"op": "check", "view": view})["queries"]
-                if queries != EXPECTED_QUERIES[view]:
-                    raise RuntimeError(f"{config}: /{view}/ ran {queries} queries, "
-                                       f"expected {EXPECTED_QUERIES[view]}")
-                procs[config].send({"op": "warmup", "view": view, "n": args.warmup})
-        say(f"workers ready: {', '.join(configs)}; {args.rounds} rounds x {per_batch} requests "
-            f"per configuration and view")
+            for proc in pools[config]:
+                proc.read()  # "ready"
+                for view in views:
+                    queries = proc.send({"op": "check", "view": view})["queries"]
+                    if queries != EXPECTED_QUERIES[view]:
+                        raise RuntimeError(f"{config}: /{view}/ ran {queries} queries, "
+                                           f"expected {EXPECTED_QUERIES[view]}")
+                    proc.send({"op": "warmup", "view": view, "n": args.warmup})
+        say(f"workers ready: {', '.join(configs)} ({args.processes} process(es) each); {args.rounds} rounds x "
+            f"{per_batch} requests per configuration and view")
 
         batches: dict[str, dict[str, list[dict[str, Any]]]] = {c: {v: [] for v in views} for c in configs}
         for round_no in range(args.rounds):
             order = configs[round_no % len(configs):] + configs[:round_no % len(configs)]
             for view in views:
-                for config in order:
-                    batches[config][view].append(
-                        procs[config].send({"op": "batch", "view": view, "n": per_batch}))
+                for config in order:  # the configuration's processes take the rounds in turn
+                    worker = pools[config][round_no % len(pools[config])]
+                    batches[config][view].append(worker.send({"op": "batch", "view": view, "n": per_batch}))
             say(f"round {round_no + 1}/{args.rounds} done")
 
         results = {c: {v: summarize(batches[c][v]) for v in views} for c in configs}
@@ -261,6 +266,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "started_utc": started.isoformat(timespec="seconds"),
             "machine": machine(args),
             "parameters": {"requests_per_config_and_view": per_batch * args.rounds, "rounds": args.rounds,
+                           "processes_per_config": args.processes,
                            "batch": per_batch, "warmup": args.warmup, "proxy_delay_s": args.proxy_delay},
             "seed": seeded,
             "latency": results,
@@ -299,8 +305,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["finished_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         return report
     finally:
-        for proc in procs.values():
-            proc.stop({"op": "quit"})
+        for pool in pools.values():
+            for proc in pool:
+                proc.stop({"op": "quit"})
         if sidecar is not None:
             sidecar.stop("quit")
         if not args.keep_db:
@@ -367,7 +374,8 @@ def format_report(report: dict[str, Any]) -> str:
          f"Python {m['python']}, Django {m['django']}, OTel SDK {m['opentelemetry_sdk']} / "
          f"instrumentation {m['instrumentation']}, PyMySQL {m['pymysql']}, MariaDB {m['mariadb']}"),
         (f"{p['requests_per_config_and_view']} requests per configuration and view, {p['rounds']} interleaved "
-         f"rounds of {p['batch']}, after {p['warmup']} warm-up requests; in-process WSGI calls"),
+         f"rounds of {p['batch']}, {p.get('processes_per_config', 1)} worker process(es) per configuration "
+         f"taking the rounds in turn, after {p['warmup']} warm-up requests; in-process WSGI calls"),
         "",
         "wall = request latency (perf_counter); req CPU = CPU time of the request thread for the request;",
         "CPU/req = whole-process CPU (all threads: request, span export, record writer, ...) over the",
@@ -415,7 +423,7 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"  {'/' + view + '/':<9}{LABELS[config]:<33}{parts}")
     lines += ["", f"spans received by the OTLP receiver: {report['spans_received']}"]
     for config, stats in report.get("record_writer", {}).items():
-        lines.append(f"record writer after the rounds [{config}]: {json.dumps(stats, sort_keys=True)}")
+        lines.append(f"record writer after the rounds [{config}, first process]: {json.dumps(stats, sort_keys=True)}")
     if report.get("hook_costs"):
         lines += ["", ("CPU time in tracing hooks (us per request; thread_time_ns around each call, so GIL "
                        "waits are excluded). 'request thread' = hooks on the request thread, of the request's "
@@ -463,6 +471,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma list; otel_twin adds a second stock-OTel worker whose ratio to B is "
                              "the noise floor between two identical processes")
     parser.add_argument("--views", default="one,heavy")
+    parser.add_argument("--processes", type=int, default=3,
+                        help="worker processes per configuration, taking the rounds in turn: one process can be "
+                             "a few per cent faster or slower than an identical one for its whole life")
     parser.add_argument("--breakdown", action="store_true",
                         help=f"add configurations {BREAKDOWN_CONFIGS} to split C's cost by feature")
     parser.add_argument("--writer-rates", default="2000,20000", help="offered spans/s for the writer test")
@@ -487,12 +498,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.breakdown:
         args.configs = ",".join([*args.configs.split(","), *BREAKDOWN_CONFIGS.split(",")])
     if args.quick:
-        args.requests, args.rounds, args.warmup = 20, 2, 5
+        args.requests, args.rounds, args.warmup, args.processes = 20, 2, 5, min(args.processes, 2)
         args.writer_rates, args.writer_seconds = "500", 0.5
         args.profile_requests = min(args.profile_requests, 10)
         args.hook_requests = min(args.hook_requests, 10)
     if args.rounds < 1 or args.requests < args.rounds:
         parser.error("need --rounds >= 1 and --requests >= --rounds")
+    if args.processes < 1:
+        parser.error("need --processes >= 1")
     report = run(args)
     text = format_report(report)
     if args.json:

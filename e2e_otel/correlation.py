@@ -17,7 +17,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanContext
 
 from .conf import get_config
-from .inflight import request_finished, request_started
+from .inflight import begin_request, end_request
 from .propagation import format_correlation_id
 from .spans_to_records import ATTR_INTERNAL
 
@@ -107,21 +107,21 @@ class CorrelationMiddleware:
         if self._is_async:
             return self.__acall__(request)
         context, correlation_id = self._before(request)
-        request_started()
+        begin_request()
         try:
             response = self.get_response(request)
         finally:
-            request_finished()
+            end_request()
             _end_internal(request)
         return self._after(response, context, correlation_id)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         context, correlation_id = self._before(request)
-        request_started()
+        begin_request()
         try:
             response = await self.get_response(request)
         finally:
-            request_finished()
+            end_request()
             _end_internal(request)
         return self._after(response, context, correlation_id)
 

@@ -2,8 +2,8 @@
 
 e2e-otel's background threads (derive, record writer) share the interpreter lock with the request
 threads. While a request is in flight they stand back (``pacing.Pacer.stand_back``) and do their
-work in the gaps between requests. ``CorrelationMiddleware`` calls ``request_started`` and
-``request_finished`` around every request; both are a single ``deque`` operation, atomic under the
+work in the gaps between requests. ``CorrelationMiddleware`` calls ``begin_request`` and
+``end_request`` around every request; both are a single ``deque`` operation, atomic under the
 GIL, so the request path takes no lock.
 """
 
@@ -13,16 +13,16 @@ from collections import deque
 
 from . import forksafe
 
-__all__ = ["request_finished", "request_started", "requests_in_flight"]
+__all__ = ["begin_request", "end_request", "requests_in_flight"]
 
 _in_flight: deque[None] = deque()
 
 
-def request_started() -> None:
+def begin_request() -> None:
     _in_flight.append(None)
 
 
-def request_finished() -> None:
+def end_request() -> None:
     try:
         _in_flight.pop()
     except IndexError:  # started before a fork that reset the count

@@ -27,7 +27,8 @@ __all__ = ["MAX_DEFER_SECONDS", "PAUSE_SECONDS", "POLL_SECONDS", "SLICE_SECONDS"
 
 SLICE_SECONDS = 0.001
 PAUSE_SECONDS = 0.00005
-#: Longest one ``stand_back()`` waits for the requests in flight to finish.
+#: Longest a backlog waits for a gap between requests (from its first ``stand_back()`` until
+#: ``caught_up()``).
 MAX_DEFER_SECONDS = 2.0
 #: How often a standing-back thread looks again. Rarely, on purpose: a thread that wakes needs the
 #: interpreter lock, and a request thread that releases it for I/O while that thread waits then
@@ -44,7 +45,7 @@ class Pacer:
     one per thread (it keeps that thread's slice)."""
 
     __slots__ = ("_busy", "_clock", "_defer_until", "_max_defer", "_pause", "_poll", "_sleep", "_slice",
-                 "_urgent", "_yield_at", "deferred_seconds")
+                 "_urgent", "_yield_at")
 
     def __init__(self, slice_seconds: float = SLICE_SECONDS, pause_seconds: float = PAUSE_SECONDS, *,
                  urgent: Callable[[], bool] = _never, max_defer: float = MAX_DEFER_SECONDS,
@@ -64,8 +65,6 @@ class Pacer:
         self._sleep = sleep
         self._yield_at = 0.0
         self._defer_until: float | None = None
-        #: Total time this thread stood back for requests (a gauge of how much work was deferred).
-        self.deferred_seconds = 0.0
 
     def __call__(self) -> None:
         if self._clock() >= self._yield_at:
@@ -87,13 +86,11 @@ class Pacer:
             self._defer_until = now + self._max_defer
         if now >= self._defer_until:
             return
-        start = now
         while now < self._defer_until:
             self._sleep(self._poll)
             now = self._clock()
             if not busy() or urgent():
                 break
-        self.deferred_seconds += now - start
         self._yield_at = now + self._slice  # a fresh slice: the gap has just begun
 
     def caught_up(self) -> None:

@@ -267,13 +267,13 @@ class RecordWriter:
                 if self._pending and now >= self._retry_at:
                     self._breathe.stand_back()  # write in the gaps between requests
                     self._drain()
-                    if not self._pending:
-                        self._breathe.caught_up()
                 self._release_tokens()
                 if now >= self._next_sweep and now >= self._retry_at:
                     self._next_sweep = now + self._sweep_interval
                     self._breathe.stand_back()
                     self._attempt(self._sweep_idle)
+                if not self._pending and self._queue.empty():
+                    self._breathe.caught_up()  # the next backlog may wait for a gap again
                 if self._stopping.is_set():
                     if self._pending:
                         self._retry_at = 0.0
@@ -494,13 +494,14 @@ class RecordWriter:
         self._chunk_errors = []
 
     def _write_set(self, by_trace: dict[int, list[tuple[int, StepData]]]) -> None:
-        """One transaction for the whole chunk: one locked read of its existing sessions (in
-        correlation id order, so concurrent writers lock in the same order), one insert of the new
+        """One transaction for the whole chunk: a locked read of its existing sessions (in
+        correlation id order, so concurrent writers lock in the same order), an insert of the new
         ones (already folded, so they are written once), the steps and snapshots, an upsert of the
-        existing sessions. Inserts go out in pieces of at most ``_ROWS_PER_STATEMENT`` rows (sessions
-        ``_SESSIONS_PER_STATEMENT``) and the
-        Python work in between gives the interpreter lock back every millisecond (``pacing.py``). Counters,
-        signals and ``_chunk_done`` are applied only after the commit."""
+        existing sessions. Every statement covers a bounded piece (``_LOCK_READ_IDS`` ids,
+        ``_ROWS_PER_STATEMENT`` rows, ``_SESSIONS_PER_STATEMENT`` sessions) and the Python work in
+        between gives the interpreter lock back every millisecond (``pacing.py``); the price is a
+        transaction that holds its row locks a little longer. Counters, signals and ``_chunk_done``
+        are applied only after the commit."""
         from django.db import transaction
 
         from .models import PerformanceSnapshot
@@ -529,8 +530,9 @@ class RecordWriter:
             self._chunk_done.update(seq for seq, _ in items)
 
     def _lock_sessions(self, groups: dict[int, list[StepData]]) -> tuple[dict[int, Any], dict[int, Any]]:
-        """The chunk's existing sessions by trace id, locked with one ``SELECT … FOR UPDATE``, and
-        unsaved new ones for the others (inserted by ``_insert_sessions`` once folded)."""
+        """The chunk's existing sessions by trace id, locked with ``SELECT … FOR UPDATE`` (in pieces
+        of ``_LOCK_READ_IDS``, in id order), and unsaved new ones for the others (inserted by
+        ``_insert_sessions`` once folded)."""
         from .models import WorkflowSession
 
         rows = WorkflowSession.objects.using(self.alias).select_for_update()
@@ -565,7 +567,10 @@ class RecordWriter:
         meta = WorkflowSession._meta
         fields = [field for field in meta.concrete_fields if not field.primary_key]
         returning = connection.features.can_return_rows_from_bulk_insert
-        returning_sql, returning_params = ops.return_insert_columns([meta.pk]) if returning else ("", ())
+        # The id and the correlation id come back: rows are matched by the latter, since no backend
+        # promises RETURNING rows in the order of the VALUES list.
+        returning_sql, returning_params = (ops.return_insert_columns([meta.pk, meta.get_field("correlation_id")])
+                                           if returning else ("", ()))
         head = "{} {} ({}) ".format(ops.insert_statement(), ops.quote_name(meta.db_table),
                                     ", ".join(ops.quote_name(cast(str, field.column)) for field in fields))
         size = max(1, min(_SESSIONS_PER_STATEMENT, ops.bulk_batch_size(fields, new)))
@@ -577,8 +582,9 @@ class RecordWriter:
                 sql = head + ops.bulk_insert_sql(fields, [["%s"] * len(fields)] * len(piece))
                 if returning_sql:
                     cursor.execute(f"{sql} {returning_sql}", [*params, *returning_params])
-                    for session, row in zip(piece, ops.fetch_returned_insert_rows(cursor), strict=True):
-                        session.pk = row[0]
+                    by_hex = {session.correlation_id.hex: session for session in piece}
+                    for pk, cid in ops.fetch_returned_insert_rows(cursor):
+                        by_hex[cid.hex if isinstance(cid, uuid.UUID) else str(cid)].pk = pk
                 else:
                     cursor.execute(sql, params)
                 self._breathe()

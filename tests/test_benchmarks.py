@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,6 +40,7 @@ def test_quick_benchmark_runs_and_reports(tmp_path: Path) -> None:
 
     configs = {"plain", "otel", "e2e", "e2e_stalled"}
     assert set(report["latency"]) == configs
+    assert report["parameters"]["processes_per_config"] == 2  # the two rounds went to different processes
     for config in configs:
         for view in ("one", "heavy"):
             row = report["latency"][config][view]
@@ -80,7 +82,7 @@ def test_rejects_nonsense_arguments() -> None:
     assert "--requests >= --rounds" in proc.stderr
 
 
-def _load(name: str):
+def _load(name: str) -> Any:
     import importlib.util
 
     sys.path.insert(0, str(REPO / "benchmarks"))

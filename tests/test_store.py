@@ -482,3 +482,42 @@ def test_new_sessions_get_their_ids_on_backends_that_return_none(writers: Any, m
     for step in steps:
         session = WorkflowSession.objects.get(correlation_id=uuid.UUID(int=step.trace_id))
         assert TraceStep.objects.get(span_id=step.span_id).workflow_session_id == session.pk
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_chunk_of_many_new_sessions_links_every_step_to_its_own_session(writers: Any) -> None:
+    """New sessions go in several statements with ids read back by correlation id (RETURNING rows
+    have no promised order); every step must point at the session of its own trace."""
+    from django.db.models import F
+
+    writer = writers(start=False)
+    trace_ids = [uuid.uuid4().int for _ in range(27)]  # three statements of sessions
+    seq = iter(range(1, 10_000))
+    writer._write_set({tid: [(next(seq), make_step(tid, root=n == 0, name=f"s{n}")) for n in range(2)]
+                       for tid in trace_ids})
+    assert WorkflowSession.objects.count() == 27 and TraceStep.objects.count() == 54
+    assert not TraceStep.objects.exclude(workflow_session__correlation_id=F("correlation_id")).exists()
+    assert sorted(s.correlation_id.int for s in WorkflowSession.objects.all()) == sorted(trace_ids)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_writer_waits_for_a_gap_between_requests_but_not_when_flushed(writers: Any) -> None:
+    from e2e_otel import inflight
+
+    writer = writers(RECORD_FLUSH_INTERVAL=0.01)
+    inflight.begin_request()
+    try:
+        writer.submit(make_step())
+        time.sleep(0.4)
+        assert writer.stats()["written"]["step"] == 0  # a request is in flight: the chunk waits
+        started = time.perf_counter()
+        assert writer.force_flush(5)  # a flush does not wait for the gap
+        assert time.perf_counter() - started < 1.0
+        assert writer.stats()["written"]["step"] == 1 and writer._flushes == 0
+        writer.submit(make_step())
+    finally:
+        inflight.end_request()
+    deadline = time.monotonic() + 3
+    while writer.stats()["written"]["step"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert writer.stats()["written"]["step"] == 2  # the gap came: written without a flush
