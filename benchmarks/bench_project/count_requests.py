@@ -12,14 +12,7 @@ import os
 import sys
 import threading
 
-from bench_project.worker import FLUSH_RECORDS, Worker
-
-
-def _flush(worker: Worker, config: str) -> None:
-    worker._flush_export()
-    worker._flush_derived(120.0)
-    if config in FLUSH_RECORDS:
-        worker._flush_records(120.0)
+from bench_project.worker import Worker
 
 
 def main() -> None:
@@ -31,7 +24,7 @@ def main() -> None:
         # On a thread of its own: the SDK's force_flush exports what is queued on the calling
         # thread, and how much is still queued depends on timing. The main thread's count must be
         # the requests' alone.
-        flusher = threading.Thread(target=_flush, args=(worker, config), name="bench-flush")
+        flusher = threading.Thread(target=worker.flush, args=(120.0,), name="bench-flush")
         flusher.start()
         flusher.join()
     sys.stdout.flush()

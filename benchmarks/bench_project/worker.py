@@ -137,6 +137,14 @@ class Worker:
         queue = getattr(getattr(runtime, "derived", None), "queue", None)
         return True if queue is None else bool(queue.flush(timeout_s))
 
+    def flush(self, timeout_s: float) -> None:
+        """Everything the requests so far caused: span export, derived views, and (for the
+        configurations whose record database is healthy) the written records."""
+        self._flush_export()
+        self._flush_derived(timeout_s)
+        if self.config in FLUSH_RECORDS:
+            self._flush_records(timeout_s)
+
     def _flush_records(self, timeout_s: float) -> bool:
         from bench_project import records
 
@@ -165,10 +173,7 @@ class Worker:
             latencies.append(wall)
             thread_cpu.append(cpu)
         wall = time.perf_counter_ns() - wall0
-        self._flush_export()
-        self._flush_derived(30.0)
-        if self.config in FLUSH_RECORDS:
-            self._flush_records(30.0)
+        self.flush(30.0)
         cpu = time.process_time_ns() - cpu0
         threads1 = thread_cpu_ns()
         by_thread = {name: ns - threads0.get(name, 0) for name, ns in threads1.items()}
@@ -178,10 +183,7 @@ class Worker:
     def op_warmup(self, view: str, n: int) -> dict[str, Any]:
         for _ in range(n):
             self._call(view)
-        self._flush_export()
-        self._flush_derived(30.0)
-        if self.config in FLUSH_RECORDS:
-            self._flush_records(30.0)
+        self.flush(30.0)
         gc.collect()
         return {"ok": True}
 
@@ -267,15 +269,12 @@ class Worker:
             request_ns = 0
             for _ in range(n):
                 request_ns += self._call(view)[1]
-            if self.runtime is not None:  # the derive thread still calls the wrapped on_end
-                self.runtime.derived.queue.flush(30.0)
+            self._flush_derived(30.0)  # the derive thread still calls the wrapped on_end
         finally:
             for _label, obj, method in hooks:
                 with contextlib.suppress(AttributeError):
                     delattr(obj, method)
-        self._flush_export()
-        if self.config in FLUSH_RECORDS:
-            self._flush_records(30.0)
+        self.flush(30.0)
         return {"request_us": request_ns / n / 1000,
                 "hooks_us_per_request": {k: v / n / 1000 for k, v in sorted(totals.items(), key=lambda kv: -kv[1])},
                 "calls_per_request": {k: v / n for k, v in calls.items()}}
