@@ -29,9 +29,9 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
@@ -60,6 +60,7 @@ LOCK_WAIT_TIMEOUT = 5  # seconds the writer waits for a row lock (MySQL/MariaDB)
 # connection; the same data goes in once the other transaction is done, so back off and retry.
 _RETRYABLE_CODES = frozenset({1205, 1213})
 _PING_AFTER_IDLE = 60.0  # seconds without a write after which the connection is pinged first
+_T = TypeVar("_T")
 # Rows per INSERT. Each statement's round trip gives the interpreter lock back to request threads,
 # and building one (the driver escapes every value in Python) holds it: keep that under a millisecond.
 _ROWS_PER_STATEMENT = 32
@@ -519,9 +520,8 @@ class RecordWriter:
             self._insert_steps([(session, step) for _, session, folded in results for step in folded.kept])
             snapshots = [row for _, session, folded in results
                          for row in self._snapshot_rows(PerformanceSnapshot, session.correlation_id, folded.kept)]
-            for first in range(0, len(snapshots), _ROWS_PER_STATEMENT):
-                PerformanceSnapshot.objects.using(alias).bulk_create(snapshots[first:first + _ROWS_PER_STATEMENT])
-                self._breathe()
+            for piece in self._pieces(snapshots, _ROWS_PER_STATEMENT):
+                PerformanceSnapshot.objects.using(alias).bulk_create(piece)
             self._save_sessions(list(existing.values()))
         for trace_id, session, folded in results:
             self._chunk_errors.extend(self._committed(trace_id, session, groups[trace_id], folded))
@@ -538,16 +538,21 @@ class RecordWriter:
         rows = WorkflowSession.objects.using(self.alias).select_for_update()
         cids = sorted(uuid.UUID(int=trace_id) for trace_id in groups)
         found: dict[int, Any] = {}
-        for first in range(0, len(cids), _LOCK_READ_IDS):  # pieces: the lock goes back in between
-            piece = cids[first:first + _LOCK_READ_IDS]
+        for piece in self._pieces(cids, _LOCK_READ_IDS):
             found.update((s.correlation_id.int, s) for s in rows.filter(correlation_id__in=piece))
-            self._breathe()
         new: dict[int, Any] = {}
         for trace_id in sorted(groups):  # same order as the read
             if trace_id not in found:
                 new[trace_id] = WorkflowSession(**self._new_session_fields(uuid.UUID(int=trace_id), groups[trace_id]))
                 self._breathe()
         return found, new
+
+    def _pieces(self, items: list[_T], size: int) -> Iterator[list[_T]]:
+        """``items`` in slices of ``size``, one per statement, handing the interpreter lock back
+        after each (``pacing.py``): a statement's values are escaped in Python."""
+        for first in range(0, len(items), size):
+            yield items[first:first + size]
+            self._breathe()
 
     def _insert_sessions(self, new: list[Any]) -> None:
         """Insert the chunk's new (folded) sessions: the statement ``bulk_create`` builds (the
@@ -575,8 +580,7 @@ class RecordWriter:
                                     ", ".join(ops.quote_name(cast(str, field.column)) for field in fields))
         size = max(1, min(_SESSIONS_PER_STATEMENT, ops.bulk_batch_size(fields, new)))
         with connection.cursor() as cursor:
-            for first in range(0, len(new), size):
-                piece = new[first:first + size]
+            for piece in self._pieces(new, size):
                 params = [field.get_db_prep_save(field.pre_save(session, True), connection)
                           for session in piece for field in fields]
                 sql = head + ops.bulk_insert_sql(fields, [["%s"] * len(fields)] * len(piece))
@@ -587,7 +591,6 @@ class RecordWriter:
                         by_hex[cid.hex if isinstance(cid, uuid.UUID) else str(cid)].pk = pk
                 else:
                     cursor.execute(sql, params)
-                self._breathe()
         if any(session.pk is None for session in new):
             pks = dict(WorkflowSession.objects.using(self.alias)
                        .filter(correlation_id__in=[s.correlation_id for s in new])
@@ -629,11 +632,9 @@ class RecordWriter:
         placeholders = "({})".format(", ".join(["%s"] * len(fields)))
         size = max(1, min(_ROWS_PER_STATEMENT, ops.bulk_batch_size(fields, rows)))
         with connection.cursor() as cursor:
-            for first in range(0, len(rows), size):
-                piece = rows[first:first + size]
+            for piece in self._pieces(rows, size):
                 sql = head + ", ".join([placeholders] * len(piece))
                 cursor.execute(f"{sql} {suffix}" if suffix else sql, [value for row in piece for value in row])
-                self._breathe()
 
     def _save_sessions(self, sessions: list[Any]) -> None:
         """Store the chunk's (locked, existing) session rows with an upsert on the primary key
@@ -648,10 +649,8 @@ class RecordWriter:
         created = [session.created_at for session in sessions]  # bulk_create's pre_save resets it
         target = ["pk"] if connections[self.alias].features.supports_update_conflicts_with_target else None
         rows = WorkflowSession.objects.using(self.alias)
-        for first in range(0, len(sessions), _SESSIONS_PER_STATEMENT):
-            rows.bulk_create(sessions[first:first + _SESSIONS_PER_STATEMENT], update_conflicts=True,
-                             update_fields=list(_SESSION_FIELDS), unique_fields=target)
-            self._breathe()
+        for piece in self._pieces(sessions, _SESSIONS_PER_STATEMENT):
+            rows.bulk_create(piece, update_conflicts=True, update_fields=list(_SESSION_FIELDS), unique_fields=target)
         for session, created_at in zip(sessions, created, strict=True):
             session.created_at = created_at
 
