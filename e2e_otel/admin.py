@@ -213,6 +213,8 @@ def register_admins(site: admin.AdminSite) -> None:
     for model, model_admin in MODEL_ADMINS:
         existing = site._registry.get(model)  # is_registered/get_model_admin: not all of Django 4.2
         try:
+            if isinstance(existing, model_admin):
+                continue  # ours already (registered twice): nothing to say
             if existing is not None and type(existing) is not admin.ModelAdmin:
                 kept.append(f"{model.__name__} ({type(existing).__module__}.{type(existing).__qualname__})")
                 continue

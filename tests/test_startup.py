@@ -248,3 +248,71 @@ def test_the_plugin_imports_without_grpc() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=subprocess_env(), capture_output=True,
                             text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def clean_test_run(monkeypatch: pytest.MonkeyPatch):
+    """``prepare`` marks the process and records the wrapped runner: undone after the test."""
+    from e2e_otel import conf, testrun
+
+    monkeypatch.setattr(testrun, "_wrapped_runner_path", None)
+    yield
+    conf.mark_test_run(False)
+    testrun.host_test_runner.cache_clear()
+
+
+def test_manage_py_test_wraps_the_configured_runner(clean_test_run: None) -> None:
+    from types import SimpleNamespace
+
+    from django.test.runner import DiscoverRunner
+
+    from e2e_otel.conf import is_test_run
+    from e2e_otel.testrun import HOST_RUNNER_PATH, StopRecordsBeforeTeardown, prepare
+
+    fake_settings = SimpleNamespace(TEST_RUNNER="django.test.runner.DiscoverRunner")
+    assert prepare(["manage.py", "test", "shop"], fake_settings) is True and is_test_run()
+    assert fake_settings.TEST_RUNNER == HOST_RUNNER_PATH
+    from e2e_otel.testrun import HostTestRunner  # what get_runner() imports
+
+    assert issubclass(HostTestRunner, DiscoverRunner) and issubclass(HostTestRunner, StopRecordsBeforeTeardown)
+    assert HostTestRunner.__name__ == "DiscoverRunner"
+    prepare(["manage.py", "test"], fake_settings)  # twice: not wrapped around itself
+    assert fake_settings.TEST_RUNNER == HOST_RUNNER_PATH
+
+
+def test_an_explicit_testrunner_is_left_alone(clean_test_run: None) -> None:
+    from types import SimpleNamespace
+
+    from e2e_otel.conf import mark_test_run
+    from e2e_otel.testrun import prepare
+
+    fake_settings = SimpleNamespace(TEST_RUNNER="django.test.runner.DiscoverRunner")
+    assert prepare(["manage.py", "test", "--testrunner", "shop.Runner"], fake_settings) is True
+    assert fake_settings.TEST_RUNNER == "django.test.runner.DiscoverRunner"
+    mark_test_run(False)
+    fake_settings = SimpleNamespace(TEST_RUNNER="django.test.runner.DiscoverRunner")
+    assert prepare(["gunicorn", "shop.wsgi"], fake_settings) is False
+    assert fake_settings.TEST_RUNNER == "django.test.runner.DiscoverRunner"
+
+
+def test_the_runtime_stops_before_the_databases_are_torn_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    from e2e_otel import bootstrap
+    from e2e_otel.testrun import StopRecordsBeforeTeardown
+
+    calls: list[str] = []
+
+    class FakeRuntime:
+        def shutdown(self) -> bool:
+            calls.append("runtime stopped")
+            return True
+
+    class Runner:
+        def teardown_databases(self, old_config: object, **kwargs: object) -> None:
+            calls.append(f"databases destroyed {old_config}")
+
+    class HostRunner(StopRecordsBeforeTeardown, Runner):
+        pass
+
+    monkeypatch.setattr(bootstrap, "_runtime", FakeRuntime())
+    HostRunner().teardown_databases("cfg")
+    assert calls == ["runtime stopped", "databases destroyed cfg"]
