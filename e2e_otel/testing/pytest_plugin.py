@@ -40,8 +40,10 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     mark_test_run()  # loaded late (a conftest's pytest_plugins): only the teardown ordering applies
     from e2e_otel.bootstrap import get_runtime
+    from e2e_otel.conf import get_config
 
-    if get_runtime() is not None:
+    runtime = get_runtime()
+    if runtime is not None and runtime.config.ENVIRONMENT != get_config().ENVIRONMENT:
         logger.warning("e2e-otel: the pytest plugin was loaded after django.setup(), so the testing profile "
                        "could not apply; load it with -p e2e_otel.testing.pytest_plugin")
 
