@@ -208,9 +208,11 @@ def unapplied_migrations(alias: str, *, timeout: float) -> list[str] | None:
 def _unapplied(alias: str) -> list[str] | None:
     from django.db import DatabaseError, connections
     from django.db.migrations.loader import MigrationLoader
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
 
     try:
-        loader = MigrationLoader(connections[alias], ignore_no_migrations=True)
+        with suppress_instrumentation():  # our own bookkeeping queries are no one's workflow
+            loader = MigrationLoader(connections[alias], ignore_no_migrations=True)
     except DatabaseError as exc:
         logger.debug("e2e-otel: migrations on %r could not be checked: %s", alias, exc)
         return None
@@ -249,8 +251,11 @@ def check_urls(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 
 
 def url_messages(urlconf: str, endpoints: Sequence[tuple[str, str, str]]) -> list[CheckMessage]:
-    from django.urls import NoReverseMatch, Resolver404, resolve, reverse
+    """Each endpoint is reversed by name (so a prefix of the user's own choosing is fine) and the path
+    resolved again: patterns are tried in order, and an earlier one that matches wins."""
+    from django.urls import NoReverseMatch, Resolver404, get_script_prefix, resolve, reverse
 
+    prefix = get_script_prefix()  # FORCE_SCRIPT_NAME: reverse() adds it, resolve() expects it gone
     messages: list[CheckMessage] = []
     missing: list[str] = []
     for name, label, default_path in endpoints:
@@ -259,6 +264,8 @@ def url_messages(urlconf: str, endpoints: Sequence[tuple[str, str, str]]) -> lis
         except NoReverseMatch:
             missing.append(f"{label} ({default_path})")
             continue
+        if path.startswith(prefix):
+            path = "/" + path[len(prefix):]
         try:
             match = resolve(path, urlconf=urlconf)
         except Resolver404:  # reverse() built it, so resolving it cannot fail; say so if it does

@@ -179,6 +179,17 @@ def test_one_shadowed_url_is_one_w007() -> None:
     assert "/metrics is mounted at /metrics, but that URL resolves to pattern 'metrics'" in messages[0].msg
 
 
+def test_a_script_prefix_is_not_a_shadow() -> None:
+    from django.urls import get_script_prefix, set_script_prefix
+
+    before = get_script_prefix()
+    set_script_prefix("/shop/")  # what django.setup() does with FORCE_SCRIPT_NAME = "/shop"
+    try:
+        assert url_messages("tests.urls", URL_ENDPOINTS) == []
+    finally:
+        set_script_prefix(before)
+
+
 def test_urls_not_included_is_i001_with_the_include_line() -> None:
     messages = url_messages("tests.hostproject.urls_without", URL_ENDPOINTS)
     assert _ids(messages) == ["e2e_otel.I001"]
