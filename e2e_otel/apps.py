@@ -91,30 +91,30 @@ def report_settings_problems(config: Config, argv: Sequence[str]) -> None:
 
 
 def install_runtime(config: Config) -> Runtime | None:
-    """``bootstrap.install`` guarded. When it fails before a tracer provider was made global (an
-    exporter that cannot be built, a missing optional package), it is tried once more without export
-    so records and metrics still work; otherwise e2e-otel stays off."""
+    """``bootstrap.install`` guarded. An exporter that cannot be built (its package missing, a bad
+    endpoint) costs the export only: records and metrics still run. Any other failure leaves
+    e2e-otel off in this process. Either way one error is logged."""
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
 
-    from .bootstrap import install
+    from .bootstrap import build_sanitizer, install
+    from .exporters import build_span_exporter
 
-    had_provider = isinstance(trace.get_tracer_provider(), TracerProvider)
+    try:
+        # Built here only to find out: the exporter is lazy (its channel opens on the first export),
+        # so this costs an import, and install() builds the one it uses. A provider configured before
+        # Django (opentelemetry-instrument) keeps its own exporter: nothing to find out then.
+        if not isinstance(trace.get_tracer_provider(), TracerProvider):
+            build_span_exporter(config, build_sanitizer(config))
+    except Exception as exc:
+        logger.error("e2e-otel could not set up trace export (%s: %s); running without export (records and "
+                     "metrics stay on)", type(exc).__name__, exc, exc_info=exc)
+        config = Config({**config, "TRACES_EXPORTER": "none"}, config.errors, config.unknown, config.explicit)
     try:
         return install(config)
     except Exception as exc:
-        error = exc
-    if had_provider or isinstance(trace.get_tracer_provider(), TracerProvider) or config.TRACES_EXPORTER == "none":
-        logger.error("e2e-otel could not start (%s: %s) and is disabled in this process", type(error).__name__,
-                     error, exc_info=error)
-        return None
-    logger.error("e2e-otel could not set up trace export (%s: %s); running without export (records and "
-                 "metrics stay on)", type(error).__name__, error, exc_info=error)
-    try:
-        return install(Config({**config, "TRACES_EXPORTER": "none"}, config.errors, config.unknown,
-                              config.explicit))
-    except Exception:
-        logger.exception("e2e-otel could not start without export either and is disabled in this process")
+        logger.error("e2e-otel could not start (%s: %s) and is disabled in this process", type(exc).__name__,
+                     exc, exc_info=exc)
         return None
 
 

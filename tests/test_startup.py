@@ -127,6 +127,15 @@ def test_an_exporter_that_cannot_be_built_degrades_to_no_export() -> None:
 
 
 @pytest.mark.slow
+def test_a_failure_past_the_exporter_is_one_error_not_a_retry_without_export() -> None:
+    """psutil missing breaks the metrics processor: export is not to blame, so it is not dropped."""
+    report, stderr = _setup("import sys; sys.modules['psutil'] = None", env=_otel(TRACES_EXPORTER="otlp"))
+    assert not report["runtime"] and report["ping"] == 200
+    assert "could not set up trace export" not in stderr
+    assert stderr.count("e2e-otel could not start (ModuleNotFoundError: import of psutil halted") == 1, stderr
+
+
+@pytest.mark.slow
 def test_an_exception_from_install_leaves_the_host_running_without_e2e_otel() -> None:
     boom = ("import e2e_otel.bootstrap\ndef install(config):\n    raise RuntimeError('boom')\n"
             "e2e_otel.bootstrap.install = install")
