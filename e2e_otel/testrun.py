@@ -17,7 +17,10 @@ How each runner is told, without patching Django:
   or with ``--keepdb``). A runner given with ``--testrunner`` is not replaced: mix
   ``StopRecordsBeforeTeardown`` into it.
 * pytest-django: ``e2e_otel.testing.pytest_plugin`` marks the run before pytest-django calls
-  ``django.setup()`` and stops the runtime just before ``django_db_setup`` tears the databases down.
+  ``django.setup()``, holds the record processor back until ``django_db_setup`` has created the test
+  databases (a session that needs none would otherwise write its traffic to the real database at
+  exit, once pytest-django stops blocking it) and stops the runtime just before ``django_db_setup``
+  tears the databases down.
 
 Runs on the main thread, at start-up and at the end of the test run.
 """
@@ -33,7 +36,8 @@ from .conf import is_test_run, mark_test_run
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StopRecordsBeforeTeardown", "host_test_runner", "is_manage_py_test", "prepare", "stop_runtime"]
+__all__ = ["StopRecordsBeforeTeardown", "hold_records", "host_test_runner", "is_manage_py_test", "prepare",
+           "release_records", "stop_runtime"]
 
 HOST_RUNNER_PATH = "e2e_otel.testrun.HostTestRunner"
 _wrapped_runner_path: str | None = None
@@ -82,6 +86,34 @@ def stop_runtime() -> None:
         runtime.shutdown()
     except Exception:  # the test run's own result matters more than our records
         logger.exception("e2e-otel: stopping the runtime before the test databases are destroyed failed")
+
+
+_held_back: list[Any] = []
+
+
+def hold_records() -> None:
+    """Detach the record processor while no test database exists; its spans are not recorded."""
+    from .bootstrap import get_runtime
+    from .processors import WorkflowSpanProcessor
+
+    runtime = get_runtime()
+    if runtime is None:
+        return
+    for processor in runtime.derived.processors:
+        if isinstance(processor, WorkflowSpanProcessor):
+            runtime.derived.remove(processor)
+            _held_back.append(processor)
+
+
+def release_records() -> None:
+    """Attach what ``hold_records`` detached: the test databases exist now."""
+    from .bootstrap import get_runtime
+
+    runtime = get_runtime()
+    while _held_back:
+        processor = _held_back.pop(0)
+        if runtime is not None:
+            runtime.derived.add(processor)
 
 
 class StopRecordsBeforeTeardown:

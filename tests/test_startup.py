@@ -232,20 +232,37 @@ def test_manage_py_test_records_in_the_test_database_exports_nothing_and_ends_qu
     assert _host_database(name) == []
 
 
+def _pytest_argv(test_module: str, rootdir: Path) -> list[str]:
+    test_file = str(REPO_ROOT / "tests" / "hostproject" / "everything" / f"{test_module}.py")
+    return [PYTHON, "-m", "pytest", "-p", "e2e_otel.testing.pytest_plugin", "--noconftest", "-c", "/dev/null",
+            "--rootdir", str(rootdir), "-p", "no:cacheprovider", "-q", "--ds", "tests.hostproject.settings",
+            test_file]
+
+
 @pytest.mark.mysql
 @pytest.mark.slow
 def test_pytest_django_run_records_in_the_test_database_exports_nothing_and_ends_quietly(
         otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
     name = "e2e_startup_host_pytest"
-    test_file = str(REPO_ROOT / "tests" / "hostproject" / "everything" / "hosted_tests.py")
-    argv = [PYTHON, "-m", "pytest", "-p", "e2e_otel.testing.pytest_plugin", "--noconftest", "-c", "/dev/null",
-            "--rootdir", str(tmp_path), "-p", "no:cacheprovider", "-q", "--ds", "tests.hostproject.settings",
-            test_file]
-    result = _run(argv, _test_run_env(otlp_receiver, name))
+    result = _run(_pytest_argv("hosted_tests", tmp_path), _test_run_env(otlp_receiver, name))
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert _noise(output) == [], output
     assert otlp_receiver.spans == []
+    assert _host_database(name) == []
+
+
+@pytest.mark.mysql
+@pytest.mark.slow
+def test_a_pytest_session_without_a_test_database_records_nothing(otlp_receiver: OTLPReceiver,
+                                                                  tmp_path: Path) -> None:
+    """No test database is made, so the traffic is not recorded: at exit, with pytest-django no longer
+    blocking database access, the writer would have written it to the developer's database."""
+    name = "e2e_startup_host_nodb"
+    result = _run(_pytest_argv("hosted_nodb_tests", tmp_path), _test_run_env(otlp_receiver, name))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert _noise(output) == [], output
     assert _host_database(name) == []
 
 

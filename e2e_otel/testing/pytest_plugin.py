@@ -48,10 +48,18 @@ def pytest_configure(config: pytest.Config) -> None:
                        "could not apply; load it with -p e2e_otel.testing.pytest_plugin")
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # After every pytest_configure (pytest-django may set Django up in its own): no test database
+    # exists yet, so nothing may be recorded.
+    from e2e_otel.testrun import hold_records
+
+    hold_records()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Generator[Any]:
-    """Stop e2e-otel's runtime right before ``django_db_setup`` (pytest-django's, or a project's
-    override of it) tears the test databases down.
+    """Record once ``django_db_setup`` (pytest-django's, or a project's override of it) has made the
+    test databases, and stop e2e-otel's runtime right before it tears them down.
 
     A fixture's teardown is a finalizer of its definition, and finalizers run last-in first-out, so
     one added after the fixture has been set up runs before the databases are destroyed. A session
@@ -60,8 +68,9 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
     """
     result = yield
     if fixturedef.argname == "django_db_setup":
-        from e2e_otel.testrun import stop_runtime
+        from e2e_otel.testrun import release_records, stop_runtime
 
+        release_records()
         request.addfinalizer(stop_runtime)
     return result
 
