@@ -2,9 +2,9 @@
 pytest-django destroys the test databases, and the ``otlp_receiver`` fixture.
 
 Load it as a plugin so its hooks run before pytest-django calls ``django.setup()``: it is registered
-under the ``pytest11`` entry point ``e2e_otel``, or pass ``-p e2e_otel.testing.pytest_plugin``
+under the ``pytest11`` entry point named like the module, or pass ``-p e2e_otel.testing.pytest_plugin``
 (``addopts``). Importing only the fixture (``from e2e_otel.testing.pytest_plugin import
-otlp_receiver``) gives the fixture without the hooks. Disable with ``-p no:e2e_otel``.
+otlp_receiver``) gives the fixture without the hooks. Disable with ``-p no:e2e_otel.testing.pytest_plugin``.
 
 Hooks run on pytest's main thread.
 """
