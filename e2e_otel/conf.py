@@ -12,6 +12,7 @@ Exporter details the SDK already reads from the environment (``OTEL_EXPORTER_OTL
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -86,6 +87,9 @@ def _number(low: float, high: float | None = None, integer: bool = False) -> Cal
     def parse(value: Any) -> float:
         if isinstance(value, bool):
             raise ValueError(f"expected a number, got {value!r}")
+        # NaN passes every bound below (its comparisons are all false), and int(inf) overflows.
+        if not math.isfinite(float(value)):
+            raise ValueError(f"must be a finite number, got {value!r}")
         number = int(value) if integer else float(value)
         if number < low or (high is not None and number > high):
             bounds = f"between {low} and {high}" if high is not None else f">= {low}"
@@ -346,7 +350,7 @@ def resolve(user: Mapping[str, Any] | None, environ: Mapping[str, str] | None = 
             return option.profile.get(environment, option.default)
         try:
             return option.parse(raw)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # float(10**400) overflows
             errors.append(ConfigError(key, f"{exc} (from {source})"))
             return option.profile.get(environment, option.default)
 

@@ -155,17 +155,54 @@ def test_any_other_failure_in_ready_is_logged_and_setup_completes() -> None:
     assert stderr.count("e2e-otel failed to start and is disabled in this process") == 1, stderr
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(
-    st.sampled_from([*OPTIONS, "SAMPLE_RATIO", "", "enabled"]),
-    st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-                 lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-                 max_leaves=6),
-    max_size=6))
+NUMERIC_OPTIONS = [key for key, option in OPTIONS.items()
+                   if option.parse.__qualname__.startswith("_number") or key in ("OTLP_TIMEOUT",)]
+
+
+@pytest.mark.parametrize("key", NUMERIC_OPTIONS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), "nan", "1e999", 10**400])
+def test_a_non_finite_number_is_an_invalid_value_not_a_crash(key: str, value: object) -> None:
+    """NaN passed every bound (comparisons with NaN are false) and then broke the sampler in
+    install(); int(inf) raised OverflowError out of resolve()."""
+    config = resolve({key: value}, {})
+    assert [e.key for e in config.errors] == [key]
+    assert config[key] == resolve({}, {})[key]
+
+
+def test_a_nan_sampler_argument_from_the_environment_is_e002() -> None:
+    from e2e_otel.sampling import build_sampler
+
+    config = resolve(None, {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "nan"})
+    assert [e.key for e in config.errors] == ["SAMPLE_RATE"] and config.SAMPLE_RATE == 1.0
+    build_sampler(config.SAMPLE_RATE, record_unsampled=True)
+
+
+ANY_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6)
+NUMBER_LIKE = (st.floats() | st.integers() | st.integers(min_value=10**300)
+               | st.sampled_from(["nan", "inf", "-inf", "1e999", "-1", "0.5", " 3 ", "true"]))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.tuples(
+    st.dictionaries(st.sampled_from([*OPTIONS, "SAMPLE_RATIO", "", "enabled"]), ANY_VALUE, max_size=5),
+    st.dictionaries(st.sampled_from(NUMERIC_OPTIONS), NUMBER_LIKE, max_size=4),
+).map(lambda dicts: {**dicts[0], **dicts[1]}))
 def test_no_settings_value_makes_resolution_or_its_report_raise(user: dict[str, object]) -> None:
+    """Whatever the dict holds, resolving it and reporting it do not raise, and what reaches the
+    runtime is usable: finite numbers, a sampler that builds."""
+    import math
+
+    from e2e_otel.sampling import build_sampler
+
     config = resolve(user, {}, test_run=True)
     for message in settings_messages(config):
         assert format_message(message).startswith(f"({message.id}) ")
+    for key in NUMERIC_OPTIONS:
+        assert config[key] is None or math.isfinite(config[key])
+    build_sampler(config.SAMPLE_RATE, record_unsampled=True)
 
 
 # --- test runs: the testing profile on its own ----------------------------------------------------------
