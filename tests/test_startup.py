@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -81,10 +80,12 @@ def test_register_all_loop_before_e2e_otel_does_not_stop_setup() -> None:
 
 @pytest.mark.slow
 def test_a_host_model_admin_is_kept() -> None:
-    report, _ = _setup(env={**_otel(), "HOST_CUSTOM_ADMIN": "1"},
-                       before="import logging; logging.basicConfig(level=logging.INFO)")
+    report, stderr = _setup(env={**_otel(), "HOST_CUSTOM_ADMIN": "1"},
+                            before="import logging; logging.basicConfig(level=logging.INFO)")
     assert report["session_admin"] == "HostWorkflowSessionAdmin"
     assert report["runtime"]
+    assert stderr.count("WorkflowSession (tests.hostproject.everything.admin.HostWorkflowSessionAdmin) already "
+                        "registered in the admin by the project; that registration is kept") == 1, stderr
 
 
 # --- bad settings, failing set-up: logged once, the host runs on --------------------------------------
@@ -318,7 +319,7 @@ def test_the_plugin_imports_without_grpc() -> None:
     """Loaded by entry point in every pytest run of a project: it must not need the receiver's grpc."""
     code = ("import sys; sys.modules['grpc'] = None\nimport e2e_otel.testing.pytest_plugin as p\n"
             "print(p.otlp_receiver.__name__)")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=subprocess_env(), capture_output=True,
+    result = subprocess.run([PYTHON, "-c", code], cwd=REPO_ROOT, env=subprocess_env(), capture_output=True,
                             text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
 
