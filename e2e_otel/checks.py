@@ -4,7 +4,8 @@ Ids are stable: E001 unknown key, E002 invalid value, W001 production without an
 W002 ingestion without an ingest key, W003 a MySQL database whose driver is not PyMySQL (its
 queries would not be traced), W004 provider settings ignored because the provider was configured
 before Django (``opentelemetry-instrument``), W005 a WORKFLOWS rule pattern that matches no URL
-pattern (``e2e_otel.discovery``).
+pattern (``e2e_otel.discovery``), W009 a database router that sends e2e_otel's models away from
+``DATABASE_ALIAS`` (``e2e_otel.routers``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         from django.conf import settings
 
         messages.extend(mysql_driver_warnings(settings.DATABASES))
+    from .routers import router_warnings
+
+    messages.extend(router_warnings())
     return messages
 
 

@@ -207,7 +207,10 @@ OPTIONS: dict[str, Option] = {
     "SENSITIVE_KEYS": Option((), "Extra key names to mask (added to the built-in deny-list).", _str_list),
     # --- records ---
     "RECORDS_ENABLED": Option(True, "Derive WorkflowSession/TraceStep/ErrorLog rows from spans.", _bool),
-    "DATABASE_ALIAS": Option("default", "Database alias the record writer uses (MySQL/MariaDB, SQLite or PostgreSQL).",
+    "DATABASE_ALIAS": Option("default", "Database alias of the records (MySQL/MariaDB, SQLite or PostgreSQL), "
+                             "for the writer, API, admin, evaluator and reports; another alias puts "
+                             "e2e_otel.routers.RecordsRouter first in DATABASE_ROUTERS "
+                             "(then: migrate --database ALIAS).",
                              _str),
     "RECORD_QUEUE_SIZE": Option(10_000, "Bound of the span->record queue; overflow is dropped and counted.",
                                 _number(1, integer=True)),
