@@ -40,11 +40,11 @@ def test_methods_views_and_rules_of_known_endpoints() -> None:
     assert (health.view, health.methods) == ("e2e_otel.api.views.SystemHealthView", ("GET", "HEAD", "OPTIONS"))
     assert health.name == "e2e_otel:system-health"
     # DRF router, two includes deep: the regex is joined verbatim (its ^ dropped), actions give methods
-    resolve = routes["api/v1/debugging/error-logs/(?P<pk>[^/.]+)/resolve/$"]
+    resolve = routes["api/v1/debugging/error-logs/(?P<pk>[^/]+)/resolve/$"]
     assert resolve.methods == ("OPTIONS", "POST")
     assert resolve.view == "e2e_otel.api.views.ErrorLogViewSet"
     assert resolve.workflows == {"OPTIONS": "admin_work", "POST": "admin_work"}
-    configs = routes["api/v1/debugging/debug-configurations/(?P<pk>[^/.]+)/$"]
+    configs = routes["api/v1/debugging/debug-configurations/(?P<pk>[^/]+)/$"]
     assert configs.methods == ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "PUT")
     assert "api/v1/debugging/reports/" in routes and "api/v1/debugging/endpoints/" in routes
 

@@ -80,6 +80,8 @@ class DebuggingAPIMixin:
     parser_classes = [JSONParser]
     schema = AutoSchema()
     filter_params: dict[str, Param] = {}
+    # Any path segment reaches the view, so a malformed id is the API's JSON 404, not the host's page.
+    lookup_value_regex = "[^/]+"
 
 
 # --- workflow sessions --------------------------------------------------------------------------------
@@ -91,7 +93,6 @@ class WorkflowSessionViewSet(DebuggingAPIMixin, mixins.ListModelMixin, mixins.Cr
 
     queryset = WorkflowSession.objects.all()
     serializer_class = s.WorkflowSessionSerializer
-    lookup_value_regex = r"[0-9a-fA-F-]{1,36}"
     ordering_fields = ["start_time", "last_activity", "duration_ms", "id"]  # indexes: see filters.py
     ordering = ["-start_time", "-id"]
     filter_params = {
@@ -266,6 +267,7 @@ class PerformanceSnapshotViewSet(DebuggingAPIMixin, mixins.ListModelMixin, mixin
         **time_range("timestamp"),
     }
 
+    @extend_schema(responses={200: s.PerformanceSnapshotSerializer(many=True)})
     @action(detail=False, methods=["get"])
     def alerts(self, request: Request) -> Response:
         """Snapshots whose threshold status is warning or critical."""
