@@ -121,7 +121,7 @@ def check_workflow_rules(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     return [Warning(
         f"WORKFLOWS rule {rule.pattern!r} for workflow {rule.workflow!r} matches no URL pattern.",
         hint=(f"Close routes: {', '.join(rule.close)}. " if rule.close else "")
-        + 'Rules match "METHOD /route" with the route as http.route records it (see '
+        + 'Rules match "METHOD /route" with the route as a template, e.g. /api/articles/{slug} (see '
           "`manage.py discover_endpoints`); fnmatch wildcards * ? [] apply.",
         id="e2e_otel.W005",
     ) for rule in unmatched]

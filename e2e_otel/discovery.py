@@ -1,9 +1,11 @@
-"""Endpoint discovery: every URL pattern as the Django instrumentation will name it, and which
+"""Endpoint discovery: every URL pattern as e2e-otel's records name it, and which
 ``E2E_OTEL["WORKFLOWS"]`` rule it falls under.
 
-Routes are joined exactly like ``URLResolver.resolve`` builds ``ResolverMatch.route`` (which
+Patterns are joined exactly like ``URLResolver.resolve`` builds ``ResolverMatch.route`` (which
 opentelemetry-instrumentation-django records as ``http.route``): the pattern strings of the nested
-includes concatenated, a leading ``^`` of each inner regex dropped. Rules are matched with
+includes concatenated, a leading ``^`` of each inner regex dropped. ``Endpoint.route`` is that
+pattern as a template (``routes.route_template``), the form of workflow types, step components and
+metric labels; ``Endpoint.pattern`` keeps the raw ``http.route`` for finding spans. Rules are matched with
 :func:`e2e_otel.spans_to_records.match_rule` against ``"METHOD /route"``, the key the record writer
 uses, so a rule that matches nothing here will never name a workflow. Runs on the caller's thread
 (CLI, system check, API request).
@@ -18,6 +20,7 @@ from typing import Any
 
 from django.urls import URLPattern, URLResolver, get_resolver
 
+from .routes import route_template
 from .spans_to_records import match_rule
 
 __all__ = ["Endpoint", "UnmatchedRule", "close_routes", "discover_endpoints", "unmatched_rules"]
@@ -28,11 +31,12 @@ ANY_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 @dataclass(frozen=True)
 class Endpoint:
-    route: str  # exactly as http.route records it (regex patterns of DRF routers included verbatim)
+    route: str  # template with a leading "/", as records and labels have it ("/api/articles/{slug}")
     view: str  # dotted path of the view function or class
     name: str | None  # URL name with namespaces ("e2e_otel:system-health")
     methods: tuple[str, ...]  # ("*",) when the view accepts anything we can't see (function views)
     workflows: dict[str, str] = field(default_factory=dict)  # method -> workflow rule that names it
+    pattern: str = ""  # exactly as http.route records it (regex patterns of DRF routers verbatim)
 
     def route_keys(self) -> list[str]:
         """The ``"METHOD /route"`` keys spans of this endpoint carry (see ``spans_to_records``)."""
@@ -40,7 +44,7 @@ class Endpoint:
 
 
 def _route_keys(route: str, methods: Sequence[str]) -> list[str]:
-    return [f"{method} /{route}" for method in (ANY_METHODS if tuple(methods) == ("*",) else methods)]
+    return [f"{method} {route}" for method in (ANY_METHODS if tuple(methods) == ("*",) else methods)]
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,8 @@ def discover_endpoints(urlconf: str | None = None, *,
 
         rules = get_config().WORKFLOWS
     endpoints = []
-    for route, pattern, namespace in _walk(get_resolver(urlconf).url_patterns, "", ""):
+    for raw, pattern, namespace in _walk(get_resolver(urlconf).url_patterns, "", ""):
+        route = route_template(raw)
         view, methods = _view_and_methods(pattern.callback)
         workflows = {}
         for key in _route_keys(route, methods):
@@ -106,7 +111,7 @@ def discover_endpoints(urlconf: str | None = None, *,
             if workflow is not None:
                 workflows[key.split(" ", 1)[0]] = workflow
         endpoints.append(Endpoint(route=route, view=view, methods=methods, workflows=workflows,
-                                  name=f"{namespace}{pattern.name}" if pattern.name else None))
+                                  name=f"{namespace}{pattern.name}" if pattern.name else None, pattern=raw))
     return endpoints
 
 

@@ -35,6 +35,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
+from .routes import normalise_rule, route_template
 from .sanitize import MAX_SQL_LENGTH, sql_operation_and_table
 
 __all__ = [
@@ -221,10 +222,12 @@ def _first(attributes: Mapping[str, Any], keys: Sequence[str]) -> Any:
 
 
 def _route(attributes: Mapping[str, Any]) -> str | None:
+    """``http.route`` as a template (``routes.route_template``): DRF router and ``re_path`` regexes
+    read ``/api/articles/{slug}`` in workflow types, components and metric labels alike."""
     route = attributes.get(_ROUTE_KEY)
     if not isinstance(route, str) or not route:
         return None
-    return route if route.startswith("/") else "/" + route
+    return route_template(route)
 
 
 # The last span classified and its result, read and replaced as one tuple (atomic under the GIL, so a
@@ -574,14 +577,27 @@ def error_fingerprint(error_type: str, layer: str, component: str, operation: st
 
 
 def match_rule(route_key: str | None, rules: Mapping[str, Sequence[str]]) -> str | None:
-    """The first workflow whose ``"METHOD /route/pattern*"`` matches ``route_key`` (fnmatch)."""
+    """The first workflow whose ``"METHOD /route/pattern*"`` matches ``route_key`` (fnmatch).
+
+    Keys carry route templates; a rule written against the old regex form of ``http.route``
+    (``GET /api/articles/(?P<slug>[^/.]+)$``) is compared in template form too, so it keeps matching.
+    """
     if not route_key or not rules:
         return None
     for name, patterns in rules.items():
         for pattern in patterns:
             if fnmatchcase(route_key, pattern):
                 return name
+            template = _rule_template(pattern)
+            if template is not pattern and fnmatchcase(route_key, template):
+                return name
     return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _rule_template(pattern: str) -> str:
+    # Rules come from settings (a handful); each is converted once, not once per span.
+    return normalise_rule(pattern)
 
 
 def resolve_workflow_type(

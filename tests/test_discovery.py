@@ -14,7 +14,7 @@ from django.test import Client, override_settings
 from opentelemetry.trace import SpanKind
 
 from e2e_otel.discovery import discover_endpoints, unmatched_rules
-from e2e_otel.spans_to_records import resolve_workflow_type, step_from_span
+from e2e_otel.spans_to_records import classify, resolve_workflow_type, step_from_span
 
 AUTH = {"HTTP_AUTHORIZATION": "Bearer test-api-key"}
 RULES = {"browse": ["GET /items/<int:pk>/"], "checkout": ["POST /items/*"],
@@ -32,21 +32,23 @@ def _server_span(exporter) -> object:
 
 def test_methods_views_and_rules_of_known_endpoints() -> None:
     routes = _by_route()
-    ping = routes["ping/"]
+    ping = routes["/ping/"]
     assert (ping.view, ping.methods, ping.workflows) == ("tests.testapp.views.ping", ("*",), {})
-    detail = routes["items/<int:pk>/"]
+    detail = routes["/items/<int:pk>/"]
     assert detail.workflows == {"GET": "browse", "POST": "checkout"}  # first rule wins, per method
-    health = routes["api/v1/debugging/system-health/"]
+    health = routes["/api/v1/debugging/system-health/"]
     assert (health.view, health.methods) == ("e2e_otel.api.views.SystemHealthView", ("GET", "HEAD", "OPTIONS"))
     assert health.name == "e2e_otel:system-health"
-    # DRF router, two includes deep: the regex is joined verbatim (its ^ dropped), actions give methods
-    resolve = routes["api/v1/debugging/error-logs/(?P<pk>[^/.]+)/resolve/$"]
+    # DRF router, two includes deep: the joined regex reads as a template, actions give methods
+    resolve = routes["/api/v1/debugging/error-logs/{pk}/resolve/"]
+    assert resolve.pattern == "api/v1/debugging/error-logs/(?P<pk>[^/.]+)/resolve/$"  # as http.route has it
     assert resolve.methods == ("OPTIONS", "POST")
     assert resolve.view == "e2e_otel.api.views.ErrorLogViewSet"
     assert resolve.workflows == {"OPTIONS": "admin_work", "POST": "admin_work"}
-    configs = routes["api/v1/debugging/debug-configurations/(?P<pk>[^/.]+)/$"]
+    configs = routes["/api/v1/debugging/debug-configurations/{pk}/"]
     assert configs.methods == ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "PUT")
-    assert "api/v1/debugging/reports/" in routes and "api/v1/debugging/endpoints/" in routes
+    assert "/api/v1/debugging/reports/" in routes and "/api/v1/debugging/endpoints/" in routes
+    assert not [route for route in routes if "(?P" in route or "$" in route]
 
 
 def test_unmatched_rules_name_the_typo_and_close_routes() -> None:
@@ -63,16 +65,16 @@ def test_unmatched_rules_name_the_typo_and_close_routes() -> None:
     ("post", "/api/v1/debugging/error-logs/3/resolve/"), ("get", "/metrics"),
 ])
 def test_discovered_route_equals_recorded_http_route(spans, method: str, path: str) -> None:
-    """A real request: the server span's http.route is one of the discovered routes, and the workflow
+    """A real request: the server span's http.route is one of the discovered patterns, and the workflow
     rule discovery reports for it is the one the record pipeline derives from that very span."""
     response = getattr(Client(), method)(path, **AUTH)
     assert response.status_code < 500
     span = _server_span(spans)
-    endpoint = _by_route()[span.attributes["http.route"]]
+    endpoint = {e.pattern: e for e in discover_endpoints(rules=RULES)}[span.attributes["http.route"]]
     step = step_from_span(span)
     if path.startswith(("/api/", "/metrics")):
         assert step is None  # e2e-otel's own endpoints are tooling, never recorded as workflows
-        assert f"{method.upper()} /{span.attributes['http.route']}" in endpoint.route_keys()
+        assert classify(span)[1] == endpoint.route  # the component is the discovered template
         return
     assert step.hints.route_key in endpoint.route_keys()
     expected = endpoint.workflows.get(method.upper())
@@ -104,10 +106,10 @@ def test_command_text_and_json(capsys) -> None:
         call_command("discover_endpoints")
         text = capsys.readouterr().out
     routes = {e["route"]: e for e in body["endpoints"]}
-    assert routes["items/<int:pk>/"]["workflows"] == {"GET": "browse", "POST": "checkout"}
+    assert routes["/items/<int:pk>/"]["workflows"] == {"GET": "browse", "POST": "checkout"}
     assert body["unmatched_rules"][0]["pattern"] == "GET /itmes/*"
-    line = next(line for line in text.splitlines() if " items/<int:pk>/ " in line)
-    assert line.split()[:2] == ["*", "items/<int:pk>/"] and "tests.testapp.views.item_detail" in line
+    line = next(line for line in text.splitlines() if " /items/<int:pk>/ " in line)
+    assert line.split()[:2] == ["*", "/items/<int:pk>/"] and "tests.testapp.views.item_detail" in line
     assert "WORKFLOWS rule 'GET /itmes/*' for workflow 'typo' matches no URL pattern" in text
 
 
@@ -122,8 +124,8 @@ def test_api_requires_auth_and_lists_endpoints() -> None:
     with override_settings(E2E_OTEL={**settings.E2E_OTEL, "WORKFLOWS": RULES}):
         body = client.get(url, **AUTH).json()
     assert body["count"] == len(body["endpoints"]) > 20
-    ping = next(e for e in body["endpoints"] if e["route"] == "ping/")
-    assert ping == {"route": "ping/", "view": "tests.testapp.views.ping", "name": None, "methods": ["*"],
-                    "workflows": {}}
+    ping = next(e for e in body["endpoints"] if e["route"] == "/ping/")
+    assert ping == {"route": "/ping/", "view": "tests.testapp.views.ping", "name": None, "methods": ["*"],
+                    "workflows": {}, "pattern": "ping/"}
     assert [u["workflow"] for u in body["unmatched_rules"]] == ["typo"]
     assert "test-api-key" not in json.dumps(body)

@@ -1,5 +1,6 @@
-"""``manage.py discover_endpoints [--format text|json]``: every route as http.route records it, its view,
-methods and workflow rule; then the WORKFLOWS patterns that match nothing."""
+"""``manage.py discover_endpoints [--format text|json]``: every route as a template (the form of workflow
+types, components and labels), its view, methods and workflow rule; then the WORKFLOWS patterns that
+match nothing. JSON also gives each route's raw ``http.route`` pattern."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ...discovery import discover_endpoints, unmatched_rules
 
 
 class Command(BaseCommand):
-    help = "List URL routes (as recorded in http.route) with their workflow rule; flag rules matching nothing."
+    help = "List URL routes (as route templates) with their workflow rule; flag rules matching nothing."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--format", choices=["text", "json"], default="text", dest="fmt")
@@ -36,7 +37,7 @@ class Command(BaseCommand):
                               f"matches no URL pattern{close}")
 
 
-_HEADER = ("methods", "http.route", "workflow", "view")
+_HEADER = ("methods", "route", "workflow", "view")
 
 
 def _workflows(workflows: dict[str, str]) -> str:
