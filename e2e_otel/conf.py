@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from .traffic import DEFAULT_IGNORE_PATHS, check_pattern
+from .routes import DEFAULT_IGNORE_PATHS, check_pattern
 
 ENVIRONMENTS = ("development", "production", "testing")
 PROTOCOLS = ("grpc", "http/protobuf")

@@ -20,7 +20,8 @@ from __future__ import annotations
 import functools
 import re
 
-__all__ = ["MAX_TEMPLATE", "looks_like_regex", "normalise_rule", "route_template"]
+__all__ = ["DEFAULT_IGNORE_PATHS", "MAX_TEMPLATE", "check_pattern", "looks_like_regex", "normalise_rule",
+           "route_template", "split_pattern"]
 
 MAX_INPUT = 2048
 MAX_TEMPLATE = 512
@@ -188,7 +189,7 @@ def _group(text: str, i: int, unnamed: list[int], depth: int) -> tuple[str, int]
         if _NAME.fullmatch(name):
             return "{" + name + "}", end
         unnamed[0] += 1
-        return "{arg%d}" % unnamed[0], end
+        return f"{{arg{unnamed[0]}}}", end
     if text.startswith("?:", body):
         if depth >= MAX_NESTING:
             return WILDCARD, _skip_group(text, body)
@@ -198,7 +199,7 @@ def _group(text: str, i: int, unnamed: list[int], depth: int) -> tuple[str, int]
     if text.startswith("?", body):  # look-around, comment, flags, conditional: no characters of its own
         return "", _skip_group(text, body)
     unnamed[0] += 1
-    return "{arg%d}" % unnamed[0], _skip_group(text, body)
+    return f"{{arg{unnamed[0]}}}", _skip_group(text, body)
 
 
 def normalise_rule(pattern: str) -> str:
@@ -217,3 +218,28 @@ def normalise_rule(pattern: str) -> str:
         return pattern
     template = route_template(route.removeprefix("/"))
     return f"{method} {template}" if sep else template
+
+
+# --- IGNORE_PATHS pattern syntax (traffic.py applies it; conf.py validates with it) ---
+
+#: The ``IGNORE_PATHS`` default. ``{admin}`` is the URL prefix of every admin site of the URLconf
+#: (found by reversing ``<namespace>:index``, so an admin mounted at ``/staff/`` is found);
+#: ``{static}``/``{media}`` are the path of ``STATIC_URL``/``MEDIA_URL``.
+DEFAULT_IGNORE_PATHS: tuple[str, ...] = ("{admin}*", "{static}*", "{media}*", "/favicon.ico", "/robots.txt")
+PLACEHOLDERS = ("{admin}", "{static}", "{media}")
+
+
+def split_pattern(pattern: str) -> tuple[str, str]:
+    """``("METHOD", "/route")`` of ``"METHOD /route"``; ``("*", pattern)`` when it starts with the route."""
+    if pattern.startswith(("/", "{")):
+        return "*", pattern
+    method, _, route = pattern.partition(" ")
+    return method, route.strip()
+
+
+def check_pattern(pattern: str) -> None:
+    """``ValueError`` unless ``pattern`` is ``[METHOD ]/route-glob`` or starts with a placeholder
+    (``{name}`` further on is template text: ``GET /api/articles/{slug}``)."""
+    method, route = split_pattern(pattern)
+    if not method or not (route.startswith("/") or route.startswith(PLACEHOLDERS)):
+        raise ValueError(f'expected "/path/glob*", "METHOD /path/glob*" or "{{admin}}*", got {pattern!r}')

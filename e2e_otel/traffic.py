@@ -26,17 +26,15 @@ from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import urlsplit
 
-from .routes import normalise_rule, route_template
+from django.urls import get_resolver
+
+from . import conf
+from .routes import DEFAULT_IGNORE_PATHS, PLACEHOLDERS, normalise_rule, route_template, split_pattern
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_IGNORE_PATHS", "PLACEHOLDERS", "TrafficFilter", "expand_patterns", "internal_kind"]
+__all__ = ["DEFAULT_IGNORE_PATHS", "TrafficFilter", "expand_patterns", "get_traffic_filter", "internal_kind"]
 
-#: The ``IGNORE_PATHS`` default. ``{admin}`` is the URL prefix of every admin site of the URLconf
-#: (found by reversing ``<namespace>:index``, so an admin mounted at ``/staff/`` is found);
-#: ``{static}``/``{media}`` are the path of ``STATIC_URL``/``MEDIA_URL``.
-DEFAULT_IGNORE_PATHS: tuple[str, ...] = ("{admin}*", "{static}*", "{media}*", "/favicon.ico", "/robots.txt")
-PLACEHOLDERS = ("{admin}", "{static}", "{media}")
 #: Methods kept as themselves in cache keys and labels; anything else is ``_OTHER`` (as upstream names it).
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
@@ -44,22 +42,6 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 def method_key(method: str | None) -> str:
     """``method`` or ``_OTHER``: a client picks the method string, so it never grows a cache or a label."""
     return method if method in HTTP_METHODS else "_OTHER"
-
-
-def split_pattern(pattern: str) -> tuple[str, str]:
-    """``("METHOD", "/route")`` of ``"METHOD /route"``; ``("*", pattern)`` when it starts with the route."""
-    if pattern.startswith(("/", "{")):
-        return "*", pattern
-    method, _, route = pattern.partition(" ")
-    return method, route.strip()
-
-
-def check_pattern(pattern: str) -> None:
-    """``ValueError`` unless ``pattern`` is ``[METHOD ]/route-glob`` or starts with a placeholder
-    (``{name}`` further on is template text: ``GET /api/articles/{slug}``)."""
-    method, route = split_pattern(pattern)
-    if not method or not (route.startswith("/") or route.startswith(PLACEHOLDERS)):
-        raise ValueError(f'expected "/path/glob*", "METHOD /path/glob*" or "{{admin}}*", got {pattern!r}')
 
 
 def expand_patterns(patterns: Iterable[str], *, admin: Sequence[str], static: str | None,
@@ -159,11 +141,7 @@ def get_traffic_filter() -> TrafficFilter:
     expands the patterns, which reverses ``admin:index`` once.
     """
     global _cached
-    from django.urls import get_resolver
-
-    from .conf import get_config
-
-    config, resolver = get_config(), get_resolver()
+    config, resolver = conf.get_config(), get_resolver()
     cached = _cached
     if cached is not None and cached[0] is config and cached[1] is resolver:
         return cached[2]

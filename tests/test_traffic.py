@@ -17,7 +17,8 @@ from e2e_otel.bootstrap import get_runtime
 from e2e_otel.conf import resolve
 from e2e_otel.correlation import internal_requests_in_flight
 from e2e_otel.models import ErrorLog, TraceStep, WorkflowSession
-from e2e_otel.traffic import DEFAULT_IGNORE_PATHS, TrafficFilter, expand_patterns
+from e2e_otel.routes import DEFAULT_IGNORE_PATHS
+from e2e_otel.traffic import TrafficFilter, expand_patterns
 
 pytestmark = [pytest.mark.mysql, pytest.mark.django_db(transaction=True)]
 
