@@ -58,8 +58,9 @@ ATTR_LAYER = "e2e.layer"
 ATTR_COMPONENT = "e2e.component"
 ATTR_OPERATION = "e2e.operation"
 ATTR_WORKFLOW_TYPE = "e2e.workflow.type"
-#: e2e-otel's own traffic (debugging API, ingestion, /metrics, its admin), marked on the server span by
-#: ``CorrelationMiddleware.process_view``: traced and exported, never recorded or evaluated.
+#: Traffic that is no workflow, marked on the server span by ``CorrelationMiddleware`` (``traffic.py``):
+#: e2e-otel's own (debugging API, ingestion, /metrics, the admin of its models), ``IGNORE_PATHS``, and
+#: requests no route matched. Traced and exported, never recorded or evaluated.
 ATTR_INTERNAL = "e2e.internal"
 ATTR_WORKFLOW_BAGGAGE = "e2e.workflow.baggage"
 ATTR_WORKFLOW_STATUS = "e2e.workflow.status"
@@ -228,6 +229,17 @@ def _route(attributes: Mapping[str, Any]) -> str | None:
     if not isinstance(route, str) or not route:
         return None
     return route_template(route)
+
+
+def _step_name(span: ReadableSpan, attributes: Mapping[str, Any]) -> str:
+    """The span name, with the route in template form when it is the Django instrumentation's
+    ``"METHOD <http.route>"`` (a regex for ``re_path`` and DRF router routes)."""
+    name = span.name
+    if span.kind is SpanKind.SERVER:
+        route = attributes.get(_ROUTE_KEY)
+        if isinstance(route, str) and route and name.endswith(route) and name[:-len(route)].endswith(" "):
+            return name[:-len(route)] + route_template(route)
+    return name
 
 
 # The last span classified and its result, read and replaced as one tuple (atomic under the GIL, so a
@@ -422,7 +434,7 @@ def step_from_span(span: ReadableSpan) -> StepData | None:
         trace_id=context.trace_id,
         span_id=format(context.span_id, "016x"),
         parent_span_id=format(parent.span_id, "016x") if parent is not None else "",
-        name=span.name[:_MAX_COMPONENT],
+        name=_step_name(span, attributes)[:_MAX_COMPONENT],
         layer=layer,
         component=component,
         operation=operation,

@@ -113,7 +113,7 @@ def test_real_routes_read_as_templates_everywhere(spans, path: str, http_route: 
     # records: step component and workflow type
     step = step_from_span(server)
     assert step is not None and step.component == template and classify(server)[1] == template
-    assert step.hints.route_key == f"GET {template}"
+    assert step.hints.route_key == f"GET {template}" and step.name == f"GET {template}"
     assert resolve_workflow_type([step.hints], {}) == (f"GET {template}", "route")
     # a WORKFLOWS rule in the old regex form and one in template form both name it
     assert resolve_workflow_type([step.hints], {"old": [f"GET /{http_route}"]}) == ("old", "rule")
