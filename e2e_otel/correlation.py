@@ -13,6 +13,7 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
+from django.urls import Resolver404, resolve
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanContext
 
@@ -97,8 +98,6 @@ def _mark(request: HttpRequest, span: Span, kind: str) -> None:
 
 def _unresolvable(request: HttpRequest) -> bool:
     """Whether no URL pattern matches the request (Django's own resolution is still to come)."""
-    from django.urls import Resolver404, resolve
-
     try:
         resolve(request.path_info, getattr(request, "urlconf", None))
     except Resolver404:

@@ -90,9 +90,9 @@ class ThresholdEvaluator(SpanProcessor):
     own attribute mapping (no copy, one pass over its keys), labels through the metrics' child
     caches, never blocks on I/O and never raises. Traffic marked ``e2e.internal`` (e2e-otel's own,
     ``IGNORE_PATHS``, unmatched: ``traffic.py``) counts as steps but never in the API error ratio or
-    in breaches; an unmatched request counts in ``e2e_otel_unmatched_requests_total``. Span breaches wait in a bounded
-    queue for the monitor thread; when it is full the oldest is dropped and counted in
-    ``e2e_otel_breach_signals_dropped_total``.
+    in breaches; an unmatched request counts in ``e2e_otel_unmatched_requests_total``. Span breaches
+    wait in a bounded queue for the monitor thread; when it is full the oldest is dropped and counted
+    in ``e2e_otel_breach_signals_dropped_total``.
     """
 
     def __init__(self, metrics: E2EMetrics, *, rules: RuleSet | None = None) -> None:

@@ -24,7 +24,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics import MetricWrapperBase
 
 from . import forksafe
-from .traffic import HTTP_METHODS
+from .routes import HTTP_METHODS, method_key
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ UNMATCHED_SERIES = (len(HTTP_METHODS) + 1) * (len(UNMATCHED_STATUSES) + 6)
 
 def method_label(method: object) -> str:
     """An HTTP method label: one of the standard methods, else ``_OTHER`` (clients choose the string)."""
-    return method if isinstance(method, str) and method in HTTP_METHODS else "_OTHER"
+    return method_key(method)
 
 
 def status_label(code: object) -> str:

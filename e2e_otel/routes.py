@@ -20,8 +20,8 @@ from __future__ import annotations
 import functools
 import re
 
-__all__ = ["DEFAULT_IGNORE_PATHS", "MAX_TEMPLATE", "check_pattern", "looks_like_regex", "normalise_rule",
-           "route_template", "split_pattern"]
+__all__ = ["DEFAULT_IGNORE_PATHS", "HTTP_METHODS", "MAX_TEMPLATE", "check_pattern", "looks_like_regex",
+           "method_key", "normalise_rule", "route_template", "split_pattern"]
 
 MAX_INPUT = 2048
 MAX_TEMPLATE = 512
@@ -220,7 +220,16 @@ def normalise_rule(pattern: str) -> str:
     return f"{method} {template}" if sep else template
 
 
-# --- IGNORE_PATHS pattern syntax (traffic.py applies it; conf.py validates with it) ---
+# --- "METHOD /route" keys and IGNORE_PATHS pattern syntax (traffic.py applies it, conf.py validates) ---
+
+#: Methods kept as themselves in cache keys and labels; anything else is ``_OTHER`` (as upstream names it).
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+
+
+def method_key(method: object) -> str:
+    """``method`` or ``_OTHER``: a client picks the method string, so it never grows a cache or a label."""
+    return method if isinstance(method, str) and method in HTTP_METHODS else "_OTHER"
+
 
 #: The ``IGNORE_PATHS`` default. ``{admin}`` is the URL prefix of every admin site of the URLconf
 #: (found by reversing ``<namespace>:index``, so an admin mounted at ``/staff/`` is found);

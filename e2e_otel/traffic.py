@@ -26,23 +26,14 @@ from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import urlsplit
 
-from django.urls import get_resolver
+from django.urls import NoReverseMatch, get_resolver, get_script_prefix, reverse
 
 from . import conf
-from .routes import DEFAULT_IGNORE_PATHS, PLACEHOLDERS, normalise_rule, route_template, split_pattern
+from .routes import DEFAULT_IGNORE_PATHS, PLACEHOLDERS, method_key, normalise_rule, route_template, split_pattern
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_IGNORE_PATHS", "TrafficFilter", "expand_patterns", "get_traffic_filter", "internal_kind"]
-
-#: Methods kept as themselves in cache keys and labels; anything else is ``_OTHER`` (as upstream names it).
-HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
-
-
-def method_key(method: str | None) -> str:
-    """``method`` or ``_OTHER``: a client picks the method string, so it never grows a cache or a label."""
-    return method if method in HTTP_METHODS else "_OTHER"
-
 
 def expand_patterns(patterns: Iterable[str], *, admin: Sequence[str], static: str | None,
                     media: str | None) -> tuple[str, ...]:
@@ -99,8 +90,6 @@ def _url_path(url: Any) -> str | None:
 
 def admin_prefixes(urlconf: str | None = None) -> list[str]:
     """The URL prefix of every admin site in ``urlconf`` (``/admin/``, ``/staff/``), script prefix removed."""
-    from django.urls import NoReverseMatch, get_resolver, get_script_prefix, reverse
-
     namespaces = ["admin", *get_resolver(urlconf).app_dict.get("admin", [])]
     script_prefix = get_script_prefix()
     prefixes = []
@@ -137,7 +126,7 @@ _build_lock = threading.Lock()
 def get_traffic_filter() -> TrafficFilter:
     """This process's filter, rebuilt when ``E2E_OTEL`` (a new ``Config``) or the root URLconf changes.
 
-    Two dictionary look-ups per request once built; the first request (or the first after a change)
+    Two cached look-ups and two identity tests per request once built; the first request (or the first after a change)
     expands the patterns, which reverses ``admin:index`` once.
     """
     global _cached
