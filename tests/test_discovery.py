@@ -44,7 +44,8 @@ def test_methods_views_and_rules_of_known_endpoints() -> None:
     assert resolve.pattern == "api/v1/debugging/error-logs/(?P<pk>[^/.]+)/resolve/$"  # as http.route has it
     assert resolve.methods == ("OPTIONS", "POST")
     assert resolve.view == "e2e_otel.api.views.ErrorLogViewSet"
-    assert resolve.workflows == {"OPTIONS": "admin_work", "POST": "admin_work"}
+    # e2e-otel's own API is never a workflow, so no rule names it
+    assert (resolve.workflows, resolve.not_workflow) == ({}, "e2e_otel")
     configs = routes["/api/v1/debugging/debug-configurations/{pk}/"]
     assert configs.methods == ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "PUT")
     assert "/api/v1/debugging/reports/" in routes and "/api/v1/debugging/endpoints/" in routes
@@ -53,9 +54,26 @@ def test_methods_views_and_rules_of_known_endpoints() -> None:
 
 def test_unmatched_rules_name_the_typo_and_close_routes() -> None:
     unmatched = unmatched_rules(rules=RULES)
-    assert [(u.workflow, u.pattern) for u in unmatched] == [("typo", "GET /itmes/*")]
-    assert unmatched[0].close[0] == "GET /items/"
+    assert [(u.workflow, u.pattern) for u in unmatched] == [
+        ("typo", "GET /itmes/*"), ("admin_work", "* /api/v1/debugging/error-logs/*/resolve/*")]
+    assert unmatched[0].close[0] == "GET /items/" and unmatched[0].excluded == ()
+    assert "POST /api/v1/debugging/error-logs/{pk}/resolve/" in unmatched[1].excluded
     assert unmatched_rules(rules={"ok": ["GET /ping/"]}) == []
+
+
+def test_routes_that_are_never_workflows_are_flagged() -> None:
+    by_name = {e.name: e for e in discover_endpoints(rules={"staff": ["* /admin/*"]})}
+    assert by_name["admin:jsi18n"].not_workflow == "ignored"  # IGNORE_PATHS default: the admin site
+    assert by_name["admin:auth_user_changelist"].not_workflow == "ignored"
+    assert by_name["admin:e2e_otel_errorlog_changelist"].not_workflow == "admin"  # always: our own models
+    assert by_name["e2e_otel:metrics"].not_workflow == "e2e_otel"
+    assert by_name["admin:jsi18n"].workflows == {}
+    opted_in = {e.name: e for e in discover_endpoints(rules={"staff": ["* /admin/*"]}, ignore_paths=[])}
+    assert opted_in["admin:jsi18n"].not_workflow is None and opted_in["admin:jsi18n"].workflows["GET"] == "staff"
+    assert opted_in["admin:e2e_otel_errorlog_changelist"].not_workflow == "admin"
+    ping = next(e for e in discover_endpoints(rules={"p": ["* /ping/"]}, ignore_paths=["POST /ping/"])
+                if e.route == "/ping/")
+    assert ping.not_workflow is None and "POST" not in ping.workflows and ping.workflows["GET"] == "p"
 
 
 @pytest.mark.django_db
@@ -94,6 +112,12 @@ def test_system_check_warns_about_rule_matching_nothing() -> None:
     assert "WORKFLOWS rule 'POST /chekout/*' for workflow 'checkout' matches no URL pattern" in text
     assert "HINT: Close routes:" in text and "GET /items/*" not in text
     out = io.StringIO()
+    with override_settings(E2E_OTEL={**settings.E2E_OTEL, "WORKFLOWS": {"staff": ["GET /admin/auth/*"]}}):
+        call_command("check", stdout=out, stderr=out)
+    text = out.getvalue()
+    assert "'GET /admin/auth/*' for workflow 'staff' matches only routes that are never workflows (GET " in text
+    assert "IGNORE_PATHS" in text
+    out = io.StringIO()
     with override_settings(E2E_OTEL={**settings.E2E_OTEL, "WORKFLOWS": {"browse": ["GET /items/*"]}}):
         call_command("check", stdout=out, stderr=out)
     assert "W005" not in out.getvalue()
@@ -126,6 +150,6 @@ def test_api_requires_auth_and_lists_endpoints() -> None:
     assert body["count"] == len(body["endpoints"]) > 20
     ping = next(e for e in body["endpoints"] if e["route"] == "/ping/")
     assert ping == {"route": "/ping/", "view": "tests.testapp.views.ping", "name": None, "methods": ["*"],
-                    "workflows": {}, "pattern": "ping/"}
-    assert [u["workflow"] for u in body["unmatched_rules"]] == ["typo"]
+                    "workflows": {}, "pattern": "ping/", "not_workflow": None}
+    assert [u["workflow"] for u in body["unmatched_rules"]] == ["typo", "admin_work"]
     assert "test-api-key" not in json.dumps(body)

@@ -26,7 +26,8 @@ class Command(BaseCommand):
             body = {"endpoints": [asdict(e) for e in endpoints], "unmatched_rules": [asdict(u) for u in unmatched]}
             self.stdout.write(json.dumps(body, indent=2))
             return
-        rows = [(",".join(e.methods), e.route, _workflows(e.workflows), e.view) for e in endpoints]
+        rows = [(",".join(e.methods), e.route, f"(not a workflow: {e.not_workflow})" if e.not_workflow
+                 else _workflows(e.workflows), e.view) for e in endpoints]
         widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(_HEADER)]
         for row in [_HEADER, tuple("-" * w for w in widths), *rows]:
             self.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
