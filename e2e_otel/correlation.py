@@ -57,7 +57,8 @@ _internal_in_flight = 0
 
 
 def internal_requests_in_flight() -> bool:
-    """Whether an e2e-otel page is being served in this process right now.
+    """Whether a request marked internal (``traffic.py``: e2e-otel's own pages, ``IGNORE_PATHS``,
+    unmatched) is being served in this process right now.
 
     ``WorkflowSpanProcessor.on_start`` copies the internal mark from parent to child span; while no
     internal request runs there is no mark to copy, so it skips reading the parent's attributes (the
@@ -69,9 +70,9 @@ def internal_requests_in_flight() -> bool:
 
 
 def begin_internal_request() -> None:
-    """Count one more internal request in flight (``process_view`` marked its server span)."""
+    """Count one more internal request in flight (the middleware marked its server span)."""
     global _internal_in_flight
-    with _internal_lock:  # e2e-otel's own pages only: never taken on the app's requests
+    with _internal_lock:  # marked requests only: never taken on the app's workflow requests
         _internal_in_flight += 1
 
 
@@ -128,7 +129,9 @@ class CorrelationMiddleware:
     """Sets ``request.correlation_id`` and the response headers, and counts the request as in flight
     (``inflight.py``: e2e-otel's background threads stand back meanwhile). Inserted right after the
     OTel middleware by ``AppConfig.ready()``; runs on the request thread and does O(1) work: one span
-    lookup and one id formatting per request, reused for the response headers."""
+    lookup and one id formatting per request, reused for the response headers, and one cached
+    ``(method, route)`` look-up that marks traffic which is no workflow (``traffic.py``). Only a request
+    the instrumentation could not name pays a second URL resolution (to tell a 404 apart)."""
 
     sync_capable = True
     async_capable = True
