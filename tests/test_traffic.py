@@ -10,6 +10,8 @@ import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.test import Client, override_settings
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import REGISTRY
 
@@ -164,3 +166,14 @@ def test_bad_patterns_are_config_errors(bad: object) -> None:
     assert [e.key for e in config.errors] == ["IGNORE_PATHS"]
     assert config.IGNORE_PATHS == DEFAULT_IGNORE_PATHS
     assert re.search("METHOD /path/glob", config.errors[0].message)
+
+
+@given(st.one_of(st.text(max_size=20), st.integers(), st.none(), st.booleans(), st.floats()))
+def test_unmatched_request_labels_stay_in_their_bounded_sets(value: object) -> None:
+    from e2e_otel.metrics import UNMATCHED_SERIES, UNMATCHED_STATUSES, method_label, status_label
+    from e2e_otel.routes import HTTP_METHODS
+
+    statuses = {str(code) for code in UNMATCHED_STATUSES} | {f"{n}xx" for n in range(1, 6)} | {"none"}
+    assert method_label(value) in HTTP_METHODS | {"_OTHER"}
+    assert status_label(value) in statuses
+    assert (len(HTTP_METHODS) + 1) * len(statuses) == UNMATCHED_SERIES
