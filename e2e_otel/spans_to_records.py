@@ -601,7 +601,7 @@ def match_rule(route_key: str | None, rules: Mapping[str, Sequence[str]]) -> str
             if fnmatchcase(route_key, pattern):
                 return name
             template = _rule_template(pattern)
-            if template is not pattern and fnmatchcase(route_key, template):
+            if template != pattern and fnmatchcase(route_key, template):
                 return name
     return None
 
