@@ -45,7 +45,6 @@ def looks_like_regex(route: str) -> bool:
     return bool(_REGEX_MARKERS.search(route[:MAX_INPUT]))
 
 
-@functools.lru_cache(maxsize=2048)
 def route_template(route: str) -> str:
     """``route`` (as ``http.route`` records it) written as a template with a leading ``/``.
 
@@ -60,7 +59,12 @@ def route_template(route: str) -> str:
     >>> route_template("items/<int:pk>/")
     '/items/<int:pk>/'
     """
-    text = route[:MAX_INPUT]
+    # Cut before the cache: browser spans can name any http.route, so keys stay bounded in size too.
+    return _template(route[:MAX_INPUT])
+
+
+@functools.lru_cache(maxsize=2048)
+def _template(text: str) -> str:
     out, _ = _convert(text, 0, [0])
     template = "".join(out)
     if not template.startswith("/"):
