@@ -123,9 +123,13 @@ def check_workflow_rules(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     except Exception:  # a broken URLconf is reported by Django's own URL checks
         return []
     return [Warning(
-        f"WORKFLOWS rule {rule.pattern!r} for workflow {rule.workflow!r} matches no URL pattern.",
-        hint=(f"Close routes: {', '.join(rule.close)}. " if rule.close else "")
-        + 'Rules match "METHOD /route" with the route as http.route records it (see '
+        f"WORKFLOWS rule {rule.pattern!r} for workflow {rule.workflow!r} matches "
+        + (f"only routes that are never workflows ({', '.join(rule.excluded)})." if rule.excluded
+           else "no URL pattern."),
+        hint=("Remove the matching pattern from E2E_OTEL['IGNORE_PATHS'] (the default leaves out the admin "
+              "site, static and media files) to record them. " if rule.excluded else "")
+        + (f"Close routes: {', '.join(rule.close)}. " if rule.close and not rule.excluded else "")
+        + 'Rules match "METHOD /route" with the route as a template, e.g. /api/articles/{slug} (see '
           "`manage.py discover_endpoints`); fnmatch wildcards * ? [] apply.",
         id="e2e_otel.W005",
     ) for rule in unmatched]
