@@ -67,6 +67,12 @@ def start(argv: Sequence[str]) -> None:
         logger.exception("e2e-otel: the test-run set-up failed")
     config = get_config()
     report_settings_problems(config, argv)
+    try:
+        from .routers import install_router
+
+        install_router()  # the API and admin read the records where the writer writes them
+    except Exception:
+        logger.exception("e2e-otel: its database router could not be installed")
     if not config.is_active:
         return  # disabled: no SDK, no threads, no exporters
     from .logging import install_record_factory
