@@ -97,9 +97,9 @@ def report_settings_problems(config: Config, argv: Sequence[str]) -> None:
 
 
 def install_runtime(config: Config) -> Runtime | None:
-    """``bootstrap.install`` guarded. An exporter that cannot be built (its package missing, a bad
-    endpoint) costs the export only: records and metrics still run. Any other failure leaves
-    e2e-otel off in this process. Either way one error is logged."""
+    """``bootstrap.install`` guarded. An exporter that cannot be built (e.g. its package is missing)
+    costs the export only: records and metrics still run. Any other failure leaves e2e-otel off in
+    this process. Either way one error is logged."""
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
 
