@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, Status, TraceFlags
 
 from .conf import Config
@@ -176,11 +177,14 @@ class PerProcessExporter(SpanExporter):
 def sanitize_span(span: ReadableSpan, sanitizer: Sanitizer,
                   clean_resource: Callable[[Resource], Resource] | None = None) -> ReadableSpan:
     """A copy of ``span`` with nothing secret left in any exported field, or ``span`` itself when it
-    was clean already: name, attributes, event names and attributes, link attributes, the status
-    description (the SDK writes ``"ExcType: message"`` there when an exception escapes a span) and the
-    resource, all through :meth:`Sanitizer.clean_attributes` / :meth:`Sanitizer.scrub_text`, the path
-    the record writer uses too. ``clean_resource`` lets the exporter reuse one cleaned copy per
-    Resource (default: clean it here)."""
+    was clean already.
+
+    Scrubbed: name, attributes, event names and attributes, link attributes, the status description
+    (the SDK writes ``"ExcType: message"`` there when an exception escapes a span), the
+    instrumentation scope's attributes and the resource, all through
+    :meth:`Sanitizer.clean_attributes` / :meth:`Sanitizer.scrub_text`, the path the record writer
+    uses too. ``clean_resource`` lets the exporter reuse one cleaned copy per Resource (default:
+    clean it here)."""
     changes: dict[str, Any] = {}
     scrub = sanitizer.scrub_text
     name = scrub(span.name)
@@ -203,6 +207,12 @@ def sanitize_span(span: ReadableSpan, sanitizer: Sanitizer,
         scrubbed = scrub(description)
         if scrubbed != description:
             changes["status"] = Status(span.status.status_code, scrubbed)
+    scope = span.instrumentation_scope
+    if scope is not None and scope.attributes:  # browsers send scope attributes too
+        scope_attributes = sanitizer.clean_attributes(scope.attributes)
+        if scope_attributes is not scope.attributes:
+            changes["instrumentation_scope"] = InstrumentationScope(scope.name, scope.version, scope.schema_url,
+                                                                    scope_attributes)
     resource = span.resource
     if resource is not None:
         cleaned = clean_resource(resource) if clean_resource else _clean_resource(resource, sanitizer)
