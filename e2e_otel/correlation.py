@@ -18,6 +18,7 @@ from opentelemetry.trace import Span, SpanContext
 
 from .conf import get_config
 from .inflight import begin_request, end_request
+from .logging import bind_request
 from .propagation import format_correlation_id
 from .spans_to_records import ATTR_INTERNAL
 
@@ -129,6 +130,7 @@ class CorrelationMiddleware:
         context = trace.get_current_span().get_span_context()
         correlation_id = format_correlation_id(context.trace_id) if context.is_valid else None
         request.correlation_id = correlation_id  # type: ignore[attr-defined]
+        bind_request(context)  # log records after the span ended (django.request 404s) keep the ids
         return context, correlation_id
 
     def process_view(self, request: HttpRequest, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
