@@ -182,3 +182,43 @@ def test_real_postgresql_errors_lose_their_values(sanitizer: Sanitizer) -> None:
     scrubbed = [sanitizer.scrub_text(m) for m in messages]
     assert not any(SECRET in m for m in scrubbed), scrubbed
     assert all("Key (email)=(?) already exists" in m for m in scrubbed[::3])
+
+
+# --- end to end: a real IntegrityError inside a trace, recorded by the writer ------------------------------
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_integrity_error_values_never_reach_error_logs_or_steps() -> None:
+    """Issue #18.4: ``Duplicate entry '<the value>' for key …`` reached ErrorLog rows."""
+    from django.db import IntegrityError, connection
+    from opentelemetry import trace
+
+    from e2e_otel.bootstrap import get_runtime
+    from e2e_otel.models import ErrorLog, TraceStep
+    from e2e_otel.processors import WorkflowSpanProcessor
+
+    runtime = get_runtime()
+    assert runtime is not None
+    processor = runtime.processor(WorkflowSpanProcessor)
+    assert isinstance(processor, WorkflowSpanProcessor)
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE IF NOT EXISTS e2e_secret_unique (email VARCHAR(80) UNIQUE)")
+        cursor.execute("DELETE FROM e2e_secret_unique")
+        cursor.execute("INSERT INTO e2e_secret_unique VALUES (%s)", [SECRET])
+    try:
+        tracer = trace.get_tracer("tests.dberrors")
+        with pytest.raises(IntegrityError), tracer.start_as_current_span("signup") as span:
+            trace_id = span.get_span_context().trace_id
+            with connection.cursor() as cursor:
+                cursor.execute("INSERT INTO e2e_secret_unique VALUES (%s)", [SECRET])
+        assert runtime.derived.queue.flush(10) and processor.force_flush(10_000)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TABLE IF EXISTS e2e_secret_unique")
+    errors = list(ErrorLog.objects.filter(correlation_id=uuid.UUID(int=trace_id)))
+    steps = list(TraceStep.objects.filter(correlation_id=uuid.UUID(int=trace_id)))
+    assert errors and steps
+    stored = repr([(e.error_message, e.stack_trace, e.metadata) for e in errors] + [s.metadata for s in steps])
+    assert SECRET not in stored
+    assert any("Duplicate entry '?' for key 'email'" in e.error_message for e in errors), stored
