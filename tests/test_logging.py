@@ -211,3 +211,17 @@ def test_runserver_request_and_access_lines_carry_the_correlation_id() -> None:
     assert not_found["correlation_id"] == ids["/no-such-page/"]
     (view,) = by_logger["tests.views"]
     assert view["correlation_id"] == ids["/ping/"]
+
+
+def test_not_found_lines_under_asgi_carry_the_request_ids(spans, caplog) -> None:
+    """Under ASGI Django writes the line from a worker thread (``sync_to_async``), which copies the
+    request's context, so the bound ids travel with it."""
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
+
+    caplog.set_level(logging.INFO)
+    correlation_id = str(uuid.uuid4())
+    response = async_to_sync(AsyncClient().get)("/no-such-page/", headers={"X-Correlation-ID": correlation_id})
+    assert response.status_code == 404 and response["X-Correlation-ID"] == correlation_id
+    (record,) = [r for r in caplog.records if r.name == "django.request"]
+    assert record.correlation_id == correlation_id and len(record.span_id) == 16
