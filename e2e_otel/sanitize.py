@@ -165,8 +165,9 @@ class Sanitizer:
     ``MEMO_SIZE`` raw statements of at most ``SQL_MEMO_MAX_CHARS`` and as many texts of at most
     ``TEXT_MEMO_MAX_CHARS`` stay in process memory). Safe to share between
     threads (derive, export, writer).
-    ``enabled=False`` turns masking off for keys and text (sizes are still bounded); SQL literals are
-    scrubbed regardless, because SQL parameter values are never exported.
+    ``enabled=False`` turns masking off for keys and text (sizes are still bounded); SQL literals and
+    values quoted in database error messages are scrubbed regardless, because SQL parameter values
+    are never exported.
 
     >>> Sanitizer().clean_mapping({"user_password": "hunter2", "http.route": "/login"})
     {'user_password': '[REDACTED]', 'http.route': '/login'}
@@ -257,7 +258,7 @@ class Sanitizer:
         ansi_quotes: bool | None = None
         for index, (key, value) in enumerate(attributes.items()):
             if index >= self.max_items:
-                changed = dict(itertools.islice(changed.items() if changed else attributes.items(), index))
+                changed = dict(itertools.islice((attributes if changed is None else changed).items(), index))
                 changed[TRUNCATED_ITEMS_KEY] = f"{len(attributes) - index} more items"
                 break
             if key in SQL_ATTRIBUTES and isinstance(value, str):
@@ -331,12 +332,11 @@ class Sanitizer:
         :mod:`e2e_otel.dberrors`).
         """
         limit = self.max_string_length
-        if not self.enabled:
-            return _truncate(text, limit)
         cut = len(text) > limit
         if cut:
             text = text[: limit + _SCRUB_MARGIN]
-        text = self._scrub(text)
+        # Values quoted in database errors are SQL parameter values: masked even with masking off.
+        text = self._scrub(text) if self.enabled else mask_db_error_values(text, self._scrub_quoted_sql)
         if cut or len(text) > limit:
             return text[:limit] + TRUNCATION_MARKER
         return text

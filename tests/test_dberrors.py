@@ -79,6 +79,15 @@ def test_values_in_database_errors_are_masked_and_names_kept(sanitizer: Sanitize
     assert sanitizer.scrub_text(f"IntegrityError: {message}") == f"IntegrityError: {expected}"
 
 
+def test_database_error_values_are_masked_even_with_masking_off() -> None:
+    """They are SQL parameter values, which are never stored or exported (like SQL literals)."""
+    off = Sanitizer(enabled=False, max_string_length=100)
+    assert off.scrub_text(f"Duplicate entry '{SECRET}' for key 'email' password=kept") == (
+        "Duplicate entry '?' for key 'email' password=kept")
+    long = off.scrub_text(f"Duplicate entry '{SECRET}' for key 'email'" + " pad" * 60)
+    assert SECRET not in long and long.endswith("…[truncated]")
+
+
 @pytest.mark.parametrize("message", [
     "Column 'email' cannot be null",
     "(1452, 'Cannot add or update a child row: a foreign key constraint fails (`db`.`t`, CONSTRAINT `fk`)')",
