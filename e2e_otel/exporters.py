@@ -194,14 +194,16 @@ def sanitize_span(span: ReadableSpan, sanitizer: Sanitizer,
     clean = sanitizer.clean_attributes(attributes)
     if clean is not attributes:
         changes["attributes"] = clean
-    if span.events:
-        events = [_clean_event(event, sanitizer) for event in span.events]
-        if any(new is not old for new, old in zip(events, span.events, strict=True)):
-            changes["events"] = events
-    if span.links:
-        links = [_clean_link(link, sanitizer) for link in span.links]
-        if any(new is not old for new, old in zip(links, span.links, strict=True)):
-            changes["links"] = links
+    events = span.events  # a fresh tuple per access: read once
+    if events:
+        clean_events = [_clean_event(event, sanitizer) for event in events]
+        if any(new is not old for new, old in zip(clean_events, events, strict=True)):
+            changes["events"] = clean_events
+    links = span.links
+    if links:
+        clean_links = [_clean_link(link, sanitizer) for link in links]
+        if any(new is not old for new, old in zip(clean_links, links, strict=True)):
+            changes["links"] = clean_links
     description = span.status.description
     if description:
         scrubbed = scrub(description)
