@@ -54,9 +54,10 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         r"(parameter \$[0-9]{1,5} = ')(?:[^'\n]|''){0,1024}(')",
     )
 )
-# Cheap pre-check: every rule's head contains one of these.
-_TRIGGERS = ("entry '", "value: '", "Illegal ", "value of '", "key '", "value '", "ey (", "row contains (",
-             ': "', 'value "', 'Token "', "parameter $", "near '", "LINE ")
+# Cheap pre-check, one C-level scan: every rule's head contains one of these.
+_TRIGGER = re.compile("|".join(map(re.escape, (
+    "entry '", "value: '", "Illegal ", "value of '", "key '", "value '", "ey (", "row contains (", ': "',
+    'value "', 'Token "', "parameter $", "near '", "LINE "))))
 
 # SQL quoted by the server: MySQL's parse error and PostgreSQL's LINE n: context.
 _MYSQL_NEAR = re.compile(r"(near ')([^\n]{0,2048})(' at line [0-9]{1,9})")
@@ -69,7 +70,7 @@ def mask_db_error_values(text: str, scrub_sql: Callable[[str, bool], str]) -> st
     ``scrub_sql(sql, ansi_quotes)`` scrubs SQL quoted in the message (literals to ``?``). Text
     without any of the known message shapes is returned unchanged (one substring scan per shape).
     """
-    if not any(trigger in text for trigger in _TRIGGERS):
+    if _TRIGGER.search(text) is None:
         return text
     for pattern, replacement in _RULES:
         text = pattern.sub(replacement, text)

@@ -267,6 +267,8 @@ class Sanitizer:
                 new = self.scrub_sql(value, ansi_quotes=ansi_quotes)
             elif mask and self.is_sensitive_key(key):
                 new = MASK
+            elif isinstance(value, str):  # most values: straight to the memoised text scrub
+                new = self.scrub_text(value)
             elif isinstance(value, (bool, int, float)) or value is None:
                 continue
             else:
