@@ -68,7 +68,7 @@ def mask_db_error_values(text: str, scrub_sql: Callable[[str, bool], str]) -> st
     """``text`` with the values quoted in database error messages replaced by ``?``.
 
     ``scrub_sql(sql, ansi_quotes)`` scrubs SQL quoted in the message (literals to ``?``). Text
-    without any of the known message shapes is returned unchanged (one substring scan per shape).
+    without any of the known message shapes is returned unchanged after one regex scan.
     """
     if _TRIGGER.search(text) is None:
         return text
