@@ -33,7 +33,10 @@ fresh_venv() {
 
 log "wheel"
 fresh_venv "$PREFIX-build" upgrade
-"$PREFIX-build/bin/pip" wheel -q --no-deps -w "$WORK/dist" .
+# From a copy of the tracked files: an in-tree build would leave build/ and *.egg-info in the checkout.
+mkdir "$WORK/src"
+git ls-files -z pyproject.toml README.md e2e_otel | xargs -0 cp --parents -t "$WORK/src"
+"$PREFIX-build/bin/pip" wheel -q --no-deps -w "$WORK/dist" "$WORK/src"
 WHEEL="$(ls "$WORK"/dist/e2e_otel-*.whl)"
 echo "$WHEEL"
 if unzip -l "$WHEEL" | grep -E ' tests/| benchmarks/|collector-config/' ; then
