@@ -5,7 +5,8 @@
 #
 #   low:  Django 4.2 LTS, DRF 3.14 and the floors of drf-spectacular, prometheus-client, PyMySQL,
 #         psutil; with the pip the virtualenv comes with
-#   high: Django 5.2 and the newest of everything else, with the newest pip
+#   high: Django 5.2 and the newest of everything else, with the newest pip; also the README's
+#         gunicorn set-up (2 workers, multiprocess metrics)
 #
 # CI_VENV (default .ci/venv) names the prefix of the virtualenvs: $CI_VENV-smoke-low, -smoke-high.
 # SMOKE_TESTS="tests/test_api.py ..." also runs those test files in the low virtualenv (the wheel's
@@ -45,15 +46,17 @@ if unzip -l "$WHEEL" | grep -E ' tests/| benchmarks/|collector-config/' ; then
 fi
 rm -rf "$PREFIX-build"
 
+# smoke NAME PIP [--gunicorn] REQUIREMENT...
 smoke() {
-  local name=$1 pip=$2; shift 2
+  local name=$1 pip=$2 gunicorn=""; shift 2
+  if [ "${1:-}" = --gunicorn ]; then gunicorn=--gunicorn; shift; set -- "$@" gunicorn; fi
   local venv="$PREFIX-$name"
   log "$name: pip install the wheel $* (no constraints, ${pip} pip)"
   fresh_venv "$venv" "$pip"
   "$venv/bin/pip" install -q "$WHEEL" "$@"
   "$venv/bin/pip" check
-  log "$name: startproject + README set-up + one request + one record through the API"
-  (cd "$WORK" && "$venv/bin/python" "$ROOT/.ci/smoke_project.py" "$WORK/$name")
+  log "$name: startproject + README set-up + one request + one record through the API ${gunicorn:+(+ gunicorn, 2 workers)}"
+  (cd "$WORK" && "$venv/bin/python" "$ROOT/.ci/smoke_project.py" $gunicorn "$WORK/$name")
 }
 
 smoke low bundled "django==4.2.*" "djangorestframework==3.14.*" "drf-spectacular==0.27.*" \
@@ -64,5 +67,5 @@ if [ -n "${SMOKE_TESTS:-}" ]; then
   # shellcheck disable=SC2086  # SMOKE_TESTS is a list of test files
   "$PREFIX-low/bin/python" -m pytest -q -p no:cacheprovider $SMOKE_TESTS
 fi
-smoke high upgrade "django==5.2.*"
+smoke high upgrade --gunicorn "django==5.2.*"
 log "smoke passed"

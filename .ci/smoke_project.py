@@ -2,17 +2,21 @@
 
 Run with the Python of a virtualenv that has the wheel installed (no checkout on ``sys.path``)::
 
-    python .ci/smoke_project.py /tmp/somewhere
+    python .ci/smoke_project.py [--gunicorn] /tmp/somewhere
 
 It runs ``django-admin startproject``, adds ``"e2e_otel"`` to ``INSTALLED_APPS`` and the URL include
 as the README says, plus one host view that queries the database, then ``migrate``, ``check``,
 serves the project with ``runserver`` on a free port of 127.0.0.1, sends one request to the host
-view and reads its workflow record back through the debugging API with the API key. The server is
-the only process it starts, and it stops it by pid. Exit status 0 = passed; anything else prints why.
+view and reads its workflow record back through the debugging API with the API key. With
+``--gunicorn`` it then serves the project as the README's multi-worker set-up says (two workers,
+``-c python:e2e_otel.gunicorn``, ``PROMETHEUS_MULTIPROC_DIR``) and checks that one scrape of
+``/metrics`` counts the requests of both workers. The servers are the only processes it starts, and
+it stops them by pid. Exit status 0 = passed; anything else prints why.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -25,15 +29,18 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 HOST_VIEW = '''
+import os
+
 from django.contrib.auth import get_user_model
 from django.http import JsonResponse
 
 
 def hello(request):
     """A host view with one SQL query, so the workflow has an api and a database step."""
-    return JsonResponse({"users": get_user_model().objects.count(),
+    return JsonResponse({"users": get_user_model().objects.count(), "pid": os.getpid(),
                          "correlation_id": getattr(request, "correlation_id", None)})
 '''
 
@@ -144,7 +151,75 @@ def check_records(base_url: str, api_key: str) -> str:
     return f"workflow {session['workflow_type']!r} {correlation_id}, steps on {', '.join(layers)}"
 
 
-def main(base: Path) -> int:
+def metric_sum(text: str, name: str, labels: dict[str, str]) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == name and labels.items() <= sample.labels.items())
+
+
+def check_gunicorn_workers(base_url: str) -> str:
+    """Requests until both workers served some; one scrape must count all of them."""
+    served: dict[int, int] = {}
+    deadline = time.monotonic() + 20
+    while (len(served) < 2 or sum(served.values()) < 10) and time.monotonic() < deadline:
+        status, _, body = get(f"{base_url}/hello/")
+        if status != 200:
+            raise SmokeFailure(f"gunicorn: GET /hello/ answered {status}")
+        pid = json.loads(body)["pid"]
+        served[pid] = served.get(pid, 0) + 1
+    if len(served) < 2:
+        raise SmokeFailure(f"gunicorn: only worker(s) {sorted(served)} answered in 20 s")
+    requests = sum(served.values())
+    labels = {"layer": "api", "component": "/hello/"}
+    deadline = time.monotonic() + 10
+    while True:  # spans become metrics on each worker's derive thread, just after the response
+        status, _, body = get(f"{base_url}/metrics")
+        counted = metric_sum(body.decode(), "e2e_otel_steps_total", labels) if status == 200 else -1
+        if counted == requests or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    if counted != requests:
+        raise SmokeFailure(f"gunicorn: /metrics counted {counted} of {requests} requests to 2 workers")
+    return f"gunicorn: one /metrics scrape counted all {requests} requests of workers {sorted(served)}"
+
+
+def start_server(argv: list[str], project: Path, env: dict[str, str], log_path: Path,
+                 port: int) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(argv, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until_serving(f"http://127.0.0.1:{port}", server, time.monotonic() + 30)
+    except SmokeFailure:
+        stop_server(server)
+        raise
+    return server
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def served(argv: list[str], project: Path, env: dict[str, str], log_path: Path, check: Any) -> str:
+    """Start a server on a free port, run ``check(base_url)`` against it, always stop it (by pid)."""
+    port = free_port()
+    argv = [arg.replace("{port}", str(port)) for arg in argv]
+    server = start_server(argv, project, env, log_path, port)
+    try:
+        return str(check(f"http://127.0.0.1:{port}"))
+    except SmokeFailure:
+        sys.stderr.write(log_path.read_text(errors="replace")[-4000:])
+        raise
+    finally:
+        stop_server(server)
+
+
+def main(base: Path, *, gunicorn: bool) -> int:
     base = base.resolve()
     base.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items()
@@ -163,35 +238,27 @@ def main(base: Path) -> int:
     where = Path(e2e_otel.__file__).resolve()
     if not str(where).startswith(sys.prefix):
         raise SmokeFailure(f"e2e_otel imported from {where}, not from the virtualenv {sys.prefix}")
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    log = (base / "runserver.log").open("wb")
-    server = subprocess.Popen([*manage, "runserver", "--noreload", f"127.0.0.1:{port}"], cwd=project, env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_until_serving(base_url, server, time.monotonic() + 30)
-        found = check_records(base_url, api_key)
-    except SmokeFailure:
-        log.flush()
-        sys.stderr.write((base / "runserver.log").read_text(errors="replace")[-4000:])
-        raise
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
+    found = [served([*manage, "runserver", "--noreload", "127.0.0.1:{port}"], project, env,
+                    base / "runserver.log", lambda url: check_records(url, api_key))]
+    if gunicorn:
+        metrics_dir = base / "prometheus-multiproc"
+        metrics_dir.mkdir()
+        # HOME: gunicorn >= 25 opens a control socket in ~/.gunicorn; keep it out of the real home.
+        gunicorn_env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "HOME": str(base)}
+        argv = [str(Path(sys.executable).parent / "gunicorn"), "-c", "python:e2e_otel.gunicorn", "--workers", "2",
+                "--bind", "127.0.0.1:{port}", "smokesite.wsgi"]
+        found.append(served(argv, project, gunicorn_env, base / "gunicorn.log", check_gunicorn_workers))
     print(f"smoke ok: e2e-otel {e2e_otel.__version__}, Django {django.get_version()}, "
-          f"DRF {rest_framework.VERSION}: {checked.strip().splitlines()[-1]}; {found}")
+          f"DRF {rest_framework.VERSION}: {checked.strip().splitlines()[-1]}; " + "; ".join(found))
     return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit(f"usage: {sys.argv[0]} WORKDIR")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--gunicorn", action="store_true", help="also check the multi-worker gunicorn set-up")
+    parser.add_argument("workdir", type=Path)
+    options = parser.parse_args()
     try:
-        sys.exit(main(Path(sys.argv[1])))
+        sys.exit(main(options.workdir, gunicorn=options.gunicorn))
     except SmokeFailure as failure:
         sys.exit(f"smoke FAILED: {failure}")

@@ -609,3 +609,23 @@ def test_stale_per_run_files_are_removed_unless_their_run_is_alive(tmp_path: Pat
     finally:
         lock.release()
     SQLiteLock(alive).acquire().release()  # free again once released
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db
+def test_mysql_lock_refuses_a_second_holder_and_frees_on_release() -> None:
+    from django.db import connection
+
+    from e2e_otel.demo.isolation import DatabaseInUse, MySQLLock
+
+    if connection.vendor != "mysql":
+        pytest.skip("MySQL named locks")
+    name = f"{connection.settings_dict['NAME']}-lock-test"
+    first = MySQLLock(connection, name).acquire()
+    try:
+        with pytest.raises(DatabaseInUse, match=r"is in use by another e2e-otel demo \(lock 'e2e_otel_demo:.*' held by "
+                                                r"connection \d+\)"):
+            MySQLLock(connection, name).acquire()
+    finally:
+        first.release()
+    MySQLLock(connection, name).acquire().release()  # the server dropped it with the connection
