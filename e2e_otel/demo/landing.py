@@ -12,6 +12,8 @@ from django.shortcuts import render
 
 from e2e_otel.models import WorkflowSession
 
+from .shop.faults import get_faults
+
 SHOP_ENDPOINTS = (
     ("GET", "/api/shop/products/", "the catalogue (with the N+1 fault, one query per product)"),
     ("GET", "/api/shop/categories/", "categories"),
@@ -28,6 +30,6 @@ def landing(request: HttpRequest) -> HttpResponse:
         "workflows": WorkflowSession.objects.count(),
         "shop_endpoints": SHOP_ENDPOINTS,
         "metrics_need_key": bool(config.get("METRICS_KEY")),
-        "faults": getattr(settings, "DEMO_FAULTS", ""),
+        "faults": ", ".join(get_faults().enabled),
     }
     return render(request, "e2e_otel_demo/landing.html", context)
