@@ -629,3 +629,29 @@ def test_mysql_lock_refuses_a_second_holder_and_frees_on_release() -> None:
     finally:
         first.release()
     MySQLLock(connection, name).acquire().release()  # the server dropped it with the connection
+
+
+def test_sqlite_backend_gives_django_42_wal_and_immediate_transactions(tmp_path: Path, django_db_blocker) -> None:  # type: ignore[no-untyped-def]
+    """Django < 5.1 refuses the demo's SQLite OPTIONS; the demo's backend applies them on any version."""
+    from django.db.utils import ConnectionHandler
+
+    from e2e_otel.demo.databases import sqlite_database
+
+    settings = sqlite_database(tmp_path / "backend.sqlite3")
+    settings["ENGINE"] = "e2e_otel.demo.sqlite_backend"
+    connection = ConnectionHandler({"default": settings})["default"]  # a private handler, not django.db's
+    with django_db_blocker.unblock():
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("PRAGMA journal_mode")
+                assert cursor.fetchone()[0] == "wal"
+            connection._start_transaction_under_autocommit()  # what transaction.atomic() does first
+            other = sqlite3.connect(tmp_path / "backend.sqlite3", timeout=0)
+            try:
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    other.execute("BEGIN IMMEDIATE")  # the demo's transaction already holds the write lock
+            finally:
+                other.close()
+            connection.cursor().execute("ROLLBACK")
+        finally:
+            connection.close()
