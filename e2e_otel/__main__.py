@@ -28,12 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "Exit status: 0 done, 1 error, 130 after Ctrl-C, 143 after SIGTERM.",
     )
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    demo.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    demo.add_argument("--port", type=int, default=None,
+                      help="port (default 8000, or a free one when 8000 is taken; 0 picks a free one)")
     demo.add_argument("--workflows", type=int, default=40, metavar="N",
                       help="workflows to drive before the summary (default 40; 0 = none)")
     demo.add_argument("--no-serve", action="store_true", help="exit after the summary instead of serving")
-    demo.add_argument("--db", metavar="PATH", help="SQLite file (default ~/.cache/e2e-otel/demo.sqlite3); "
-                                                   "ignored when DATABASE_URL is set")
+    demo.add_argument("--db", metavar="PATH",
+                      help="SQLite file to use and keep (default: a new file for this run under "
+                           "~/.cache/e2e-otel/demo-runs/, deleted when the run ends); one demo at a time per "
+                           "file; ignored when DATABASE_URL is set")
     demo.add_argument("--faults", default=os.environ.get("E2E_DEMO_FAULTS", "all"), metavar="SPEC",
                       help="all | none | comma list of n_plus_one, slow_checkout[=rate], "
                            "payment_failure[=rate], invalid_payload (default all)")
@@ -53,8 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-def _configure_environment(args: argparse.Namespace) -> None:
-    """Settings of the demo come from the environment; fill it before ``django.setup()``."""
+def _configure_environment(args: argparse.Namespace) -> Path | None:
+    """Settings of the demo come from the environment; fill it before ``django.setup()``.
+
+    Returns the per-run SQLite file when neither ``--db`` nor ``DATABASE_URL`` names a database.
+    """
+    from .demo.isolation import per_run_sqlite_path
     from .demo.shop.faults import parse_faults
 
     try:
@@ -67,8 +74,6 @@ def _configure_environment(args: argparse.Namespace) -> None:
     os.environ["DJANGO_SETTINGS_MODULE"] = "e2e_otel.demo.settings"
     os.environ["E2E_DEMO_FAULTS"] = args.faults
     os.environ["E2E_DEMO_HOST"] = args.host
-    if args.db:
-        os.environ["E2E_DEMO_DB"] = str(Path(args.db).expanduser().resolve())
     database_url = os.environ.get("DATABASE_URL", "").strip()
     if database_url:
         from django.core.exceptions import ImproperlyConfigured
@@ -79,6 +84,14 @@ def _configure_environment(args: argparse.Namespace) -> None:
             database_from_url(database_url)
         except ImproperlyConfigured as exc:
             raise SystemExit(f"e2e-otel demo: {exc}") from None
+        return None
+    if args.db:
+        os.environ["E2E_DEMO_DB"] = str(Path(args.db).expanduser().resolve())
+        return None
+    # Its own file, so that a second demo never re-seeds or flushes a running one's database.
+    per_run = per_run_sqlite_path()
+    os.environ["E2E_DEMO_DB"] = str(per_run)
+    return per_run
 
 
 class _Terminated(KeyboardInterrupt):
@@ -100,38 +113,70 @@ EXIT_SIGTERM = 128 + signal.SIGTERM
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    _configure_environment(args)
+    per_run_db = _configure_environment(args)
     import django
 
     django.setup()
 
     from django.conf import settings
-    from django.core.management import call_command, get_commands
     from django.db import DatabaseError, connection
+
+    from .demo.isolation import DatabaseInUse, lock_database, remove_sqlite_files, remove_stale_runs
+
+    out = sys.stdout
+    db = settings.DATABASES["default"]
+    database = (f"MySQL {db['NAME']} on {db['HOST']}:{db['PORT']}" if connection.vendor == "mysql"
+                else f"SQLite {db['NAME']}")
+    if per_run_db is not None:
+        remove_stale_runs(per_run_db.parent)  # files of killed runs: nobody holds their lock
+    print(f"e2e-otel demo: preparing {database}"
+          + (" (new for this run, deleted when it ends; --db PATH keeps one)" if per_run_db else ""),
+          file=out, flush=True)
+    try:
+        connection.ensure_connection()
+        lock = lock_database(connection)
+    except DatabaseError as exc:
+        print(f"e2e-otel demo: cannot open {database}: {exc}", file=sys.stderr)
+        return 1
+    except DatabaseInUse as exc:
+        print(f"e2e-otel demo: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return _run_locked(args, database)
+    finally:
+        lock.release()
+        if per_run_db is not None:
+            from django.db import connections
+
+            connections.close_all()
+            remove_sqlite_files(per_run_db)
+
+
+def _run_locked(args: argparse.Namespace, database: str) -> int:
+    """The demo itself, once this process holds the database (see ``demo/isolation.py``)."""
+    from django.core.management import call_command, get_commands
     from django.utils import timezone
     from opentelemetry.instrumentation.utils import suppress_instrumentation
 
     from .bootstrap import get_runtime
     from .conf import get_config
     from .demo.seed import ForeignDatabase, check_database_is_demo, seed
-    from .demo.server import DemoServer
+    from .demo.server import bind_server
     from .demo.shop.faults import get_faults
     from .demo.summary import Links, build_summary, scrape_metrics, wait_for_sessions
     from .demo.traffic import ProgressBar, TrafficDriver
 
     out = sys.stdout
-    db = settings.DATABASES["default"]
-    database = (f"MySQL {db['NAME']} on {db['HOST']}:{db['PORT']}" if connection.vendor == "mysql"
-                else f"SQLite {db['NAME']}")
-    print(f"e2e-otel demo: preparing {database}", file=out, flush=True)
     try:
-        connection.ensure_connection()
-    except DatabaseError as exc:
-        print(f"e2e-otel demo: cannot open {database}: {exc}", file=sys.stderr)
+        # Bound before the database is touched: a port taken by someone else changes nothing there.
+        server, port_note = bind_server(args.host, args.port)
+    except OSError as exc:
+        print(f"e2e-otel demo: cannot listen on {args.host}:{args.port}: {exc} (try --port 0)", file=sys.stderr)
         return 1
     try:
         check_database_is_demo(reset=args.reset)
     except ForeignDatabase as exc:
+        server.httpd.server_close()
         print(f"e2e-otel demo: refusing {database}: {exc}", file=sys.stderr)
         return 1
     # Setup SQL is not part of any workflow: keep it out of the traces and records.
@@ -145,16 +190,14 @@ def run_demo(args: argparse.Namespace) -> int:
         seeded = seed(customer_password=os.environ.get("E2E_DEMO_CUSTOMER_PASSWORD") or None)
     config = get_config()
 
-    try:
-        server = DemoServer(args.host, args.port).start()
-    except OSError as exc:
-        print(f"e2e-otel demo: cannot listen on {args.host}:{args.port}: {exc} (try --port 0)", file=sys.stderr)
-        return 1
+    server.start()
     exit_code = 0
     signal.signal(signal.SIGTERM, _raise_terminated)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     print(f"Demo shop listening on {server.url}  (faults: {', '.join(get_faults().enabled) or 'none'})",
           file=out, flush=True)
+    if port_note:
+        print(f"  note: {port_note}", file=out, flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"  warning: listening on {args.host}, not only this machine: anyone who can reach it can use "
               "the shop and log in with the credentials printed below", file=out, flush=True)

@@ -406,20 +406,26 @@ class RecordWriter:
         """Keep one long-lived connection (``CONN_MAX_AGE`` is a per-request notion; honouring 0
         would reconnect every batch) but drop it when it failed or idled long enough for the server
         to have closed it."""
+        configure = False
         if connection.connection is not None:
             stale = time.monotonic() - self._last_used > _PING_AFTER_IDLE
-            if (connection.errors_occurred or stale) and not connection.is_usable():
-                connection.close()
+            if connection.errors_occurred or stale:
+                # PyMySQL < 1.2 pings with reconnect=True: "usable" may mean silently replaced by a
+                # new connection without the session setting, so it is applied again either way.
+                configure = True
+                if not connection.is_usable():
+                    connection.close()
             connection.errors_occurred = False
         if connection.connection is None:
             # Connect here rather than letting the ORM reconnect implicitly, so every connection the
             # writer uses gets the session setting below.
             connection.ensure_connection()
-            if connection.vendor == "mysql":
-                # A host-app transaction holding row locks must not park the writer for InnoDB's
-                # default 50 s: give up quickly, back off and retry the batch.
-                with connection.cursor() as cursor:
-                    cursor.execute("SET SESSION innodb_lock_wait_timeout = %s", [LOCK_WAIT_TIMEOUT])
+            configure = True
+        if configure and connection.vendor == "mysql":
+            # A host-app transaction holding row locks must not park the writer for InnoDB's
+            # default 50 s: give up quickly, back off and retry the batch.
+            with connection.cursor() as cursor:
+                cursor.execute("SET SESSION innodb_lock_wait_timeout = %s", [LOCK_WAIT_TIMEOUT])
 
     def _back_off(self, exc: BaseException) -> str:
         self._note_error(exc)

@@ -455,3 +455,203 @@ def test_demo_on_mysql_via_database_url(tmp_path: Path) -> None:
         with admin.cursor() as cursor:
             cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
         admin.close()
+
+
+# --- isolation: a second demo never breaks a running one; the landing page ---------------------------
+
+
+class _RunningDemo:
+    """``e2e-otel demo --workflows 0`` serving in the background, with what it printed parsed."""
+
+    def __init__(self, tmp_path: Path, *extra: str) -> None:
+        self.process = subprocess.Popen([*DEMO_CMD, "--workflows", "0", *extra], env=demo_env(tmp_path),
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        serving = threading.Event()
+
+        def watch(stream: IO[str]) -> None:
+            for line in stream:  # drained to the end so the child never blocks on a full pipe
+                self.lines.append(line)
+                if "until Ctrl-C" in line:
+                    serving.set()
+
+        assert self.process.stdout is not None
+        threading.Thread(target=watch, args=(self.process.stdout,), daemon=True).start()
+        if not serving.wait(90):
+            self.stop()
+            raise AssertionError(f"the demo did not start serving: {self.process.communicate()[1][-2000:]}")
+        out = "".join(self.lines)
+        self.url = re.search(r"Demo shop listening on (http://\S+)", out).group(1)  # type: ignore[union-attr]
+        self.db = Path(re.search(r"preparing SQLite (\S+)", out).group(1))  # type: ignore[union-attr]
+        self.admin_password = re.search(r"user 'e2e-demo-admin', password '([^']+)'", out).group(1)  # type: ignore[union-attr]
+        self.api_key = re.search(r"Authorization: Bearer ([^']+)'", out).group(1)  # type: ignore[union-attr]
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def _admin_login(base_url: str, password: str) -> bool:
+    """Log in through the admin's own form (CSRF cookie + token); True when it lands on the index."""
+    import http.cookiejar
+    import urllib.parse
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    form = opener.open(f"{base_url}/admin/login/?next=/admin/", timeout=10).read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
+    body = urllib.parse.urlencode({"csrfmiddlewaretoken": token, "username": "e2e-demo-admin",
+                                   "password": password, "next": "/admin/"}).encode()
+    request = urllib.request.Request(f"{base_url}/admin/login/?next=/admin/", data=body,
+                                     headers={"Referer": f"{base_url}/admin/login/"})
+    with opener.open(request, timeout=10) as response:
+        return response.url.rstrip("/").endswith("/admin") and "Log out" in response.read().decode()
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as response:
+            return response.status, dict(response.headers), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read().decode()
+
+
+@pytest.mark.slow
+def test_a_second_demo_leaves_a_running_one_alone(tmp_path: Path) -> None:
+    first = _RunningDemo(tmp_path)
+    try:
+        assert first.db.parent.name == "demo-runs" and first.db.exists()
+        assert _admin_login(first.url, first.admin_password)
+
+        # Same user, same cache directory, default options: its own database, not the first one's.
+        second = subprocess.run([*DEMO_CMD, "--workflows", "4", "--no-serve"], check=False, env=demo_env(tmp_path),
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 0, second.stderr[-2000:]
+        assert _admin_login(first.url, first.admin_password)  # not re-seeded by the second run
+        second_db = Path(re.search(r"preparing SQLite (\S+)", second.stdout).group(1))  # type: ignore[union-attr]
+        assert second_db != first.db and not second_db.exists()  # its per-run file went with it
+
+        # Naming the first one's database is refused before anything is written to it.
+        third = subprocess.run([*DEMO_CMD, "--workflows", "0", "--no-serve", "--db", str(first.db)], check=False,
+                               env=demo_env(tmp_path), capture_output=True, text=True, timeout=120)
+        assert third.returncode == 1, third.stderr[-2000:]
+        assert f"in use by another e2e-otel demo (pid {first.process.pid})" in third.stderr
+        assert "Traceback" not in third.stderr and "Demo shop listening" not in third.stdout
+
+        # The first demo's printed credentials and key still work.
+        assert _admin_login(first.url, first.admin_password)
+        status, _, body = _get(f"{first.url}/api/v1/debugging/workflow-sessions/",
+                               {"Authorization": f"Bearer {first.api_key}"})
+        assert status == 200, body
+    finally:
+        code = first.stop()
+    assert code == 130
+    assert not first.db.exists() and not Path(f"{first.db}.lock").exists()
+
+
+@pytest.mark.slow
+def test_landing_page_links_the_admin_the_api_and_metrics(tmp_path: Path) -> None:
+    demo = _RunningDemo(tmp_path, "--db", str(tmp_path / "kept.sqlite3"))
+    try:
+        status, headers, page = _get(f"{demo.url}/")
+        links = set(re.findall(r'href="([^"]+)"', page))
+        for target in ("/admin/", "/api/v1/debugging/workflow-sessions/", "/api/v1/debugging/schema/", "/metrics"):
+            assert target in links and _get(f"{demo.url}{target}")[0] in (200, 302, 401, 403), target
+        assert _get(f"{demo.url}/metrics")[0] == 200
+        correlation_id = {k.lower(): v for k, v in headers.items()}["x-correlation-id"]
+    finally:
+        demo.stop()
+    assert status == 200 and "e2e-otel demo shop" in page
+    assert f"This page view is trace <code>{correlation_id}</code>" in page
+    assert demo.api_key not in page and demo.admin_password not in page  # printed in the terminal only
+    assert (tmp_path / "kept.sqlite3").exists()  # --db files are the user's: kept
+
+
+def test_bind_server_falls_back_to_a_free_port_only_without_an_explicit_one() -> None:
+    import socket
+
+    from e2e_otel.demo.server import bind_server
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        server, note = bind_server("127.0.0.1", None, preferred=busy)
+        server.httpd.server_close()
+        assert server.port != busy and note is not None and f"port {busy} is in use" in note
+        with pytest.raises(OSError):
+            bind_server("127.0.0.1", busy)
+
+
+def test_stale_per_run_files_are_removed_unless_their_run_is_alive(tmp_path: Path) -> None:
+    from e2e_otel.demo.isolation import DatabaseInUse, SQLiteLock, remove_stale_runs
+
+    stale = tmp_path / "run-1-dead.sqlite3"
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        Path(f"{stale}{suffix}").write_text("")
+    alive = tmp_path / "run-2-live.sqlite3"
+    alive.write_text("")
+    lock = SQLiteLock(alive).acquire()
+    try:
+        with pytest.raises(DatabaseInUse, match=rf"in use by another e2e-otel demo \(pid {os.getpid()}\)"):
+            SQLiteLock(alive).acquire()  # a second open file description conflicts even in one process
+        assert remove_stale_runs(tmp_path) == [stale]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["run-2-live.sqlite3", "run-2-live.sqlite3.lock"]
+    finally:
+        lock.release()
+    SQLiteLock(alive).acquire().release()  # free again once released
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db
+def test_mysql_lock_refuses_a_second_holder_and_frees_on_release() -> None:
+    from django.db import connection
+
+    from e2e_otel.demo.isolation import DatabaseInUse, MySQLLock
+
+    if connection.vendor != "mysql":
+        pytest.skip("MySQL named locks")
+    name = f"{connection.settings_dict['NAME']}-lock-test"
+    first = MySQLLock(connection, name).acquire()
+    try:
+        with pytest.raises(DatabaseInUse, match=r"is in use by another e2e-otel demo \(lock 'e2e_otel_demo:.*' held by "
+                                                r"connection \d+\)"):
+            MySQLLock(connection, name).acquire()
+    finally:
+        first.release()
+    MySQLLock(connection, name).acquire().release()  # the server dropped it with the connection
+
+
+def test_sqlite_backend_gives_django_42_wal_and_immediate_transactions(tmp_path: Path, django_db_blocker) -> None:  # type: ignore[no-untyped-def]
+    """Django < 5.1 refuses the demo's SQLite OPTIONS; the demo's backend applies them on any version."""
+    from django.db.utils import ConnectionHandler
+
+    from e2e_otel.demo.databases import sqlite_database
+
+    settings = sqlite_database(tmp_path / "backend.sqlite3")
+    settings["ENGINE"] = "e2e_otel.demo.sqlite_backend"
+    connection = ConnectionHandler({"default": settings})["default"]  # a private handler, not django.db's
+    with django_db_blocker.unblock():
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("PRAGMA journal_mode")
+                assert cursor.fetchone()[0] == "wal"
+            connection._start_transaction_under_autocommit()  # what transaction.atomic() does first
+            other = sqlite3.connect(tmp_path / "backend.sqlite3", timeout=0)
+            try:
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    other.execute("BEGIN IMMEDIATE")  # the demo's transaction already holds the write lock
+            finally:
+                other.close()
+            connection.cursor().execute("ROLLBACK")
+        finally:
+            connection.close()

@@ -182,12 +182,24 @@ class PerformanceThresholdSerializer(serializers.ModelSerializer):
             "direction", "unit", "description", "enabled", "created_at", "updated_at",
         ]
         read_only_fields = ["id", "created_at", "updated_at"]
+        # DRF < 3.15 derives no validator from a UniqueConstraint (a duplicate was an IntegrityError,
+        # a 500): validate() checks dbg_threshold_unique itself, the same way on every DRF version.
+        validators: list[Any] = []
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         def current(name: str, default: Any = None) -> Any:
             if name in attrs:
                 return attrs[name]
             return getattr(self.instance, name, default)
+
+        key = {name: current(name, "") for name in ("metric_name", "layer", "component")}
+        clash = PerformanceThreshold.objects.filter(**key)
+        if self.instance is not None:
+            clash = clash.exclude(pk=self.instance.pk)
+        if clash.exists():
+            raise serializers.ValidationError(
+                f"a threshold for metric_name {key['metric_name']!r}, layer {key['layer']!r} and component "
+                f"{key['component']!r} exists; change that one instead")
 
         warning = current("warning_threshold")
         critical = current("critical_threshold")

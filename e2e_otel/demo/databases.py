@@ -76,9 +76,12 @@ def database_from_url(url: str) -> dict[str, object]:
 
 
 def sqlite_database(path: Path) -> dict[str, object]:
+    import django
+
     path.parent.mkdir(parents=True, exist_ok=True)
     return {
-        "ENGINE": "django.db.backends.sqlite3",
+        # Django < 5.1 has no transaction_mode/init_command OPTIONS: sqlite_backend adds them.
+        "ENGINE": "django.db.backends.sqlite3" if django.VERSION >= (5, 1) else "e2e_otel.demo.sqlite_backend",
         "NAME": str(path),
         # WAL + IMMEDIATE transactions: the request threads and the record writer thread write
         # concurrently; without these SQLite answers "database is locked" under the demo's load.

@@ -7,6 +7,7 @@ request runs on its own daemon thread.
 
 from __future__ import annotations
 
+import errno
 import threading
 
 from django.contrib.staticfiles.handlers import StaticFilesHandler
@@ -48,3 +49,23 @@ class DemoServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self._thread.join(timeout=5)
+
+
+DEFAULT_PORT = 8000
+
+
+def bind_server(host: str, port: int | None, *, preferred: int = DEFAULT_PORT) -> tuple[DemoServer, str | None]:
+    """A bound, not yet started server, and a note when it is not where the user may expect it.
+
+    ``port=None`` (no ``--port``) means ``preferred``, or a free port when another process (another
+    demo, say) has that one; an explicit port that is taken raises ``OSError`` as before.
+    """
+    if port is not None:
+        return DemoServer(host, port), None
+    try:
+        return DemoServer(host, preferred), None
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+    server = DemoServer(host, 0)
+    return server, f"port {preferred} is in use (another demo?); listening on {server.port} instead"

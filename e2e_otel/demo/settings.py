@@ -4,7 +4,8 @@ Everything variable comes from the environment, which ``e2e-otel demo`` fills fr
 before ``django.setup()``:
 
 - ``DATABASE_URL=mysql://user:pass@host:port/db`` selects MySQL/MariaDB (PyMySQL); otherwise SQLite at
-  ``E2E_DEMO_DB`` (default ``~/.cache/e2e-otel/demo.sqlite3``).
+  ``E2E_DEMO_DB`` (the CLI sets it to ``--db`` or to a new file per run; without the CLI,
+  ``~/.cache/e2e-otel/demo.sqlite3``).
 - ``E2E_DEMO_FAULTS``: which faults the shop injects (see ``shop/faults.py``).
 - Traces leave the process only when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``E2E_OTEL_OTLP_ENDPOINT``
   is set; otherwise the exporter is ``none`` and everything stays in the local records.
@@ -72,7 +73,7 @@ MIDDLEWARE = [
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "templates"],  # the landing page
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
