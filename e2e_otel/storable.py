@@ -52,8 +52,35 @@ def is_storable_float(value: float) -> bool:
 
 
 def storable_json(value: Any, *, max_chars: int = MAX_JSON_CHARS, max_depth: int = MAX_DEPTH) -> Any:
-    """A copy of ``value`` that ``json.dumps`` turns into JSON every backend accepts (module docstring)."""
+    """``value`` in a form ``json.dumps`` turns into JSON every backend accepts (module docstring):
+    ``value`` itself when it is a flat mapping of plain values (most span metadata), else a copy."""
+    if type(value) is dict and _is_plain(value, max_chars):
+        return value
     return _Walk(max_chars, max_depth).value(value, 1)
+
+
+def _is_plain(data: dict[Any, Any], max_chars: int) -> bool:
+    """A flat dict of ASCII strings without NUL, 64-bit ints, finite floats, booleans and None,
+    within the size budget: the fast path, one type test per entry."""
+    left = max_chars
+    for key, item in data.items():
+        if type(key) is not str or not key.isascii() or "\x00" in key:
+            return False
+        kind = type(item)
+        if kind is str:
+            if not item.isascii() or "\x00" in item:
+                return False
+            left -= len(item)
+        elif kind is float:
+            if not math.isfinite(item):
+                return False
+        elif kind is int:
+            if not _INT_MIN <= item <= _INT_MAX:
+                return False
+        elif item is not None and kind is not bool:
+            return False
+        left -= len(key) + _SCALAR_COST
+    return left > 0
 
 
 class _Walk:
