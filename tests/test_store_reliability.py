@@ -191,3 +191,73 @@ def test_missing_tables_are_one_problem_counted_and_recovered_from(vendor: str) 
     result = _run_check("missing_tables_check.py", vendor, name)
     assert result["before"]["missing_tables"] == 10 and result["per_trace_writes"] == 0
     assert result["after_written"]["step"] == result["rows"] == 3
+
+
+# --- refusals drop only what was refused; nothing uncommitted counts as written -----------------------
+
+
+def erring(trace_id: int | None = None, *, fingerprint: str) -> StepData:
+    step = make_step(trace_id, status="error")
+    error = ErrorData(error_type="ValueError", message="bad", stacktrace="", layer="api", component="/x/",
+                      operation="GET", fingerprint=fingerprint, severity="error", category="validation",
+                      timestamp_ns=time.time_ns())
+    return replace(step, errors=(error,))
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_a_trace_the_database_refuses_drops_only_itself(writers: Any, caplog: pytest.LogCaptureFixture) -> None:
+    writer = writers(RECORD_FLUSH_INTERVAL=0.5)
+    good = [erring(fingerprint="a" * 64) for _ in range(4)]
+    refused = [replace(make_step(), status="x" * 50) for _ in range(2)]  # TraceStep.status is 10 wide
+    for step in [good[0], refused[0], *good[1:], refused[1]]:
+        writer.submit(step)
+    assert writer.force_flush(10)
+    stats = writer.stats()
+    assert stats["dropped"]["refused"] == 2 and stats["dropped"]["db_error"] == 0
+    assert stats["written"]["step"] == TraceStep.objects.count() == 4
+    assert stats["written"]["error"] == ErrorLog.objects.get().occurrences == 4
+    assert not WorkflowSession.objects.filter(correlation_id__in=[cid(s) for s in refused]).exists()
+    warnings = [r.getMessage() for r in caplog.records if "not written (refused)" in r.getMessage()]
+    assert len(warnings) == 1 and "1406" in warnings[0]  # once a minute, with the database's reason
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_a_refused_error_group_drops_only_its_occurrences(writers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db import DataError
+
+    writer = writers(RECORD_FLUSH_INTERVAL=0.5)
+    original = writer._add_to_group
+
+    def add_to_group(fingerprint: str, group: list[Any]) -> Any:
+        if fingerprint.startswith("b"):
+            raise DataError(1406, "Data too long for column 'error_message'")
+        return original(fingerprint, group)
+
+    monkeypatch.setattr(writer, "_add_to_group", add_to_group)
+    for fingerprint in ("a" * 64, "b" * 64, "b" * 64, "c" * 64):
+        writer.submit(erring(fingerprint=fingerprint))
+    assert writer.force_flush(10)
+    stats = writer.stats()
+    assert stats["written"]["step"] == TraceStep.objects.count() == 4  # the traces went in: none counted dropped
+    assert stats["dropped"]["refused"] == 2 and sum(stats["dropped"].values()) == 2
+    assert stats["written"]["error"] == 2
+    assert sorted(ErrorLog.objects.values_list("fingerprint", flat=True)) == ["a" * 64, "c" * 64]
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_a_span_delivered_twice_is_stored_and_counted_once(writers: Any) -> None:
+    writer = writers()
+    step, other = make_step(), make_step()
+    writer.submit(step)
+    assert writer.force_flush(10)
+    for item in (step, other, step):  # again in a later chunk, and twice in the same one
+        writer.submit(item)
+    assert writer.force_flush(10)
+    stats = writer.stats()
+    assert TraceStep.objects.filter(correlation_id=cid(step)).count() == 1
+    assert stats["written"]["step"] == TraceStep.objects.count() == 2
+    assert WorkflowSession.objects.get(correlation_id=cid(step)).step_count == 1
+    assert not any(stats["dropped"].values())
