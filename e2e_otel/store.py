@@ -737,10 +737,11 @@ class RecordWriter:
                 except IntegrityError:  # another process created it a moment ago
                     session = sessions.select_for_update().get(correlation_id=cid)
                     created = False
-            if not created:  # steps stored before (a chunk retried after a lost commit, a span sent twice)
-                group = self._unstored(session, group)
-                if not group:
-                    return []
+            # Spans stored before (a chunk retried after a lost commit, a span sent twice) or twice
+            # in this group: plain INSERTs refuse duplicates, so they are left out here.
+            group = self._unstored(None if created else session, group)
+            if not group:
+                return []
             frontend = self._frontend_counts([session]).get(session.pk, (0, 0)) \
                 if not created and self._needs_frontend_counts(session, group) else (0, 0)
             folded = self._fold(session, group, frontend)
@@ -754,11 +755,11 @@ class RecordWriter:
         return self._committed(trace_id, session, group, folded)
 
     def _unstored(self, session: Any, group: list[StepData]) -> list[StepData]:
-        """``group`` without the spans the session already has (and without repeats): plain
-        INSERTs refuse duplicates, where ``INSERT IGNORE`` would also have hidden refused data."""
+        """``group`` without repeats and, for an existing ``session``, without the spans it already
+        has (one read): ``INSERT IGNORE`` would skip them, but would hide refused rows as well."""
         from .models import TraceStep
 
-        stored = set(TraceStep.objects.using(self.alias).filter(
+        stored = set() if session is None else set(TraceStep.objects.using(self.alias).filter(
             workflow_session=session, span_id__in=[s.span_id for s in group]).values_list("span_id", flat=True))
         fresh = []
         for step in group:
@@ -945,7 +946,8 @@ class RecordWriter:
             session.metadata = storable_json({**(session.metadata or {}), **self._sanitizer.clean_mapping(metadata)})
 
     def _close_reason(self, session: Any, group: list[StepData]) -> str | None:
-        """``explicit`` (complete/fail_workflow), ``root_ended`` or ``None``; ``group``: server steps."""
+        """``explicit`` (complete/fail_workflow), ``root_ended`` or ``None``; ``group``: the steps that
+        may decide the status (``_fold``)."""
         explicit = [s.hints.status for s in sorted(group, key=lambda s: s.end_ns) if s.hints.status]
         if explicit:
             session.status = explicit[-1]

@@ -250,14 +250,15 @@ def test_a_refused_error_group_drops_only_its_occurrences(writers: Any, monkeypa
 @pytest.mark.django_db(transaction=True)
 def test_a_span_delivered_twice_is_stored_and_counted_once(writers: Any) -> None:
     writer = writers()
-    step, other = make_step(), make_step()
+    step, other, new = make_step(), make_step(), make_step()
     writer.submit(step)
     assert writer.force_flush(10)
-    for item in (step, other, step):  # again in a later chunk, and twice in the same one
+    for item in (step, other, step, new, new):  # again in a later chunk, twice in one, twice in a new trace
         writer.submit(item)
     assert writer.force_flush(10)
     stats = writer.stats()
-    assert TraceStep.objects.filter(correlation_id=cid(step)).count() == 1
-    assert stats["written"]["step"] == TraceStep.objects.count() == 2
+    assert TraceStep.objects.filter(correlation_id__in=[cid(step), cid(new)]).count() == 2
+    assert stats["written"]["step"] == TraceStep.objects.count() == 3
     assert WorkflowSession.objects.get(correlation_id=cid(step)).step_count == 1
+    assert WorkflowSession.objects.get(correlation_id=cid(new)).step_count == 1
     assert not any(stats["dropped"].values())
