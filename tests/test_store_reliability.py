@@ -262,3 +262,35 @@ def test_a_span_delivered_twice_is_stored_and_counted_once(writers: Any) -> None
     assert WorkflowSession.objects.get(correlation_id=cid(step)).step_count == 1
     assert WorkflowSession.objects.get(correlation_id=cid(new)).step_count == 1
     assert not any(stats["dropped"].values())
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_browser_fetch_does_not_fail_the_servers_completed_workflow() -> None:
+    """End to end: a request the server completed, then the browser's spans of it through the
+    ingestion endpoint, with an error status, an exception and an ``enduser.id``."""
+    from django.test import Client
+
+    from e2e_otel.bootstrap import get_runtime
+    from e2e_otel.ingest import reset_rate_limits
+    from tests.test_ingest import browser_payload, kv, new_trace_id, post
+
+    runtime = get_runtime()
+    assert runtime is not None
+    trace_id, fetch_span_id = new_trace_id(), 0x1234567890ABCDEF
+    assert Client().get("/ping/", headers={"traceparent": f"00-{trace_id:032x}-{fetch_span_id:016x}-01"}
+                        ).status_code == 200
+    assert runtime.force_flush(10)
+    session = WorkflowSession.objects.get(correlation_id=uuid.UUID(int=trace_id))
+    assert session.status == "completed" and session.error_count == 0
+
+    payload = browser_payload(trace_id, fetch_span_id=fetch_span_id + 1)
+    payload.resource_spans[0].scope_spans[0].spans[1].attributes.append(kv("enduser.id", "mallory"))
+    reset_rate_limits()
+    assert post(payload.SerializeToString()).status_code == 200
+    assert runtime.force_flush(10)
+    session.refresh_from_db()
+    assert session.status == "completed" and session.user_id == ""
+    assert session.error_count == 1  # the browser's failed fetch is counted, and its error is logged
+    assert TraceStep.objects.filter(workflow_session=session, layer="frontend").count() == 2
+    assert ErrorLog.objects.filter(correlation_id=session.correlation_id, layer="frontend").exists()
