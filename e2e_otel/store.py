@@ -13,6 +13,13 @@ grows with rows, not with traces; a batch the database refuses is written again 
 only the offending trace is dropped. Errors are grouped once per batch: one locked read and one
 counter update (or insert) per fingerprint.
 
+Values are made storable on the way in (``storable.py``: the same rules for every backend) and a
+failed write is classified (``dbfailures.py``): an outage or lock waits, missing tables drop and
+back off, refused data drops only its trace or error group, each counted by reason. Only rows the
+database reports inserted count as written (plain INSERTs; duplicates of stored spans are left out
+beforehand). Frontend (ingested) steps have a budget of their own and never set the user; once the
+server has a step in a session, they never decide its status.
+
 The writer shares the interpreter lock with request threads, so it keeps its share small and
 short: it gathers a batch without waking for every submitted step, builds TraceStep INSERTs itself
 (the ORM's per-field compile cost most of its CPU per step), relies on the sanitizer's scrub memos,
