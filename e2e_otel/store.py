@@ -827,22 +827,24 @@ class RecordWriter:
         closed: str | None = None
         reason = self._close_reason(session, deciding)
         if reason is not None:
-            end = max(s.end_ns for s in deciding)
+            end = max(s.end_ns for s in group)
             session.end_time = max(filter(None, (session.end_time, _dt(end))))
             session.duration_ms = (session.end_time - session.start_time).total_seconds() * 1000
             if not session.status_explicit:
                 session.status = WorkflowStatus.FAILED if failed else WorkflowStatus.COMPLETED
             if previous_status == WorkflowStatus.IN_PROGRESS or previous_status != session.status:
                 closed = reason
-        elif deciding and not session.status_explicit and session.status != WorkflowStatus.IN_PROGRESS:
-            if session.end_time is None or any(_dt(s.start_ns) > session.end_time for s in deciding):
+        elif not session.status_explicit and session.end_time is not None \
+                and session.status != WorkflowStatus.IN_PROGRESS:
+            if any(_dt(s.start_ns) > session.end_time for s in deciding):
                 session.status = WorkflowStatus.IN_PROGRESS  # a later request of the same workflow
-            else:  # late spans of work already closed (a browser fetch ending after its click)
-                late_end = _dt(max(s.end_ns for s in deciding))
+            else:  # late spans of work already closed (a browser click ending after its requests)
+                late_end = _dt(max(s.end_ns for s in group))
                 if late_end > session.end_time:
                     session.end_time = late_end
                     session.duration_ms = (late_end - session.start_time).total_seconds() * 1000
-                session.status = WorkflowStatus.FAILED if failed else WorkflowStatus.COMPLETED
+                if deciding:  # browser spans alone keep the server's status
+                    session.status = WorkflowStatus.FAILED if failed else WorkflowStatus.COMPLETED
         return _Folded(kept, over, over_frontend, closed)
 
     def _within_budgets(self, server_steps: int, frontend_steps: int,
