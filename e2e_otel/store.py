@@ -14,7 +14,7 @@ only the offending trace is dropped. Errors are grouped once per batch: one lock
 counter update (or insert) per fingerprint.
 
 Values are made storable on the way in (``storable.py``: the same rules for every backend) and a
-failed write is classified (``dbfailures.py``): an outage or lock waits, missing tables drop and
+failed write is classified (``write_failures.py``): an outage or lock waits, missing tables drop and
 back off, refused data drops only its trace or error group, each counted by reason. Only rows the
 database reports inserted count as written (plain INSERTs; duplicates of stored spans are left out
 beforehand). Frontend (ingested) steps have a budget of their own and never set the user; once the
@@ -44,11 +44,11 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from . import forksafe
 from .conf import Config
-from .dbfailures import DATA_FAILURES, Failure, FailureLog, classify_failure
 from .pacing import Pacer
 from .sanitize import Sanitizer, ansi_quotes_for
 from .spans_to_records import WORKFLOW_SOURCES, ErrorData, StepData, resolve_workflow_type
 from .storable import is_storable_float, storable_json, storable_text
+from .write_failures import DATA_FAILURES, Failure, FailureLog, classify_failure
 
 if TYPE_CHECKING:
     from django.db.models import Field
@@ -404,7 +404,7 @@ class RecordWriter:
             self._release_tokens()
 
     def _attempt(self, func: Any, *args: Any) -> Failure | Literal["ok"]:
-        """Run ``func`` on our connection: ``"ok"``, or the kind of failure (``dbfailures.py``).
+        """Run ``func`` on our connection: ``"ok"``, or the kind of failure (``write_failures.py``).
         ``outage``/``lock``/``missing_tables`` back off; ``refused``/``db_error`` are logged (once
         per minute per kind) and the caller drops what was not written."""
         from django.db import connections
@@ -421,8 +421,8 @@ class RecordWriter:
             elif kind == "missing_tables":
                 self._missing_tables(exc)
             else:
-                self._note_error(exc)
-                self._failure_log.warn(kind, "e2e-otel: record batch not written (%s): %s", kind, exc)
+                self._failure_log.warn(kind, "e2e-otel: record batch not written (%s): %s", kind,
+                                       self._note_error(exc))
             return kind
         with self._lock:
             self._last_flush_ts = time.time()
@@ -438,10 +438,10 @@ class RecordWriter:
     def _missing_tables(self, exc: BaseException) -> None:
         """No e2e-otel tables: one warning with the fix, then back off like an outage (a write is
         tried again, and succeeds once someone has migrated)."""
-        self._note_error(exc)
+        error = self._note_error(exc)
         if not self._tables_missing:
             logger.warning("e2e-otel: the record tables are missing (%s): %s; records are dropped "
-                           "(counted as missing_tables) until they exist", exc, MIGRATE_HINT)
+                           "(counted as missing_tables) until they exist", error, MIGRATE_HINT)
         self._tables_missing = True
         self._backoff = min(MAX_BACKOFF, max(0.5, self._backoff * 2))
         self._retry_at = time.monotonic() + self._backoff
@@ -466,16 +466,20 @@ class RecordWriter:
                     cursor.execute("SET SESSION innodb_lock_wait_timeout = %s", [LOCK_WAIT_TIMEOUT])
 
     def _back_off(self, exc: BaseException, kind: Failure) -> None:
-        self._note_error(exc)
+        error = self._note_error(exc)
         self._close_connection()
         self._backoff = min(MAX_BACKOFF, max(0.5, self._backoff * 2))
         self._retry_at = time.monotonic() + self._backoff
         trouble = "waited too long for a lock" if kind == "lock" else "cannot reach the database"
-        logger.warning("e2e-otel: record writer %s (%s); retry in %.1fs", trouble, exc, self._backoff)
+        logger.warning("e2e-otel: record writer %s (%s); retry in %.1fs", trouble, error, self._backoff)
 
-    def _note_error(self, exc: BaseException) -> None:
+    def _note_error(self, exc: BaseException) -> str:
+        """Remember ``exc`` as ``last_error`` and return it as it may be shown: scrubbed (database
+        messages quote the refused values), cut to 500 characters."""
+        error = f"{type(exc).__name__}: {self._sanitizer.scrub_text(str(exc))[:500]}"
         with self._lock:
-            self._last_error = f"{type(exc).__name__}: {self._sanitizer.scrub_text(str(exc))[:500]}"
+            self._last_error = error
+        return error
 
     def _connection_usable(self) -> bool:
         from django.db import connections
@@ -708,9 +712,8 @@ class RecordWriter:
 
     def _refused(self, kind: Failure, exc: BaseException, count: int, what: str) -> None:
         """Drop and count what the database refused; warn once a minute per kind."""
-        self._note_error(exc)
         self.count_drop(kind, count)
-        self._failure_log.warn(kind, "e2e-otel: %s not written (%s): %s", what, kind, exc)
+        self._failure_log.warn(kind, "e2e-otel: %s not written (%s): %s", what, kind, self._note_error(exc))
 
     def _first_sighting(self, trace_id: int, error: ErrorData) -> bool:
         """False for the same exception seen again on an enclosing span of the same trace. The

@@ -1,4 +1,4 @@
-"""dbfailures.py: what a failed write means (outage, lock, missing tables, refused data)."""
+"""write_failures.py: what a failed write means (outage, lock, missing tables, refused data)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pymysql.err
 import pytest
 from django.db import DataError, IntegrityError, InterfaceError, OperationalError, ProgrammingError, connections
 
-from e2e_otel.dbfailures import FailureLog, classify_failure
+from e2e_otel.write_failures import FailureLog, classify_failure
 
 
 def wrapped(django_class: type[Exception], cause: BaseException) -> Exception:
