@@ -247,6 +247,9 @@ OPTIONS: dict[str, Option] = {
                            _number(0)),
     "MAX_STEPS_PER_WORKFLOW": Option(500, "Further steps of one workflow are counted, not stored.",
                                      _number(1, integer=True)),
+    "MAX_FRONTEND_STEPS_PER_WORKFLOW": Option(100, "Frontend (ingested) steps of one workflow beyond "
+                                              "this are counted, not stored; they have their own budget.",
+                                              _number(0, integer=True)),
     "RETENTION_DAYS": Option(14, "prune_debugging_records: age limit for ordinary records.",
                              _number(1, integer=True)),
     "FAILED_RETENTION_DAYS": Option(60, "prune_debugging_records: age limit for failed workflows, and "

@@ -13,6 +13,13 @@ grows with rows, not with traces; a batch the database refuses is written again 
 only the offending trace is dropped. Errors are grouped once per batch: one locked read and one
 counter update (or insert) per fingerprint.
 
+Values are made storable on the way in (``storable.py``: the same rules for every backend) and a
+failed write is classified (``write_failures.py``): an outage or lock waits, missing tables drop and
+back off, refused data drops only its trace or error group, each counted by reason. Only rows the
+database reports inserted count as written (plain INSERTs; duplicates of stored spans are left out
+beforehand). Frontend (ingested) steps have a budget of their own and never set the user; once the
+server has a step in a session, they never decide its status.
+
 The writer shares the interpreter lock with request threads, so it keeps its share small and
 short: it gathers a batch without waking for every submitted step, builds TraceStep INSERTs itself
 (the ORM's per-field compile cost most of its CPU per step), relies on the sanitizer's scrub memos,
@@ -31,7 +38,7 @@ import uuid
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, cast
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
@@ -40,6 +47,8 @@ from .conf import Config
 from .pacing import Pacer
 from .sanitize import Sanitizer, ansi_quotes_for
 from .spans_to_records import WORKFLOW_SOURCES, ErrorData, StepData, resolve_workflow_type
+from .storable import is_storable_float, storable_json, storable_text
+from .write_failures import DATA_FAILURES, Failure, FailureLog, classify_failure
 
 if TYPE_CHECKING:
     from django.db.models import Field
@@ -48,17 +57,18 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DROP_REASONS", "WRITTEN_KINDS", "RecordWriter"]
 
-DROP_REASONS = ("queue_full", "db_error", "step_cap", "unsampled_overflow")
+#: Why records were not written (docs/metrics.md says what each means).
+DROP_REASONS = ("queue_full", "refused", "invalid_value", "missing_tables", "db_error", "step_cap",
+                "frontend_step_cap", "unsampled_overflow")
 WRITTEN_KINDS = ("session", "step", "error", "snapshot")
 MAX_BACKOFF = 30.0
 _UNKNOWN_TYPE = ("unknown", "unknown")
 _SOURCE_RANK = {**WORKFLOW_SOURCES, "unknown": 99}
 _SQL_KEYS = ("db.statement", "db.query.text")
+FRONTEND = "frontend"  # the layer of ingested (browser) spans: ingestion marks every one of them
 _SWEEP_LIMIT = 500
 LOCK_WAIT_TIMEOUT = 5  # seconds the writer waits for a row lock (MySQL/MariaDB) before retrying
-# MySQL/MariaDB lock wait timeout and deadlock: the transaction was rolled back on a healthy
-# connection; the same data goes in once the other transaction is done, so back off and retry.
-_RETRYABLE_CODES = frozenset({1205, 1213})
+MIGRATE_HINT = "run `manage.py migrate e2e_otel`"
 _PING_AFTER_IDLE = 60.0  # seconds without a write after which the connection is pinged first
 _T = TypeVar("_T")
 # Rows per INSERT. Each statement's round trip gives the interpreter lock back to request threads,
@@ -89,6 +99,11 @@ _STOP = object()
 _SEEN_ERRORS_CAP = 4096
 
 
+class _RowsMissing(Exception):
+    """The database reported fewer rows inserted than sent: the chunk is rolled back and written
+    again trace by trace (classified as ``db_error`` if it happens there too)."""
+
+
 class _Occurrence(NamedTuple):
     """One exception of a written trace, waiting for the chunk's error grouping."""
 
@@ -102,7 +117,8 @@ class _Folded(NamedTuple):
     """One trace's steps applied to its session in memory, waiting for the commit."""
 
     kept: list[StepData]
-    over: int  # steps beyond MAX_STEPS_PER_WORKFLOW (dropped as ``step_cap``)
+    over: int  # server steps beyond MAX_STEPS_PER_WORKFLOW (dropped as ``step_cap``)
+    over_frontend: int  # frontend steps beyond MAX_FRONTEND_STEPS_PER_WORKFLOW (``frontend_step_cap``)
     closed: str | None  # the ``workflow_closed`` reason, if this closed the workflow
 
 
@@ -119,14 +135,13 @@ def _ordered(items: list[tuple[int, StepData]]) -> list[StepData]:
     return sorted((step for _, step in items), key=lambda s: (s.start_ns, s.end_ns))
 
 
-def _is_retryable(exc: BaseException) -> bool:
-    """MySQL/MariaDB lock wait timeout (1205) or deadlock (1213); Django keeps the driver's args."""
-    code = exc.args[0] if exc.args else None
-    return isinstance(code, int) and code in _RETRYABLE_CODES
-
-
 def _dt(ns: int) -> datetime:
     return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+
+
+def _short(value: str, limit: int) -> str:
+    """A field the sanitizer has no reason to scrub (layer, unit, category), made storable and cut."""
+    return storable_text(value)[:limit]
 
 
 class RecordWriter:
@@ -145,6 +160,7 @@ class RecordWriter:
         self._idle_timeout = float(config.WORKFLOW_IDLE_TIMEOUT)
         self._sweep_interval = max(0.5, min(self._idle_timeout / 2, 30.0))
         self._max_steps = int(config.MAX_STEPS_PER_WORKFLOW)
+        self._max_frontend_steps = int(config.MAX_FRONTEND_STEPS_PER_WORKFLOW)
         self._rules = dict(config.WORKFLOWS)
         self._started = False
         self._reset_state()
@@ -170,6 +186,8 @@ class RecordWriter:
         self._backoff = 0.0
         self._retry_at = 0.0
         self._last_used = 0.0
+        self._tables_missing = False  # until a write succeeds again: hold one batch, drop the rest
+        self._failure_log = FailureLog(logger)
         self._next_sweep = time.monotonic() + self._sweep_interval
         # Gives the interpreter lock back between units of work and stands back for requests in
         # flight before writing a chunk (pacing.py).
@@ -342,11 +360,14 @@ class RecordWriter:
             return False
         self._seq += 1
         self._pending.append((self._seq, item))
-        overflow = len(self._pending) - self.capacity
-        if overflow > 0:  # database down for a while: keep the newest
+        # Database down for a while: keep the newest. Without our tables nothing can be written:
+        # keep one batch, to find out when they exist.
+        limit = self._batch_size if self._tables_missing else self.capacity
+        overflow = len(self._pending) - limit
+        if overflow > 0:
             for _ in range(overflow):
                 self._pending.popleft()
-            self.count_drop("db_error", overflow)
+            self.count_drop("missing_tables" if self._tables_missing else "queue_full", overflow)
         return True
 
     def _release_tokens(self, all_tokens: bool = False) -> None:
@@ -368,39 +389,62 @@ class RecordWriter:
             size = min(self._batch_size, len(self._pending))
             chunk = [self._pending[i] for i in range(size)]
             outcome = self._attempt(self._write, chunk)
-            if outcome == "retry":
+            if outcome in ("outage", "lock"):
                 return
+            if outcome != "ok":  # refused, db_error or missing_tables: what is not written is dropped
+                unwritten = sum(1 for seq, _ in chunk if seq not in self._chunk_done)
+                self.count_drop(outcome, unwritten + len(self._chunk_errors))
             self._chunk_done.clear()
             self._chunk_errors = []
             for _ in range(size):
                 self._pending.popleft()
-            if outcome == "dropped":
-                self.count_drop("db_error", size)
+            if outcome == "missing_tables":  # the rest cannot go in either; keep only what comes next
+                self.count_drop(outcome, len(self._pending))
+                self._pending.clear()
             self._release_tokens()
 
-    def _attempt(self, func: Any, *args: Any) -> str:
-        """Run ``func`` on our connection: ``"ok"``, ``"retry"`` (connection trouble, lock wait
-        timeout or deadlock: back off) or ``"dropped"`` (the data itself was refused; retrying would
-        fail the same way)."""
-        from django.db import DatabaseError, InterfaceError, OperationalError, connections
+    def _attempt(self, func: Any, *args: Any) -> Failure | Literal["ok"]:
+        """Run ``func`` on our connection: ``"ok"``, or the kind of failure (``write_failures.py``).
+        ``outage``/``lock``/``missing_tables`` back off; ``refused``/``db_error`` are logged (once
+        per minute per kind) and the caller drops what was not written."""
+        from django.db import connections
 
         try:
             with suppress_instrumentation():
                 self._check_connection(connections[self.alias])
                 func(*args)
                 self._last_used = time.monotonic()
-        except (OperationalError, InterfaceError) as exc:
-            return self._back_off(exc)
-        except DatabaseError as exc:
-            self._note_error(exc)
-            logger.warning("e2e-otel: record batch refused by the database: %s", exc)
-            return "dropped"
-        except Exception as exc:  # e.g. database access not allowed yet; never die
-            return self._back_off(exc)
+        except Exception as exc:  # never die: every failure is classified
+            kind = self._classify(exc)
+            if kind in ("outage", "lock"):
+                self._back_off(exc, kind)
+            elif kind == "missing_tables":
+                self._missing_tables(exc)
+            else:
+                self._failure_log.warn(kind, "e2e-otel: record batch not written (%s): %s", kind,
+                                       self._note_error(exc))
+            return kind
         with self._lock:
             self._last_flush_ts = time.time()
         self._backoff = 0.0
+        if self._tables_missing:
+            self._tables_missing = False
+            logger.warning("e2e-otel: the record tables exist now; writing records again")
         return "ok"
+
+    def _classify(self, exc: BaseException) -> Failure:
+        return classify_failure(exc, connection_usable=self._connection_usable)
+
+    def _missing_tables(self, exc: BaseException) -> None:
+        """No e2e-otel tables: one warning with the fix, then back off like an outage (a write is
+        tried again, and succeeds once someone has migrated)."""
+        error = self._note_error(exc)
+        if not self._tables_missing:
+            logger.warning("e2e-otel: the record tables are missing (%s): %s; records are dropped "
+                           "(counted as missing_tables) until they exist", error, MIGRATE_HINT)
+        self._tables_missing = True
+        self._backoff = min(MAX_BACKOFF, max(0.5, self._backoff * 2))
+        self._retry_at = time.monotonic() + self._backoff
 
     def _check_connection(self, connection: Any) -> None:
         """Keep one long-lived connection (``CONN_MAX_AGE`` is a per-request notion; honouring 0
@@ -427,18 +471,21 @@ class RecordWriter:
             with connection.cursor() as cursor:
                 cursor.execute("SET SESSION innodb_lock_wait_timeout = %s", [LOCK_WAIT_TIMEOUT])
 
-    def _back_off(self, exc: BaseException) -> str:
-        self._note_error(exc)
+    def _back_off(self, exc: BaseException, kind: Failure) -> None:
+        error = self._note_error(exc)
         self._close_connection()
         self._backoff = min(MAX_BACKOFF, max(0.5, self._backoff * 2))
         self._retry_at = time.monotonic() + self._backoff
-        trouble = "waited too long for a row lock" if _is_retryable(exc) else "cannot reach the database"
-        logger.warning("e2e-otel: record writer %s (%s); retry in %.1fs", trouble, exc, self._backoff)
-        return "retry"
+        trouble = "waited too long for a lock" if kind == "lock" else "cannot reach the database"
+        logger.warning("e2e-otel: record writer %s (%s); retry in %.1fs", trouble, error, self._backoff)
 
-    def _note_error(self, exc: BaseException) -> None:
+    def _note_error(self, exc: BaseException) -> str:
+        """Remember ``exc`` as ``last_error`` and return it as it may be shown: scrubbed (database
+        messages quote the refused values), cut to 500 characters."""
+        error = f"{type(exc).__name__}: {self._sanitizer.scrub_text(str(exc))[:500]}"
         with self._lock:
-            self._last_error = f"{type(exc).__name__}: {self._sanitizer.scrub_text(str(exc))[:500]}"
+            self._last_error = error
+        return error
 
     def _connection_usable(self) -> bool:
         from django.db import connections
@@ -473,8 +520,6 @@ class RecordWriter:
         committed by an earlier attempt of the same chunk (their sequence numbers are in
         ``_chunk_done``) are skipped on retry, and their errors wait in ``_chunk_errors``, so
         counters are never applied twice."""
-        from django.db import DatabaseError, InterfaceError, OperationalError
-
         by_trace: dict[int, list[tuple[int, StepData]]] = {}
         for seq, step in chunk:
             if seq not in self._chunk_done:
@@ -482,23 +527,12 @@ class RecordWriter:
         if by_trace:
             try:
                 self._write_set(by_trace)
-            except (OperationalError, InterfaceError) as exc:
-                if _is_retryable(exc) or not self._connection_usable():
-                    raise  # lock wait timeout / deadlock / outage: rolled back, retried as a whole
-                self._write_trace_by_trace(by_trace)  # e.g. MySQL 1292: data, not outage
-            except DatabaseError:  # refused data or a concurrent session insert: find out per trace
-                self._write_trace_by_trace(by_trace)
-        if not self._chunk_errors:
-            return
-        try:
-            self._group_errors(self._chunk_errors)
-        except (OperationalError, InterfaceError) as exc:
-            if _is_retryable(exc) or not self._connection_usable():
-                raise  # retried with the chunk: its traces are done, its errors are still here
-            self._refused_errors(exc)
-        except DatabaseError as exc:
-            self._refused_errors(exc)
-        self._chunk_errors = []
+            except Exception as exc:
+                if self._classify(exc) not in DATA_FAILURES:
+                    raise  # lock wait timeout, deadlock, outage, no tables: rolled back, retried as a whole
+                self._write_trace_by_trace(by_trace)  # refused data or a concurrent session insert
+        if self._chunk_errors:
+            self._group_errors()
 
     def _write_set(self, by_trace: dict[int, list[tuple[int, StepData]]]) -> None:
         """One transaction for the whole chunk: a locked read of its existing sessions (in
@@ -519,11 +553,17 @@ class RecordWriter:
         with transaction.atomic(using=alias):
             existing, new = self._lock_sessions(groups)
             sessions = {**existing, **new}
+            frontend = self._frontend_counts([session for trace_id, session in existing.items()
+                                              if self._needs_frontend_counts(session, groups[trace_id])])
             for trace_id, group in groups.items():
-                results.append((trace_id, sessions[trace_id], self._fold(sessions[trace_id], group)))
+                session = sessions[trace_id]
+                results.append((trace_id, session, self._fold(session, group, frontend.get(session.pk, (0, 0)))))
                 self._breathe()
             self._insert_sessions(list(new.values()))
-            self._insert_steps([(session, step) for _, session, folded in results for step in folded.kept])
+            steps = [(session, step) for _, session, folded in results for step in folded.kept]
+            inserted = self._insert_steps(steps)
+            if inserted != len(steps):  # no backend does this without IGNORE; if one did, say so
+                raise _RowsMissing(f"{len(steps)} steps sent, {inserted} inserted")
             snapshots = [row for _, session, folded in results
                          for row in self._snapshot_rows(PerformanceSnapshot, session.correlation_id, folded.kept)]
             for piece in self._pieces(snapshots, _ROWS_PER_STATEMENT):
@@ -607,18 +647,18 @@ class RecordWriter:
             session._state.adding = False
             session._state.db = self.alias
 
-    def _insert_steps(self, steps: list[tuple[Any, StepData]]) -> None:
-        """``bulk_create(ignore_conflicts=True)`` of the steps' TraceStep rows: the same statement
-        the ORM builds (the backend's own ignore-conflicts syntax) and the same values its
-        ``get_db_prep_save`` makes, without its per-field compile, which cost the writer most of
-        its CPU per step."""
+    def _insert_steps(self, steps: list[tuple[Any, StepData]]) -> int:
+        """``bulk_create`` of the steps' TraceStep rows: the statement the ORM builds and the
+        values its ``get_db_prep_save`` makes, without its per-field compile, which cost the writer
+        most of its CPU per step. Plain INSERTs: a duplicate span raises (the per-trace path skips
+        stored spans), where ``INSERT IGNORE`` also turned refused rows into warnings and let them
+        count as written. Returns the rows the database reports inserted."""
         from django.db import connections
-        from django.db.models.constants import OnConflict
 
         from .models import TraceStep
 
         if not steps:
-            return
+            return 0
         connection = connections[self.alias]
         ops = connection.ops
         fields = [cast("Field[Any, Any]", TraceStep._meta.get_field(name)) for name in _STEP_COLUMNS]
@@ -632,15 +672,16 @@ class RecordWriter:
                          status, metadata_field.get_db_prep_save(metadata, connection)))
             self._breathe()
         head = "{} {} ({}) VALUES ".format(
-            ops.insert_statement(on_conflict=OnConflict.IGNORE), ops.quote_name(TraceStep._meta.db_table),
+            ops.insert_statement(), ops.quote_name(TraceStep._meta.db_table),
             ", ".join(ops.quote_name(cast(str, field.column)) for field in fields))
-        suffix = ops.on_conflict_suffix_sql(fields, OnConflict.IGNORE, (), ())
         placeholders = "({})".format(", ".join(["%s"] * len(fields)))
         size = max(1, min(_ROWS_PER_STATEMENT, ops.bulk_batch_size(fields, rows)))
+        inserted = 0
         with connection.cursor() as cursor:
             for piece in self._pieces(rows, size):
-                sql = head + ", ".join([placeholders] * len(piece))
-                cursor.execute(f"{sql} {suffix}" if suffix else sql, [value for row in piece for value in row])
+                cursor.execute(head + ", ".join([placeholders] * len(piece)), [value for row in piece for value in row])
+                inserted += cursor.rowcount
+        return inserted
 
     def _save_sessions(self, sessions: list[Any]) -> None:
         """Store the chunk's (locked, existing) session rows with an upsert on the primary key
@@ -661,32 +702,24 @@ class RecordWriter:
             session.created_at = created_at
 
     def _write_trace_by_trace(self, by_trace: dict[int, list[tuple[int, StepData]]]) -> None:
-        """The fallback: one transaction per trace, so refused data drops only its own trace."""
-        from django.db import DatabaseError, InterfaceError, OperationalError
-
+        """The fallback: one transaction per trace, so refused data drops only its own trace. A
+        lock wait, deadlock, outage or missing table raises: the writer backs off and retries the
+        rest of the chunk (``_chunk_done`` skips the traces already committed)."""
         for trace_id, items in by_trace.items():
             group = _ordered(items)
             try:
                 self._chunk_errors.extend(self._write_trace(trace_id, group))
-            except (OperationalError, InterfaceError) as exc:
-                if _is_retryable(exc) or not self._connection_usable():
-                    # Lock wait timeout / deadlock (rolled back, retry later) or the database went
-                    # away: back off and retry the rest of the chunk; ``_chunk_done`` skips the
-                    # traces already committed.
+            except Exception as exc:
+                kind = self._classify(exc)
+                if kind not in DATA_FAILURES:
                     raise
-                self._note_error(exc)  # e.g. MySQL 1292 arrives as OperationalError: data, not outage
-                self.count_drop("db_error", len(group))
-                logger.warning("e2e-otel: records of trace %032x refused by the database: %s", trace_id, exc)
-            except DatabaseError as exc:  # this trace's data was refused; the others still go in
-                self._note_error(exc)
-                self.count_drop("db_error", len(group))
-                logger.warning("e2e-otel: records of trace %032x refused by the database: %s", trace_id, exc)
+                self._refused(kind, exc, len(group), f"the records of trace {trace_id:032x}")
             self._chunk_done.update(seq for seq, _ in items)
 
-    def _refused_errors(self, exc: BaseException) -> None:
-        self._note_error(exc)
-        self.count_drop("db_error", len(self._chunk_errors))
-        logger.warning("e2e-otel: %d error records refused by the database: %s", len(self._chunk_errors), exc)
+    def _refused(self, kind: Failure, exc: BaseException, count: int, what: str) -> None:
+        """Drop and count what the database refused; warn once a minute per kind."""
+        self.count_drop(kind, count)
+        self._failure_log.warn(kind, "e2e-otel: %s not written (%s): %s", what, kind, self._note_error(exc))
 
     def _first_sighting(self, trace_id: int, error: ErrorData) -> bool:
         """False for the same exception seen again on an enclosing span of the same trace. The
@@ -712,53 +745,138 @@ class RecordWriter:
         with transaction.atomic(using=alias):
             sessions = WorkflowSession.objects.using(alias)
             session = sessions.select_for_update().filter(correlation_id=cid).first()
+            created = session is None
             if session is None:
                 try:
                     with transaction.atomic(using=alias):
                         session = sessions.create(**self._new_session_fields(cid, group))
                 except IntegrityError:  # another process created it a moment ago
                     session = sessions.select_for_update().get(correlation_id=cid)
-            folded = self._fold(session, group)
+                    created = False
+            # Spans stored before (a chunk retried after a lost commit, a span sent twice) or twice
+            # in this group: plain INSERTs refuse duplicates, so they are left out here.
+            group = self._unstored(None if created else session, group)
+            if not group:
+                return []
+            frontend = self._frontend_counts([session]).get(session.pk, (0, 0)) \
+                if not created and self._needs_frontend_counts(session, group) else (0, 0)
+            folded = self._fold(session, group, frontend)
             if folded.kept:
                 TraceStep.objects.using(alias).bulk_create(
-                    [self._step_row(TraceStep, session, cid, step) for step in folded.kept], ignore_conflicts=True
-                )
+                    [self._step_row(TraceStep, session, cid, step) for step in folded.kept])
             snapshots = self._snapshot_rows(PerformanceSnapshot, cid, folded.kept)
             if snapshots:
                 PerformanceSnapshot.objects.using(alias).bulk_create(snapshots)
             session.save(using=alias)
         return self._committed(trace_id, session, group, folded)
 
-    def _fold(self, session: Any, group: list[StepData]) -> _Folded:
-        """Apply one trace's steps to its locked session in memory: step cap, counters, workflow
-        type, metadata, and whether this closes (or reopens) the workflow. Nothing is written."""
+    def _unstored(self, session: Any, group: list[StepData]) -> list[StepData]:
+        """``group`` without repeats and, for an existing ``session``, without the spans it already
+        has (one read): ``INSERT IGNORE`` would skip them, but would hide refused rows as well."""
+        from .models import TraceStep
+
+        stored = set() if session is None else set(TraceStep.objects.using(self.alias).filter(
+            workflow_session=session, span_id__in=[s.span_id for s in group]).values_list("span_id", flat=True))
+        fresh = []
+        for step in group:
+            if step.span_id not in stored:
+                stored.add(step.span_id)
+                fresh.append(step)
+        return fresh
+
+    def _needs_frontend_counts(self, session: Any, group: list[StepData]) -> bool:
+        """Whether folding ``group`` into this existing session depends on its stored frontend
+        steps: it gets frontend steps now, or has errors (are they the server's?), or nears the
+        step cap (whose budget is the server's). Usually not, so usually no read."""
+        return bool(session.error_count) or session.step_count + len(group) > self._max_steps or any(
+            s.layer == FRONTEND for s in group)
+
+    def _frontend_counts(self, sessions: list[Any]) -> dict[int, tuple[int, int]]:
+        """``{session pk: (frontend steps, frontend error steps)}`` stored so far for ``sessions``
+        (locked by the caller): one grouped read."""
+        from django.db.models import Count, Q
+
+        from .models import TraceStep
+
+        if not sessions:
+            return {}
+        rows = (TraceStep.objects.using(self.alias)
+                .filter(workflow_session__in=[s.pk for s in sessions], layer=FRONTEND)
+                .values("workflow_session").order_by()
+                .annotate(steps=Count("id"), errors=Count("id", filter=Q(status="error"))))
+        return {row["workflow_session"]: (row["steps"], row["errors"]) for row in rows}
+
+    def _fold(self, session: Any, group: list[StepData], frontend: tuple[int, int] = (0, 0)) -> _Folded:
+        """Apply one trace's steps to its locked session in memory: step caps, counters, workflow
+        type, metadata, and whether this closes (or reopens) the workflow. Nothing is written.
+
+        ``frontend``: the session's stored frontend steps and frontend error steps. Frontend
+        (ingested) steps have a budget of their own and never set the user. Once the server has
+        a step in the session, only server steps close or reopen it and only server errors fail
+        it; a workflow seen only by the browser so far is closed by its own spans."""
         from .models import WorkflowStatus
 
         previous_status = session.status
-        allowed = max(0, self._max_steps - session.step_count)
-        kept, over = group[:allowed], len(group[allowed:])
-        session.dropped_step_count += over
-        self._update_session(session, group, kept)
+        frontend_steps, frontend_errors = frontend
+        server = [s for s in group if s.layer != FRONTEND] if frontend_steps or any(
+            s.layer == FRONTEND for s in group) else group
+        browser_only = False
+        if server is group:  # the common case: no frontend step in sight
+            allowed = max(0, self._max_steps - session.step_count)
+            kept, over, over_frontend = group[:allowed], len(group[allowed:]), 0
+        else:
+            browser_only = not server and session.step_count == frontend_steps
+            kept, over, over_frontend = self._within_budgets(session.step_count - frontend_steps,
+                                                             frontend_steps, group)
+            frontend_errors += sum(1 for s in kept if s.layer == FRONTEND and s.status == "error")
+        session.dropped_step_count += over + over_frontend
+        self._update_session(session, group, kept, server)
+        deciding = group if browser_only else server  # the steps that may decide the status
+        failed = (session.error_count if browser_only else session.error_count - frontend_errors) > 0
         closed: str | None = None
-        reason = self._close_reason(session, group)
+        reason = self._close_reason(session, deciding)
         if reason is not None:
             end = max(s.end_ns for s in group)
             session.end_time = max(filter(None, (session.end_time, _dt(end))))
             session.duration_ms = (session.end_time - session.start_time).total_seconds() * 1000
             if not session.status_explicit:
-                session.status = WorkflowStatus.FAILED if session.error_count else WorkflowStatus.COMPLETED
+                session.status = WorkflowStatus.FAILED if failed else WorkflowStatus.COMPLETED
             if previous_status == WorkflowStatus.IN_PROGRESS or previous_status != session.status:
                 closed = reason
-        elif not session.status_explicit and session.status != WorkflowStatus.IN_PROGRESS:
-            if session.end_time is None or any(_dt(s.start_ns) > session.end_time for s in group):
+        elif not session.status_explicit and session.end_time is not None \
+                and session.status != WorkflowStatus.IN_PROGRESS:
+            if any(_dt(s.start_ns) > session.end_time for s in deciding):
                 session.status = WorkflowStatus.IN_PROGRESS  # a later request of the same workflow
-            else:  # late spans of work already closed (a browser fetch ending after its click)
+            else:  # late spans of work already closed (a browser click ending after its requests)
                 late_end = _dt(max(s.end_ns for s in group))
                 if late_end > session.end_time:
                     session.end_time = late_end
                     session.duration_ms = (late_end - session.start_time).total_seconds() * 1000
-                session.status = WorkflowStatus.FAILED if session.error_count else WorkflowStatus.COMPLETED
-        return _Folded(kept, over, closed)
+                if deciding:  # browser spans alone keep the server's status
+                    session.status = WorkflowStatus.FAILED if failed else WorkflowStatus.COMPLETED
+        return _Folded(kept, over, over_frontend, closed)
+
+    def _within_budgets(self, server_steps: int, frontend_steps: int,
+                        group: list[StepData]) -> tuple[list[StepData], int, int]:
+        """``(kept, server steps over MAX_STEPS_PER_WORKFLOW, frontend steps over
+        MAX_FRONTEND_STEPS_PER_WORKFLOW)``: a client cannot spend the server's budget."""
+        server_left = max(0, self._max_steps - server_steps)
+        frontend_left = max(0, self._max_frontend_steps - frontend_steps)
+        kept: list[StepData] = []
+        over = over_frontend = 0
+        for step in group:
+            if step.layer == FRONTEND:
+                if frontend_left:
+                    frontend_left -= 1
+                    kept.append(step)
+                else:
+                    over_frontend += 1
+            elif server_left:
+                server_left -= 1
+                kept.append(step)
+            else:
+                over += 1
+        return kept, over, over_frontend
 
     def _committed(self, trace_id: int, session: Any, group: list[StepData], folded: _Folded) -> list[_Occurrence]:
         """After the commit: counters, the ``workflow_closed`` signal, and the trace's errors (first
@@ -768,9 +886,15 @@ class RecordWriter:
 
         if folded.over:
             self.count_drop("step_cap", folded.over)
+        if folded.over_frontend:
+            self.count_drop("frontend_step_cap", folded.over_frontend)
+        metrics = [metric.value for step in folded.kept for metric in step.metrics]
+        invalid = sum(1 for value in metrics if not is_storable_float(value))
+        if invalid:
+            self.count_drop("invalid_value", invalid)
         self._written_add("session", 1)
         self._written_add("step", len(folded.kept))
-        self._written_add("snapshot", sum(len(step.metrics) for step in folded.kept))
+        self._written_add("snapshot", len(metrics) - invalid)
         if folded.closed is not None:
             signals.workflow_closed.send_robust(sender=WorkflowSession, session=session, reason=folded.closed)
         return [_Occurrence(error, session.correlation_id, step.span_id, session.user_id)
@@ -778,13 +902,15 @@ class RecordWriter:
                 if self._first_sighting(trace_id, error)]
 
     def _snapshot_rows(self, model: Any, cid: uuid.UUID, kept: list[StepData]) -> list[Any]:
+        """The steps' metrics as PerformanceSnapshot rows; a NaN or infinite value has no row
+        (``_committed`` counts it as ``invalid_value``)."""
         return [
             model(
-                timestamp=_dt(metric.timestamp_ns), layer=metric.layer[:20],
-                component=self._text(metric.component, 190), metric_name=metric.name,
-                metric_value=metric.value, unit=metric.unit, correlation_id=cid,
-                metadata=self._sanitizer.clean_mapping(dict(metric.metadata)),
-            ) for step in kept for metric in step.metrics
+                timestamp=_dt(metric.timestamp_ns), layer=_short(metric.layer, 20),
+                component=self._text(metric.component, 190), metric_name=self._text(metric.name, 100),
+                metric_value=metric.value, unit=_short(metric.unit, 20), correlation_id=cid,
+                metadata=self._json(metric.metadata),
+            ) for step in kept for metric in step.metrics if is_storable_float(metric.value)
         ]
 
     def _new_session_fields(self, cid: uuid.UUID, group: list[StepData]) -> dict[str, Any]:
@@ -795,32 +921,39 @@ class RecordWriter:
             "correlation_id": cid,
             "workflow_type": self._text(workflow_type, 100),
             "workflow_type_source": source,
-            "service": group[0].service,
+            "service": self._text(group[0].service, 100),
             "environment": str(self._config.ENVIRONMENT)[:20],
             "start_time": start,
             "last_activity": start,
             "root_span_id": root.span_id if root is not None and not root.parent_span_id else "",
         }
 
-    def _update_session(self, session: Any, group: list[StepData], kept: list[StepData]) -> None:
+    def _update_session(self, session: Any, group: list[StepData], kept: list[StepData],
+                        server: list[StepData]) -> None:
+        """Times and counters from every step; user, workflow type, metadata and status message
+        only from ``server`` (not ingested) steps."""
         start = _dt(group[0].start_ns)
         last = _dt(max(s.end_ns for s in group))
         session.start_time = min(session.start_time, start)
         session.last_activity = max(session.last_activity, last)
         if session.service == "" and group[0].service:
-            session.service = group[0].service
-        resolved = resolve_workflow_type([s.hints for s in group], self._rules)
+            session.service = self._text(group[0].service, 100)
+        resolved = resolve_workflow_type([s.hints for s in server], self._rules)
         if resolved is not None and _SOURCE_RANK[resolved[1]] < _SOURCE_RANK.get(session.workflow_type_source, 99):
             session.workflow_type = self._text(resolved[0], 100)
             session.workflow_type_source = resolved[1]
         session.step_count += len(kept)
-        session.error_count += sum(1 for s in group if s.status == "error")
+        # Server errors count even beyond the step cap; frontend ones only when stored, so that the
+        # stored frontend error steps tell how many of ``error_count`` the browser reported.
+        session.error_count += sum(1 for s in server if s.status == "error")
+        if server is not group:
+            session.error_count += sum(1 for s in kept if s.layer == FRONTEND and s.status == "error")
         if not session.root_span_id:
             root = next((s for s in group if s.is_local_root and not s.parent_span_id), None)
             if root is not None:
                 session.root_span_id = root.span_id
         metadata: dict[str, Any] = {}
-        for step in group:
+        for step in server:
             hints = step.hints
             if hints.user_id and not session.user_id:
                 session.user_id = self._text(hints.user_id, 150)
@@ -828,9 +961,11 @@ class RecordWriter:
             if hints.status_message:
                 metadata["status_message"] = hints.status_message
         if metadata:
-            session.metadata = {**(session.metadata or {}), **self._sanitizer.clean_mapping(metadata)}
+            session.metadata = storable_json({**(session.metadata or {}), **self._sanitizer.clean_mapping(metadata)})
 
     def _close_reason(self, session: Any, group: list[StepData]) -> str | None:
+        """``explicit`` (complete/fail_workflow), ``root_ended`` or ``None``; ``group``: the steps that
+        may decide the status (``_fold``)."""
         explicit = [s.hints.status for s in sorted(group, key=lambda s: s.end_ns) if s.hints.status]
         if explicit:
             session.status = explicit[-1]
@@ -847,7 +982,7 @@ class RecordWriter:
     def _step_fields(self, session: Any, cid: uuid.UUID, step: StepData) -> tuple[Any, ...]:
         """A step's field values in ``_STEP_COLUMNS`` order, as Python values."""
         return (
-            session, cid, step.span_id, step.parent_span_id, self._text(step.name, 190), step.layer[:20],
+            session, cid, step.span_id, step.parent_span_id, self._text(step.name, 190), _short(step.layer, 20),
             self._text(step.component, 190), self._text(step.operation, 190), _dt(step.start_ns),
             _dt(step.end_ns), step.duration_ms, step.status, self._metadata(step.attributes),
         )
@@ -857,60 +992,95 @@ class RecordWriter:
         sql = {k: self._sanitizer.scrub_sql(v, ansi_quotes=ansi)  # memoised by the sanitizer
                for k, v in attributes.items() if k in _SQL_KEYS and isinstance(v, str)}
         rest = {k: v for k, v in attributes.items() if k not in sql}
-        return {**self._sanitizer.clean_mapping(rest), **sql}
+        return storable_json({**self._sanitizer.clean_mapping(rest), **sql})
+
+    def _json(self, data: Any) -> Any:
+        """A JSON column's value: sanitised (secrets), then storable (``storable.py``)."""
+        return storable_json(self._sanitizer.clean_mapping(dict(data)))
 
     def _text(self, value: str, limit: int) -> str:
-        """A short field (name, component, user id…): scrubbed (the sanitizer memoises it), then cut."""
-        return self._sanitizer.scrub_text(value)[:limit]
+        """A short field (name, component, user id…): scrubbed (the sanitizer memoises it), made
+        storable, then cut."""
+        return storable_text(self._sanitizer.scrub_text(value))[:limit]
 
-    def _group_errors(self, occurrences: list[_Occurrence]) -> None:
-        """Add the chunk's errors to their open groups: per fingerprint one locked read and one
-        ``occurrences = occurrences + n`` (or one insert), in fingerprint order so concurrent writer
-        processes lock the rows in the same order and cannot deadlock on them."""
+    def _group_errors(self) -> None:
+        """Add the chunk's errors (``_chunk_errors``) to their open groups: per fingerprint one
+        locked read and one ``occurrences = occurrences + n`` (or one insert), in fingerprint order
+        so concurrent writer processes lock the rows in the same order and cannot deadlock on them.
+        One transaction for all; if the database refuses one group's data, one transaction per
+        group, so only the refused group is dropped. Committed groups leave ``_chunk_errors`` at
+        once: a retry after an outage never counts them twice."""
         from django.db import transaction
-        from django.db.models import F
 
         from . import signals
         from .models import ErrorLog
 
         by_fingerprint: dict[str, list[_Occurrence]] = {}
-        for occurrence in occurrences:
+        for occurrence in self._chunk_errors:
             by_fingerprint.setdefault(occurrence.error.fingerprint, []).append(occurrence)
+        order = sorted(by_fingerprint)
         sent: list[tuple[Any, bool]] = []
-        rows = ErrorLog.objects.using(self.alias)
-        with transaction.atomic(using=self.alias):
-            for fingerprint in sorted(by_fingerprint):
-                group = sorted(by_fingerprint[fingerprint], key=lambda o: o.error.timestamp_ns)
-                first, latest = group[0], group[-1]
-                seen = _dt(latest.error.timestamp_ns)
-                current = rows.select_for_update().filter(fingerprint=fingerprint, resolved=False) \
-                    .order_by("-last_seen").first()
-                if current is not None:
-                    rows.filter(pk=current.pk).update(
-                        occurrences=F("occurrences") + len(group), last_seen=seen,
-                        correlation_id=latest.correlation_id, span_id=latest.span_id,
-                    )
-                    # The row is locked: what we read plus our count is what is stored now.
-                    current.occurrences += len(group)
-                    current.last_seen, current.correlation_id, current.span_id = (
-                        seen, latest.correlation_id, latest.span_id)
-                    sent.append((current, False))
-                    continue
-                error = first.error
-                sent.append((rows.create(
-                    correlation_id=latest.correlation_id, span_id=latest.span_id,
-                    timestamp=_dt(error.timestamp_ns), last_seen=seen, occurrences=len(group),
-                    layer=error.layer[:20], component=self._text(error.component, 190),
-                    error_type=self._text(error.error_type, 190),
-                    error_message=self._sanitizer.scrub_text(error.message),
-                    stack_trace=self._sanitizer.scrub_text(error.stacktrace),
-                    fingerprint=fingerprint, severity=error.severity, category=error.category[:50],
-                    user_id=self._text(first.user_id or "", 150),
-                    metadata=self._sanitizer.clean_mapping({"operation": error.operation, **error.metadata}),
-                ), True))
-        self._written_add("error", len(occurrences))
+        try:
+            with transaction.atomic(using=self.alias):
+                sent = [self._add_to_group(fingerprint, by_fingerprint[fingerprint]) for fingerprint in order]
+        except Exception as exc:
+            if self._classify(exc) not in DATA_FAILURES:
+                raise  # retried with the chunk: its traces are done, its errors are still here
+            sent = []
+            for fingerprint in order:
+                group = by_fingerprint[fingerprint]
+                try:
+                    with transaction.atomic(using=self.alias):
+                        sent.append(self._add_to_group(fingerprint, group))
+                except Exception as refused:
+                    kind = self._classify(refused)
+                    if kind not in DATA_FAILURES:
+                        raise
+                    self._refused(kind, refused, len(group),
+                                  f"{len(group)} occurrences of error group {fingerprint[:12]}")
+                else:
+                    self._written_add("error", len(group))
+                self._chunk_errors = [o for o in self._chunk_errors if o.error.fingerprint != fingerprint]
+        else:
+            self._written_add("error", len(self._chunk_errors))
+        self._chunk_errors = []
         for row, created in sent:
             signals.error_recorded.send_robust(sender=ErrorLog, error=row, created=created)
+
+    def _add_to_group(self, fingerprint: str, group: list[_Occurrence]) -> tuple[Any, bool]:
+        """One fingerprint's occurrences added to its open group (inside the caller's transaction):
+        ``(row, created)``."""
+        from django.db.models import F
+
+        from .models import ErrorLog
+
+        rows = ErrorLog.objects.using(self.alias)
+        group = sorted(group, key=lambda o: o.error.timestamp_ns)
+        first, latest = group[0], group[-1]
+        seen = _dt(latest.error.timestamp_ns)
+        current = rows.select_for_update().filter(fingerprint=fingerprint, resolved=False) \
+            .order_by("-last_seen").first()
+        if current is not None:
+            rows.filter(pk=current.pk).update(
+                occurrences=F("occurrences") + len(group), last_seen=seen,
+                correlation_id=latest.correlation_id, span_id=latest.span_id,
+            )
+            # The row is locked: what we read plus our count is what is stored now.
+            current.occurrences += len(group)
+            current.last_seen, current.correlation_id, current.span_id = seen, latest.correlation_id, latest.span_id
+            return current, False
+        error = first.error
+        return rows.create(
+            correlation_id=latest.correlation_id, span_id=latest.span_id,
+            timestamp=_dt(error.timestamp_ns), last_seen=seen, occurrences=len(group),
+            layer=_short(error.layer, 20), component=self._text(error.component, 190),
+            error_type=self._text(error.error_type, 190),
+            error_message=storable_text(self._sanitizer.scrub_text(error.message)),
+            stack_trace=storable_text(self._sanitizer.scrub_text(error.stacktrace)),
+            fingerprint=fingerprint, severity=error.severity, category=_short(error.category, 50),
+            user_id=self._text(first.user_id or "", 150),
+            metadata=self._json({"operation": error.operation, **error.metadata}),
+        ), True
 
     def _sweep_idle(self) -> None:
         """Close in-progress workflows with no span for ``WORKFLOW_IDLE_TIMEOUT`` seconds."""
