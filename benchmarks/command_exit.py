@@ -1,0 +1,147 @@
+#!/usr/bin/env python
+"""How much slower is a ``manage.py`` command with e2e-otel installed and no collector running?
+
+    python benchmarks/command_exit.py                      # showmigrations, 9 interleaved rounds
+    python benchmarks/command_exit.py --rounds 15 --json results.json
+    python benchmarks/command_exit.py --command check --rounds 5
+
+A throw-away project on SQLite (temporary directory, migrated once per configuration) runs the same
+command as separate processes, interleaved (plain, e2e, e2e-down | e2e, e2e-down, plain | ...) so that
+drift on a shared machine hits every configuration alike:
+
+- ``plain``: the project without e2e-otel;
+- ``e2e``: ``INSTALLED_APPS += ["e2e_otel"]``, development profile, no endpoint configured — a
+  developer's laptop with no collector (nothing is exported; records and metrics on);
+- ``e2e-down``: the same with ``OTEL_EXPORTER_OTLP_ENDPOINT`` pointing at a closed local port — a
+  configured collector that is down (the exit flush must not wait for it).
+
+It prints the median wall time of each (process start to exit) and each difference to ``plain``, and
+counts *export error lines* in every run's output: the OTLP exporters' own lines (``StatusCode``,
+``Transient error``, ``Failed to export``) and tracebacks. The budget the issue set (#10 item 3) is
+``e2e`` within 0.3 s of ``plain`` with zero such lines; ``--check`` makes the exit status say whether
+it was met. A benchmark, not a test: ``tests/test_command_exit.py`` runs one round to see that it works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+BUDGET_SECONDS = 0.3
+CONFIGS = ("plain", "e2e", "e2e-down")
+#: Lines the OTLP exporters (or an unhandled exception) print: none may appear.
+EXPORT_ERROR = re.compile(r"StatusCode\.|Transient error|Failed to export|Traceback \(most recent call last\)")
+
+SETTINGS = '''\
+import os
+SECRET_KEY = "benchmark-only"
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth"]
+if os.environ.get("BENCH_E2E") == "1":
+    INSTALLED_APPS.append("e2e_otel")
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ["BENCH_DB"]}}
+'''
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def environment(project: Path, config: str, down_port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OTEL_", "E2E_OTEL", "DJANGO_", "PROMETHEUS_MULTIPROC"))
+           and k != "PYTHONDONTWRITEBYTECODE"}
+    env.update({
+        "PYTHONPATH": os.pathsep.join([str(project), str(REPO_DIR)]),
+        # As on a user's machine, modules are compiled once (here into the temporary directory, not
+        # next to the sources); the untimed migrate runs warm the cache.
+        "PYTHONPYCACHEPREFIX": str(project / "pycache"),
+        "DJANGO_SETTINGS_MODULE": "bench_settings",
+        "BENCH_E2E": "0" if config == "plain" else "1",
+        "BENCH_DB": str(project / f"{config}.sqlite3"),
+    })
+    if config == "e2e-down":
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{down_port}"
+    return env
+
+
+def run(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str, int]:
+    started = time.perf_counter()
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False)
+    return time.perf_counter() - started, proc.stdout + proc.stderr, proc.returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds (each runs every configuration once)")
+    parser.add_argument("--command", default="showmigrations", help="the manage.py command to time")
+    parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument("--check", action="store_true",
+                        help=f"exit 1 unless e2e is within {BUDGET_SECONDS} s of plain with no export error lines")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+
+    down_port = closed_port()
+    times: dict[str, list[float]] = {config: [] for config in CONFIGS}
+    error_lines: dict[str, list[str]] = {config: [] for config in CONFIGS}
+    with tempfile.TemporaryDirectory(prefix="e2e-command-exit-") as tmp:
+        project = Path(tmp)
+        (project / "bench_settings.py").write_text(SETTINGS)
+        command = [sys.executable, "-m", "django", args.command]
+        for config in CONFIGS:  # not timed: every configuration starts from a migrated database
+            _, output, code = run([sys.executable, "-m", "django", "migrate", "-v", "0"],
+                                  environment(project, config, down_port), project)
+            if code != 0:
+                print(f"migrate failed for {config}:\n{output}", file=sys.stderr)
+                return 2
+        for round_number in range(args.rounds):
+            shift = round_number % len(CONFIGS)
+            for config in CONFIGS[shift:] + CONFIGS[:shift]:
+                seconds, output, code = run(command, environment(project, config, down_port), project)
+                if code != 0:
+                    print(f"{config}: {args.command} exited {code}:\n{output}", file=sys.stderr)
+                    return 2
+                times[config].append(seconds)
+                error_lines[config] += [line for line in output.splitlines() if EXPORT_ERROR.search(line)]
+            print(f"round {round_number + 1}/{args.rounds}: "
+                  + ", ".join(f"{c} {times[c][-1]:.3f} s" for c in CONFIGS), file=sys.stderr)
+
+    medians = {config: statistics.median(values) for config, values in times.items()}
+    print(f"manage.py {args.command}, {args.rounds} interleaved round(s), median wall time per process")
+    print(f"{'configuration':<12} {'median s':>9} {'vs plain s':>11} {'export error lines':>19}")
+    for config in CONFIGS:
+        print(f"{config:<12} {medians[config]:>9.3f} {medians[config] - medians['plain']:>+11.3f} "
+              f"{len(error_lines[config]):>19}")
+    difference = medians["e2e"] - medians["plain"]
+    met = difference <= BUDGET_SECONDS and not error_lines["e2e"] and not error_lines["e2e-down"]
+    print(f"e2e - plain = {difference:+.3f} s (budget {BUDGET_SECONDS} s); "
+          f"export error lines: {sum(len(v) for v in error_lines.values())}; budget {'met' if met else 'NOT met'}")
+    for config in CONFIGS:
+        for line in error_lines[config][:5]:
+            print(f"  {config}: {line}")
+    if args.json is not None:
+        args.json.write_text(json.dumps({
+            "command": args.command, "rounds": args.rounds, "seconds": times, "medians": medians,
+            "difference_e2e_minus_plain": difference, "budget_seconds": BUDGET_SECONDS,
+            "export_error_lines": error_lines, "budget_met": met,
+        }, indent=2))
+    return 0 if met or not args.check else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
