@@ -83,7 +83,7 @@ class ExportHealth:
             self.collector_down = False
             return
         self.collector_down = True
-        reason = self._attempt_reason or reason
+        reason = reason or self._attempt_reason
         if reason:
             self.last_reason = reason
         self.failed_batches += 1
@@ -123,6 +123,11 @@ class _KeepBackDuringExport(logging.Filter):
         return False
 
 
+#: Where the cause starts in the OTLP exporters' messages ("... Error details: <cause>",
+#: "... reason: <cause>", "... due to <cause>").
+_CAUSE_MARKERS = ("error details: ", "reason: ", "due to ")
+
+
 def _cause(record: logging.LogRecord) -> str:
     """The cause an exporter's log record names, short: "UNAVAILABLE: failed to connect to all
     addresses; ... Connection refused" rather than the whole retry sentence."""
@@ -133,8 +138,13 @@ def _cause(record: logging.LogRecord) -> str:
             return f"{type(error).__name__}: {error}"[:300]
         code = next((arg.name for arg in args if isinstance(arg, enum.Enum)), None)
         message = record.getMessage()
-        _, found, details = message.partition("Error details: ")
-        cause = details if found else message
+        lowered = message.lower()
+        cause = message
+        for marker in _CAUSE_MARKERS:
+            found = lowered.find(marker)
+            if found >= 0:
+                cause = message[found + len(marker):]
+                break
         return (f"{code}: {cause}" if code else cause)[:300]
     except Exception:  # a malformed record must not break the export
         return str(record.msg)[:300]
@@ -175,8 +185,8 @@ class QuietExporter(SpanExporter):
         install_log_filter()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if self._shut_down:
-            self.health.record(False, len(spans), "exporter shut down")
+        if self._shut_down:  # the cause stays the one that made the exit give up
+            self.health.record(False, len(spans))
             return SpanExportResult.FAILURE
         self.health.begin()
         previous, _attempt.health = _attempt.health, self.health
