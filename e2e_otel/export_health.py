@@ -60,10 +60,17 @@ class ExportHealth:
         self.trouble = threading.Event()  # set by any failure or retry; the exit sequence clears it
         self.muted = False  # set by the exit sequence, which reports in its own warning
         self._attempt_reason: str | None = None
+        self._attempt_running = False
+
+    @property
+    def struggling(self) -> bool:
+        """An attempt is running and has already reported a problem (it is in a retry back-off)."""
+        return self._attempt_running and self._attempt_reason is not None
 
     def begin(self) -> None:
         """An export attempt starts (export thread)."""
         self._attempt_reason = None
+        self._attempt_running = True
 
     def noted(self, reason: str) -> None:
         """The exporter reported a problem (a retry, a failure) in the middle of an attempt; the
@@ -74,6 +81,7 @@ class ExportHealth:
 
     def record(self, ok: bool, spans: int, reason: str | None = None) -> None:
         """The outcome of one attempt of ``spans`` spans (export thread)."""
+        self._attempt_running = False
         if ok:
             if self.collector_down:
                 logger.info("e2e-otel: exporting spans to %s again (%d batch(es), %d span(s) failed before)",

@@ -73,6 +73,8 @@ def run_exit_sequence(runtime: Runtime, timeout: float) -> ExitReport:
     worker.start()
     worker.join(max(0.0, deadline - time.monotonic()))
     report.finished = not worker.is_alive()
+    if not report.finished and runtime.export_processor is not None:  # the export leg may not have counted
+        report.spans_not_exported = max(report.spans_not_exported, getattr(runtime.export_processor, "pending", 0))
     report.spans_not_derived = runtime.derived.queue.pending
     report.records_not_written = _records_queued(runtime)
     report.seconds = time.monotonic() - started
@@ -118,8 +120,8 @@ def _export_leg(runtime: Runtime, deadline: float, report: ExitReport) -> None:
     failed_before = health.failed_spans if health is not None else 0
     if health is not None:
         health.muted = True  # what fails from here on is in the exit warning
-    if health is not None and health.collector_down:
-        given_up = True  # the last attempt failed: waiting would only wait
+    if health is not None and (health.collector_down or health.struggling):
+        given_up = True  # the last attempt failed, or the running one is retrying: waiting would only wait
     else:
         if health is not None:
             health.trouble.clear()
@@ -130,16 +132,14 @@ def _export_leg(runtime: Runtime, deadline: float, report: ExitReport) -> None:
                 break
             flusher.join(_POLL)
         given_up = flusher.is_alive()
-    pending = getattr(processor, "pending", 0)
     if given_up:
         exporter.shutdown()  # cuts a retry back-off short; later batches fail at once
     processor.shutdown(timeout_millis=_millis_left(deadline))  # type: ignore[call-arg]
-    if health is not None:
-        report.spans_not_exported = health.failed_spans - failed_before
-        if report.spans_not_exported:
-            report.export_reason = f"{health.endpoint}: {health.last_reason or 'export failed'}"
-    elif given_up:
-        report.spans_not_exported = pending
+    # Failed at the exit, plus never attempted (still queued when the processor stopped).
+    failed = health.failed_spans - failed_before if health is not None else 0
+    report.spans_not_exported = failed + getattr(processor, "pending", 0)
+    if report.spans_not_exported and health is not None:
+        report.export_reason = f"{health.endpoint}: {health.last_reason or 'export failed'}"
 
 
 def _millis_left(deadline: float) -> int:

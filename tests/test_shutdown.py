@@ -158,6 +158,24 @@ def test_a_collector_that_is_down_is_not_waited_for(failed_before: bool, caplog:
     assert f"20 span(s) not exported (collector:4317: {cause}" in warnings[0]
 
 
+def test_an_export_already_in_its_retry_back_off_is_not_waited_for(caplog: pytest.LogCaptureFixture) -> None:
+    """The SDK's own worker is mid-batch, retrying, when the stop begins: no new failure will be
+    reported until its back-off ends, so the exit must not wait for one."""
+    collector = _Collector(down=True)
+    runtime = _exporting_runtime(collector)
+    _end_spans(runtime, 600)  # more than a batch: the SDK's worker starts exporting at once
+    health = runtime.export_health
+    assert health is not None
+    deadline = time.monotonic() + 5
+    while not health.struggling and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert health.struggling
+    started = time.monotonic()
+    assert runtime.shutdown(timeout=5) is False
+    assert time.monotonic() - started < 1.0
+    assert runtime.last_exit is not None and runtime.last_exit.spans_not_exported == 600
+
+
 def test_a_real_grpc_exporter_to_a_closed_port_does_not_hold_up_exit(caplog: pytest.LogCaptureFixture) -> None:
     runtime = build_runtime(_config(TRACES_EXPORTER="otlp", OTLP_ENDPOINT=f"http://127.0.0.1:{closed_port()}"),
                             with_derived=False)
