@@ -61,6 +61,7 @@ class ExportHealth:
         self.muted = False  # set by the exit sequence, which reports in its own warning
         self._attempt_reason: str | None = None
         self._attempt_running = False
+        self._outage_from = (0, 0)  # (failed_batches, failed_spans) when the current outage began
 
     @property
     def struggling(self) -> bool:
@@ -84,12 +85,15 @@ class ExportHealth:
         self._attempt_running = False
         if ok:
             if self.collector_down:
-                logger.info("e2e-otel: exporting spans to %s again (%d batch(es), %d span(s) failed before)",
-                            self.endpoint, self._unreported_batches, self._unreported_spans)
+                logger.info("e2e-otel: exporting spans to %s again, after %d failed batch(es) with %d span(s)",
+                            self.endpoint, self.failed_batches - self._outage_from[0],
+                            self.failed_spans - self._outage_from[1])
                 self._unreported_batches = self._unreported_spans = 0
                 self._next_warning = float("-inf")
             self.collector_down = False
             return
+        if not self.collector_down:
+            self._outage_from = (self.failed_batches, self.failed_spans)
         self.collector_down = True
         reason = reason or self._attempt_reason
         if reason:
@@ -104,9 +108,8 @@ class ExportHealth:
             return
         self._next_warning = now + self.interval
         logger.warning(
-            "e2e-otel: cannot export spans to %s (%s); %d batch(es), %d span(s) not exported. Records are "
-            "still written locally; failures are counted in e2e_otel_exported_spans_total{result=\"failure\"}; "
-            "next report in %.0f s at the earliest.",
+            "e2e-otel: cannot export spans to %s (%s); %d batch(es), %d span(s) not exported (counted in "
+            "e2e_otel_exported_spans_total{result=\"failure\"}); next report in %.0f s at the earliest.",
             self.endpoint, self.last_reason or "export failed", self._unreported_batches,
             self._unreported_spans, self.interval)
         self._unreported_batches = self._unreported_spans = 0
@@ -166,15 +169,17 @@ def install_log_filter() -> None:
     """Put the filter on every exporter logger that exists now (call after importing the exporter).
 
     A logger's filters apply only to records logged on that very logger, not to its children's, so
-    each module logger gets it; the exporter modules are imported at set-up (``exporters.py``).
+    each module logger gets it; the exporter modules are imported at set-up (``exporters.py``). It
+    goes first: the gRPC exporter's own ``DuplicateFilter`` drops a repeat of a message within 20 s,
+    and every retry must still reach ``ExportHealth`` (the exit sequence stops waiting on it).
     """
     with _filter_lock:
         names = [name for name, item in logging.root.manager.loggerDict.items()
                  if isinstance(item, logging.Logger) and name.startswith(_EXPORTER_LOGGER_PREFIX)]
         for name in names:
-            exporter_logger = logging.getLogger(name)
-            if _keep_back not in exporter_logger.filters:
-                exporter_logger.addFilter(_keep_back)
+            filters = logging.getLogger(name).filters
+            if _keep_back not in filters:
+                filters.insert(0, _keep_back)
 
 
 class QuietExporter(SpanExporter):
