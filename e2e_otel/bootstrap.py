@@ -2,7 +2,8 @@
 
 ``build_runtime(config)`` is pure (tests build private runtimes with it); ``install(config)`` makes it
 the process's global provider, sets the propagators and instruments Django/PyMySQL/requests/SQLite exactly
-once. Called from ``AppConfig.ready()`` and from the ``opentelemetry-instrument`` configurator.
+once, and arranges the graceful stop (``atexit``, SIGTERM when unhandled; see ``shutdown.py``). Called
+from ``AppConfig.ready()`` and from the ``opentelemetry-instrument`` configurator.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from . import __version__
 from .conf import Config
-from .exporters import CountingBatchSpanProcessor, build_span_exporter
+from .export_health import ExportHealth
+from .exporters import CountingBatchSpanProcessor, build_span_exporter, otlp_endpoint_label
 from .fanout import FanOutSpanProcessor
 from .propagation import CorrelationIdGenerator, default_propagator
 from .sampling import build_sampler
 from .sanitize import Sanitizer
+from .shutdown import ExitReport, install_sigterm_handler, run_exit_sequence
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +82,9 @@ class Runtime:
     derived: FanOutSpanProcessor
     export_processor: SpanProcessor | None = None
     exporter: SpanExporter | None = None
+    export_health: ExportHealth | None = None  # outcomes of OTLP exports, when exporting over OTLP
     owns_provider: bool = True
+    last_exit: ExitReport | None = None
     _shutdown_lock: threading.Lock = field(default_factory=threading.Lock)
     _is_shut_down: bool = False
 
@@ -100,20 +105,16 @@ class Runtime:
         )
 
     def shutdown(self, timeout: float | None = None) -> bool:
-        """Flush and stop, giving up after ``timeout`` seconds so an unreachable collector can't hang exit."""
+        """Flush spans to the exporter and records to the database, then stop, within ``timeout``
+        seconds (default ``SHUTDOWN_TIMEOUT``); ``False`` when something was left (it is logged).
+        Later calls return at once."""
         with self._shutdown_lock:
             if self._is_shut_down:
                 return True
             self._is_shut_down = True
         timeout = self.config.SHUTDOWN_TIMEOUT if timeout is None else timeout
-        target = self.provider.shutdown if self.owns_provider else self.derived.shutdown
-        worker = threading.Thread(target=target, name="e2e-otel-shutdown", daemon=True)
-        worker.start()
-        worker.join(timeout)
-        if worker.is_alive():
-            logger.warning("e2e-otel: shutdown did not finish in %.1fs; pending spans dropped", timeout)
-            return False
-        return True
+        self.last_exit = run_exit_sequence(self, timeout)
+        return self.last_exit.complete
 
 
 def build_runtime(
@@ -136,7 +137,9 @@ def build_runtime(
     derived = FanOutSpanProcessor()
     runtime = Runtime(config=config, provider=provider, sanitizer=sanitizer, derived=derived, owns_provider=owns)
     if owns:
-        exporter = build_span_exporter(config, sanitizer)
+        if "otlp" in config.TRACES_EXPORTER.split(","):
+            runtime.export_health = ExportHealth(otlp_endpoint_label(config))
+        exporter = build_span_exporter(config, sanitizer, runtime.export_health)
         on_drop = None
         if exporter is not None and config.METRICS_ENABLED:
             from .metrics import CountingSpanExporter, get_metrics  # exported_spans_total / exporter_up
@@ -190,9 +193,21 @@ def install(config: Config) -> Runtime | None:
         if not os.environ.get("OTEL_PROPAGATORS"):
             set_global_textmap(default_propagator(config.CORRELATION_HEADER))
         _instrument(runtime)
-        atexit.register(runtime.shutdown)
+        _arrange_exit(runtime)
+        if "TRACES_EXPORTER" in config.computed and config.TRACES_EXPORTER == "none":
+            logger.info("e2e-otel: spans are not exported (no collector endpoint configured); records and "
+                        "metrics stay local. Set OTEL_EXPORTER_OTLP_ENDPOINT (or E2E_OTEL['OTLP_ENDPOINT']) "
+                        "to export.")
         _runtime = runtime
         return runtime
+
+
+def _arrange_exit(runtime: Runtime) -> None:
+    """Flush at the end of the process: ``atexit`` for every normal exit, and SIGTERM when nothing
+    else handles it (without a handler Python would die at once and skip ``atexit``)."""
+    atexit.register(runtime.shutdown)
+    if runtime.config.HANDLE_SIGTERM:
+        install_sigterm_handler(runtime.shutdown)
 
 
 def _instrument(runtime: Runtime) -> None:

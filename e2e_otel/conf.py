@@ -168,6 +168,18 @@ def _disabled_from_env(environ: Mapping[str, str]) -> bool | None:
     return False if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true" else None
 
 
+#: The variables that tell the trace exporter where the collector is (the metrics and logs variants
+#: do not: with only those set, spans would still go to localhost).
+OTLP_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+def _exporter_from_endpoint(values: Mapping[str, Any], environ: Mapping[str, str]) -> str:
+    """Export only when a collector was named: without one (a developer's laptop) every export would
+    fail, log, and make each ``manage.py`` command wait for the exit flush."""
+    named = values["OTLP_ENDPOINT"] or any(environ.get(name, "").strip() for name in OTLP_ENDPOINT_VARIABLES)
+    return "otlp" if named else "none"
+
+
 @dataclass(frozen=True)
 class Option:
     """One documented setting: its default, the env variables that feed it, and its parser."""
@@ -178,6 +190,9 @@ class Option:
     env: tuple[str, ...] = ()
     env_reader: Callable[[Mapping[str, str]], Any] | None = None
     profile: Mapping[str, Any] = field(default_factory=dict)
+    #: Computes the default from the other resolved values and the environment; used when neither
+    #: ``E2E_OTEL``, the environment nor the profile gives the key a value.
+    default_from: Callable[[Mapping[str, Any], Mapping[str, str]], Any] | None = None
 
 
 OPTIONS: dict[str, Option] = {
@@ -191,9 +206,11 @@ OPTIONS: dict[str, Option] = {
     "RESOURCE_ATTRIBUTES": Option({}, "Extra resource attributes; OTEL_RESOURCE_ATTRIBUTES is merged below.",
                                   _mapping),
     # --- export ---
-    "TRACES_EXPORTER": Option("otlp", "otlp | console | none, or a comma list such as otlp,console.",
-                              _exporter_list,
-                              env=("OTEL_TRACES_EXPORTER",), profile={"testing": "none"}),
+    "TRACES_EXPORTER": Option("none", "otlp | console | none, or a comma list such as otlp,console. Unset: "
+                              "otlp when a collector endpoint is configured (OTLP_ENDPOINT, "
+                              "OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT), else none.",
+                              _exporter_list, env=("OTEL_TRACES_EXPORTER",), profile={"testing": "none"},
+                              default_from=_exporter_from_endpoint),
     "OTLP_ENDPOINT": Option(None, "Collector endpoint. Unset: the SDK reads OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT "
                             "or uses localhost:4317 / :4318.", _optional_str),
     "OTLP_PROTOCOL": Option("grpc", "grpc | http/protobuf.", _choice(*PROTOCOLS),
@@ -204,10 +221,14 @@ OPTIONS: dict[str, Option] = {
                            lambda v: None if v is None else _number(0.1, 300)(v)),
     "SAMPLE_RATE": Option(1.0, "Parent-based head sampling ratio; OTEL_TRACES_SAMPLER(+_ARG) feeds it.",
                           _number(0.0, 1.0), env_reader=_sampler_from_env, profile={"production": 0.1}),
-    "SHUTDOWN_TIMEOUT": Option(2.0, "Seconds the exit flush may take before pending spans are dropped "
-                               "(a healthy collector needs milliseconds; keeps exit well under 5 s "
-                               "when it is down).",
+    "SHUTDOWN_TIMEOUT": Option(2.0, "Seconds a graceful stop may spend flushing spans to the collector and "
+                               "records to the database (in parallel); what is left then is dropped and "
+                               "logged with counts. A collector that fails or retries is not waited for. "
+                               "Keep it below gunicorn's --graceful-timeout.",
                                _number(0.0, 120)),
+    "HANDLE_SIGTERM": Option(True, "When a process has no SIGTERM handler (runserver --noreload, a plain "
+                             "script), install one that flushes first and then dies of the signal as "
+                             "before. Handlers of servers (gunicorn, uwsgi, celery) are left alone.", _bool),
     # --- instrumentation ---
     "INSTRUMENT_DJANGO": Option(True, "Instrument Django requests.", _bool),
     "INSTRUMENT_PYMYSQL": Option(True, "Instrument PyMySQL (also as Django's MySQL driver).", _bool),
@@ -298,11 +319,12 @@ class Config(Mapping[str, Any]):
     """Resolved settings: read-only, attribute or item access; unknown names raise."""
 
     def __init__(self, values: dict[str, Any], errors: list[ConfigError], unknown: list[str],
-                 explicit: frozenset[str]) -> None:
+                 explicit: frozenset[str], computed: frozenset[str] = frozenset()) -> None:
         self._values = values
         self.errors = errors
         self.unknown = unknown
         self.explicit = explicit
+        self.computed = computed  # keys whose value an Option.default_from chose
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -357,6 +379,7 @@ def resolve(user: Mapping[str, Any] | None, environ: Mapping[str, str] | None = 
         user["ENVIRONMENT"], implied = "testing", frozenset({"ENVIRONMENT"})
     unknown = sorted(k for k in user if k not in OPTIONS)
     errors: list[ConfigError] = []
+    unset: set[str] = set()
 
     def value_of(key: str, environment: str) -> Any:
         option = OPTIONS[key]
@@ -373,6 +396,8 @@ def resolve(user: Mapping[str, Any] | None, environ: Mapping[str, str] | None = 
             if env_raw is not None:
                 raw, source = env_raw, "environment"
         if source is None:
+            if environment not in option.profile:
+                unset.add(key)
             return option.profile.get(environment, option.default)
         try:
             return option.parse(raw)
@@ -385,9 +410,12 @@ def resolve(user: Mapping[str, Any] | None, environ: Mapping[str, str] | None = 
     for key in OPTIONS:
         if key != "ENVIRONMENT":
             values[key] = value_of(key, environment)
+    computed = frozenset(key for key in unset if OPTIONS[key].default_from is not None)
+    for key in computed:
+        values[key] = OPTIONS[key].default_from(values, environ)  # type: ignore[misc]
     if _disabled_from_env(environ) is False:
         values["ENABLED"] = False  # the spec's kill switch wins over everything
-    return Config(values, errors, unknown, frozenset(k for k in user if k in OPTIONS) - implied)
+    return Config(values, errors, unknown, frozenset(k for k in user if k in OPTIONS) - implied, computed)
 
 
 def _chooses_profile(user: Mapping[str, Any], environ: Mapping[str, str]) -> bool:

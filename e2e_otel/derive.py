@@ -104,6 +104,15 @@ class DeriveQueue:
     def depth(self) -> int:
         return len(self._queue)
 
+    @property
+    def pending(self) -> int:
+        """Spans waiting to be derived: the depth without flush markers and the stop mark."""
+        queued = len(self._queue)
+        if queued == 0:
+            return 0
+        # The stop mark is handled last, so while anything is queued after stop() it is in there.
+        return max(0, queued - self._flushes - (1 if self._stopped else 0))
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every span queued before this call is handled; ``False`` on timeout."""
         if threading.current_thread() is self._thread:  # a handler flushing: handle the rest inline

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,6 +27,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, Status, TraceFlags
 
 from .conf import Config
+from .export_health import ExportHealth, QuietExporter
 from .sanitize import Sanitizer
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,20 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
             if self._on_drop is not None:
                 self._on_drop()
         self._emit(span)  # type: ignore[misc]
+
+    @property
+    def pending(self) -> int:
+        """Spans queued for export and not yet handed to the exporter (0 when not counting)."""
+        return len(self._queue) if self._queue is not None else 0
+
+    def shutdown(self, timeout_millis: int = 30_000) -> None:  # type: ignore[override]
+        """Export what is queued, giving up after ``timeout_millis`` (the SDK's own ``shutdown``
+        takes no timeout and waits up to 30 s for its worker)."""
+        batch = getattr(self, "_batch_processor", None)
+        if batch is None:
+            super().shutdown()
+            return
+        batch.shutdown(timeout_millis=max(0, int(timeout_millis)))
 
 
 class PerProcessExporter(SpanExporter):
@@ -334,14 +349,43 @@ def _otlp_exporter_factory(config: Config) -> Callable[[], SpanExporter]:
     return lambda: exporter_class(**kwargs)
 
 
-def build_span_exporter(config: Config, sanitizer: Sanitizer) -> SpanExporter | None:
-    """The exporter(s) ``TRACES_EXPORTER`` asks for, wrapped for fork-safety and scrubbing; or ``None``."""
+def otlp_endpoint_label(config: Config, environ: Mapping[str, str] | None = None) -> str:
+    """Where the OTLP exporter sends spans, for log lines: scheme, host, port and path only (no
+    user:password, no query)."""
+    environ = os.environ if environ is None else environ
+    grpc = config.OTLP_PROTOCOL == "grpc"
+    endpoint, base = config.OTLP_ENDPOINT, True
+    if not endpoint:
+        traces = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+        general = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+        endpoint, base = (traces, False) if traces else (general, True)
+    if not endpoint:
+        return "localhost:4317" if grpc else "http://localhost:4318/v1/traces"
+    parts = urlsplit(endpoint if "//" in endpoint else f"//{endpoint}")
+    if not grpc and base and parts.path in ("", "/"):
+        parts = parts._replace(path="/v1/traces")  # as the exporter itself completes a base URL
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    host = f"{parts.hostname or ''}{port}"
+    return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else host
+
+
+def build_span_exporter(config: Config, sanitizer: Sanitizer,
+                        health: ExportHealth | None = None) -> SpanExporter | None:
+    """The exporter(s) ``TRACES_EXPORTER`` asks for, wrapped for fork-safety and scrubbing; or ``None``.
+
+    The OTLP exporter reports its failures through ``health`` (one warning a minute, see
+    ``export_health.py``) instead of logging every retry; one is made when not given.
+    """
     exporters: list[SpanExporter] = []
     for kind in config.TRACES_EXPORTER.split(","):
         if kind == "console":
             exporters.append(ConsoleSpanExporter())
         elif kind == "otlp":
-            exporters.append(PerProcessExporter(_otlp_exporter_factory(config)))
+            otlp = PerProcessExporter(_otlp_exporter_factory(config))
+            exporters.append(QuietExporter(otlp, health or ExportHealth(otlp_endpoint_label(config))))
     if not exporters:
         return None
     inner = exporters[0] if len(exporters) == 1 else MultiSpanExporter(exporters)

@@ -1,10 +1,15 @@
-"""gunicorn server hooks for prometheus_client multiprocess mode.
+"""gunicorn server hooks: the graceful stop of a worker, and prometheus_client multiprocess mode.
 
 In ``gunicorn.conf.py``::
 
-    from e2e_otel.gunicorn import child_exit, on_starting  # noqa: F401
+    from e2e_otel.gunicorn import child_exit, on_starting, worker_exit  # noqa: F401
 
-and start gunicorn with ``PROMETHEUS_MULTIPROC_DIR`` pointing at an empty, writable directory.
+``worker_exit`` runs in the worker as it leaves (SIGTERM, ``--max-requests``, graceful timeout) and
+flushes its spans and records within ``SHUTDOWN_TIMEOUT`` (keep that below ``--graceful-timeout``,
+after which the master kills the worker). Without the hook the worker's ``atexit`` does the same
+flush, as long as the worker exits through ``sys.exit``; the hook does it earlier and surely.
+
+For metrics, start gunicorn with ``PROMETHEUS_MULTIPROC_DIR`` pointing at an empty, writable directory.
 ``on_starting`` empties that directory (stale files from a previous run would be summed in);
 ``child_exit`` removes a dead worker's live gauges so ``livesum``/``livemax`` only count running workers.
 Both run in the gunicorn master process.
@@ -33,6 +38,15 @@ def on_starting(server: Any) -> None:
             os.remove(name)
         except OSError:
             logger.warning("e2e-otel: could not remove stale metrics file %s", name)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """Flush this worker's spans and records before it exits (worker process, after its last request)."""
+    from .bootstrap import get_runtime
+
+    runtime = get_runtime()
+    if runtime is not None:
+        runtime.shutdown()
 
 
 def child_exit(server: Any, worker: Any) -> None:

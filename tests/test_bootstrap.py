@@ -21,6 +21,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from e2e_otel.apps import MIDDLEWARE_PATH, OTEL_MIDDLEWARE_PATH
 from e2e_otel.bootstrap import build_resource, build_runtime, get_runtime, install
 from e2e_otel.conf import get_config, resolve
+from e2e_otel.export_health import QuietExporter
 from e2e_otel.exporters import PerProcessExporter, SanitizingSpanExporter, build_span_exporter
 from e2e_otel.fanout import FanOutSpanProcessor
 from e2e_otel.sanitize import Sanitizer
@@ -62,9 +63,10 @@ def test_service_name_from_otel_resource_attributes_when_not_set(monkeypatch: py
 def test_testing_profile_has_no_exporter_and_otlp_is_wrapped() -> None:
     runtime = build_runtime(_config(ENVIRONMENT="testing"), with_derived=False)
     assert runtime.exporter is None and runtime.export_processor is None and runtime.owns_provider
-    exporter = build_span_exporter(_config(), Sanitizer())
+    exporter = build_span_exporter(_config(TRACES_EXPORTER="otlp"), Sanitizer())
     assert isinstance(exporter, SanitizingSpanExporter)
-    assert isinstance(exporter.inner, PerProcessExporter)
+    assert isinstance(exporter.inner, QuietExporter) and isinstance(exporter.inner.inner, PerProcessExporter)
+    assert build_span_exporter(_config(), Sanitizer()) is None  # no collector configured
     assert build_span_exporter(_config(TRACES_EXPORTER="none"), Sanitizer()) is None
 
 

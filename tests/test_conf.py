@@ -14,7 +14,7 @@ def test_defaults_without_settings_or_environment() -> None:
     assert cfg.ENVIRONMENT == "development"
     assert cfg.SERVICE_NAME == "django-app"
     assert cfg.OTLP_PROTOCOL == "grpc"
-    assert cfg.TRACES_EXPORTER == "otlp"
+    assert cfg.TRACES_EXPORTER == "none"  # no collector named (see test_export_only_with_a_collector)
     assert cfg.SAMPLE_RATE == 1.0
     assert cfg.OTLP_ENDPOINT is None and cfg.OTLP_HEADERS is None
     assert cfg.MASK_SENSITIVE_DATA is True
@@ -34,7 +34,7 @@ def test_unknown_attribute_raises_instead_of_returning_none() -> None:
     [
         ("SERVICE_NAME", "OTEL_SERVICE_NAME", "from-env", "from-settings", "django-app", "from-env"),
         ("OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf", "grpc", "grpc", "http/protobuf"),
-        ("TRACES_EXPORTER", "OTEL_TRACES_EXPORTER", "console", "none", "otlp", "console"),
+        ("TRACES_EXPORTER", "OTEL_TRACES_EXPORTER", "console", "otlp,console", "none", "console"),
     ],
 )
 def test_precedence_settings_over_env_over_default(key, env_name, env_value, user_value, default,
@@ -89,14 +89,15 @@ def test_invalid_sampler_environment_is_an_error_and_keeps_the_default(env) -> N
 
 
 def test_profiles() -> None:
-    production = resolve({"ENVIRONMENT": "production"}, {})
+    collector = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector:4317"}
+    production = resolve({"ENVIRONMENT": "production"}, collector)
     assert production.SAMPLE_RATE == 0.1
     assert production.TRACES_EXPORTER == "otlp"
     assert production.MASK_SENSITIVE_DATA is True
-    testing = resolve({"ENVIRONMENT": "testing"}, {})
+    testing = resolve({"ENVIRONMENT": "testing"}, collector)
     assert testing.TRACES_EXPORTER == "none"
     assert testing.SAMPLE_RATE == 1.0
-    development = resolve({"ENVIRONMENT": "development"}, {})
+    development = resolve({"ENVIRONMENT": "development"}, collector)
     assert development.SAMPLE_RATE == 1.0 and development.TRACES_EXPORTER == "otlp"
     # env picks the profile too, and explicit values beat the profile
     assert resolve(None, {"E2E_OTEL_ENVIRONMENT": "production"}).SAMPLE_RATE == 0.1
@@ -206,3 +207,25 @@ def test_repr_never_shows_credentials() -> None:
                    "OTLP_HEADERS": {"authorization": "Bearer sekret-otlp"}}, {})
     assert "sekret" not in repr(cfg) and "sekret" not in str(cfg)
     assert cfg.API_KEY == "sekret-api"
+
+
+@pytest.mark.parametrize(
+    ("user", "environ", "exporter", "computed"),
+    [
+        ({}, {}, "none", True),  # a laptop without a collector: nothing to fail against
+        ({}, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://localhost:4317"}, "otlp", True),
+        ({}, {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces"}, "otlp", True),
+        ({}, {"OTEL_EXPORTER_OTLP_ENDPOINT": "  "}, "none", True),
+        ({}, {"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://c:4317"}, "none", True),  # not where spans go
+        ({"OTLP_ENDPOINT": "http://collector:4317"}, {}, "otlp", True),
+        ({}, {"OTEL_TRACES_EXPORTER": "otlp"}, "otlp", False),  # asked for: localhost:4317
+        ({"TRACES_EXPORTER": "console"}, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"}, "console", False),
+        ({"ENVIRONMENT": "production"}, {}, "none", True),
+        ({"ENVIRONMENT": "testing"}, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"}, "none", False),
+    ],
+)
+def test_export_only_with_a_collector(user, environ, exporter, computed) -> None:
+    cfg = resolve(user, environ)
+    assert cfg.errors == []
+    assert cfg["TRACES_EXPORTER"] == exporter
+    assert ("TRACES_EXPORTER" in cfg.computed) is computed

@@ -112,9 +112,10 @@ def test_exit_is_bounded_when_the_collector_is_unreachable(protocol: str) -> Non
     report, exit_seconds, _ = _run_probe(env)
     assert set(report["status"]) == {200} and report["runtime"]
     assert report["exporter"] is not None  # spans were pending for a real OTLP exporter at exit
-    # SHUTDOWN_TIMEOUT (2 s) plus interpreter teardown; the stock SDK set-up retries for 20-30 s here.
-    # Start-up time is not counted: on a loaded CI machine django.setup() alone can take seconds.
-    assert exit_seconds < 4.0, f"exit took {exit_seconds:.1f}s after the work was done"
+    # The first failed attempt ends the exit flush (the stock SDK set-up retries for 20-30 s here, the
+    # old exit waited out SHUTDOWN_TIMEOUT). Start-up time is not counted: on a loaded CI machine
+    # django.setup() alone can take seconds.
+    assert exit_seconds < 1.5, f"exit took {exit_seconds:.1f}s after the work was done"
 
 
 def test_exit_flushes_pending_spans(otlp_receiver: OTLPReceiver) -> None:
@@ -213,3 +214,32 @@ def test_manage_py_check_under_opentelemetry_instrument_warns_about_ignored_keys
     output = result.stdout + result.stderr
     assert result.returncode == 0, output  # a warning, not an error
     assert "e2e_otel.W004" in output and "SERVICE_NAME" in output
+
+
+NO_COLLECTOR_SETTINGS = """
+SECRET_KEY = "x"
+USE_TZ = True
+INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "e2e_otel"]
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+LOGGING = {"version": 1, "disable_existing_loggers": False,
+           "handlers": {"stderr": {"class": "logging.StreamHandler"}},
+           "root": {"handlers": ["stderr"], "level": "INFO"}}
+"""
+
+
+def test_without_a_collector_a_command_exports_nothing_and_says_how_to_turn_export_on(tmp_path) -> None:
+    """A laptop: no endpoint configured, development profile. Even with INFO logging on, the only
+    e2e-otel line is the hint; no exporter is built, so nothing fails and exit does not wait."""
+    (tmp_path / "no_collector_settings.py").write_text(NO_COLLECTOR_SETTINGS)
+    env = subprocess_env({"DJANGO_SETTINGS_MODULE": "no_collector_settings"})
+    env["PYTHONPATH"] = f"{tmp_path}:{env['PYTHONPATH']}"
+    result = subprocess.run([PYTHON, "-c", "import django; django.setup();"
+                             "from django.core.management import call_command; call_command('showmigrations');"
+                             "from e2e_otel.bootstrap import get_runtime; r = get_runtime();"
+                             "print('EXPORTER', r.exporter, r.export_processor)"],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "EXPORTER None None" in result.stdout
+    hints = [line for line in result.stderr.splitlines() if "no collector endpoint configured" in line]
+    assert len(hints) == 1 and "OTEL_EXPORTER_OTLP_ENDPOINT" in hints[0], result.stderr
+    assert "StatusCode" not in result.stderr and "Traceback" not in result.stderr
