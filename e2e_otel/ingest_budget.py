@@ -1,0 +1,73 @@
+"""What one browser ingestion request may cost in CPU and string work, decided before the work is done.
+
+The ingest key ships in browser JavaScript, so any visitor can post spans; each accepted string is
+later scrubbed by the masker on the export and writer threads of the same process (sharing the GIL
+with the app's requests), and the masker's cost grows with the number of secret-looking words in a
+value (``secretsecret…``: ~2 µs per character). So, per request:
+
+- *text*: at most ``max_text_chars`` characters of strings in total; the check runs before a string
+  is scrubbed, so text past the budget is never handed to the masker;
+- *masking*: every string longer than ``TIMED_CHARS`` is scrubbed here, timed on the thread's CPU
+  clock; one that costs more than ``max_value_seconds`` is replaced by ``UNSCANNED`` (redacted, so
+  the masker downstream gets a constant instead of the same cost twice more);
+- *CPU*: decoding, conversion and masking together stop at ``cpu_seconds`` of thread CPU time; the
+  spans not converted by then are dropped.
+
+What is dropped is counted and reported back in the OTLP ``partial_success``. Runs on the request
+thread; one instance per request, no locks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+__all__ = ["TIMED_CHARS", "UNSCANNED", "DecodeBudget"]
+
+#: Strings up to this length are scrubbed untimed: their cost is microseconds whatever they hold.
+TIMED_CHARS = 256
+UNSCANNED = "[REDACTED: too costly to scan]"
+
+
+class DecodeBudget:
+    """The text and CPU account of one ingestion request (see the module docstring)."""
+
+    def __init__(self, *, max_text_chars: int, cpu_seconds: float, max_value_seconds: float,
+                 scrub: Callable[[str], str] | None = None,
+                 clock: Callable[[], float] = time.thread_time) -> None:
+        if max_text_chars < 0:
+            raise ValueError(f"max_text_chars must be >= 0, got {max_text_chars!r}")
+        if not cpu_seconds > 0 or not max_value_seconds > 0:
+            raise ValueError(f"cpu_seconds and max_value_seconds must be > 0, got "
+                             f"{cpu_seconds!r}, {max_value_seconds!r}")
+        self.max_text_chars = max_text_chars
+        self.cpu_seconds = cpu_seconds
+        self.max_value_seconds = max_value_seconds
+        self._scrub = scrub
+        self._clock = clock
+        self._started = clock()
+        self.text_chars = 0
+        self.text_exhausted = False
+        self.unscanned_values = 0
+
+    def cpu_exhausted(self) -> bool:
+        """Whether this request has used up its CPU time (checked once per span)."""
+        return self._clock() - self._started > self.cpu_seconds
+
+    def text(self, value: str) -> str | None:
+        """``value`` scrubbed, ``UNSCANNED`` when scrubbing it cost too much, or ``None`` when the
+        request's text budget is spent (the caller drops the span that holds it)."""
+        if self.text_exhausted or self.text_chars + len(value) > self.max_text_chars:
+            self.text_exhausted = True
+            return None
+        self.text_chars += len(value)
+        if self._scrub is None:
+            return value
+        if len(value) <= TIMED_CHARS:
+            return self._scrub(value)
+        started = self._clock()
+        scrubbed = self._scrub(value)
+        if self._clock() - started > self.max_value_seconds:
+            self.unscanned_values += 1
+            return UNSCANNED
+        return scrubbed
