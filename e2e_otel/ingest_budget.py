@@ -10,8 +10,9 @@ value (``secretsecret…``: ~2 µs per character). So, per request:
 - *masking*: every string longer than ``TIMED_CHARS`` is scrubbed here, timed on the thread's CPU
   clock; one that costs more than ``max_value_seconds`` is replaced by ``UNSCANNED`` (redacted, so
   the masker downstream gets a constant instead of the same cost twice more);
-- *CPU*: decoding, conversion and masking together stop at ``cpu_seconds`` of thread CPU time; the
-  spans not converted by then are dropped.
+- *CPU*: decoding, conversion and masking together stop at ``cpu_seconds`` of thread CPU time
+  (checked before each span and after each timed string); the spans not converted by then are
+  dropped. One request so costs at most the budget plus one string's masking.
 
 What is dropped is counted and reported back in the OTLP ``partial_success``. Runs on the request
 thread; one instance per request, no locks.
@@ -22,7 +23,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-__all__ = ["TIMED_CHARS", "UNSCANNED", "DecodeBudget"]
+__all__ = ["CPU", "TEXT", "TIMED_CHARS", "UNSCANNED", "DecodeBudget"]
+
+# which budget ran out (DecodedBatch.dropped reasons, the metric's ``reason`` label)
+TEXT = "text_budget"
+CPU = "cpu_budget"
 
 #: Strings up to this length are scrubbed untimed: their cost is microseconds whatever they hold.
 TIMED_CHARS = 256
@@ -47,18 +52,25 @@ class DecodeBudget:
         self._clock = clock
         self._started = clock()
         self.text_chars = 0
-        self.text_exhausted = False
         self.unscanned_values = 0
+        self.spent: str | None = None  # TEXT or CPU once a budget has run out
 
-    def cpu_exhausted(self) -> bool:
-        """Whether this request has used up its CPU time (checked once per span)."""
-        return self._clock() - self._started > self.cpu_seconds
+    def exhausted(self) -> bool:
+        """Whether a budget has run out; checks the CPU clock (once per span)."""
+        if self.spent is None and self._clock() - self._started > self.cpu_seconds:
+            self.spent = CPU
+        return self.spent is not None
+
+    def exhausted_reason(self) -> str:
+        return self.spent or ""
 
     def text(self, value: str) -> str | None:
-        """``value`` scrubbed, ``UNSCANNED`` when scrubbing it cost too much, or ``None`` when the
-        request's text budget is spent (the caller drops the span that holds it)."""
-        if self.text_exhausted or self.text_chars + len(value) > self.max_text_chars:
-            self.text_exhausted = True
+        """``value`` scrubbed, ``UNSCANNED`` when scrubbing it cost too much, or ``None`` once a
+        budget is spent (the caller drops the span that holds it)."""
+        if self.spent is not None:
+            return None
+        if self.text_chars + len(value) > self.max_text_chars:
+            self.spent = TEXT
             return None
         self.text_chars += len(value)
         if self._scrub is None:
@@ -67,7 +79,11 @@ class DecodeBudget:
             return self._scrub(value)
         started = self._clock()
         scrubbed = self._scrub(value)
-        if self._clock() - started > self.max_value_seconds:
+        now = self._clock()
+        if now - self._started > self.cpu_seconds:
+            self.spent = CPU
+            return None
+        if now - started > self.max_value_seconds:
             self.unscanned_values += 1
             return UNSCANNED
         return scrubbed

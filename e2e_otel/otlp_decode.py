@@ -42,7 +42,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace.status import Status, StatusCode
 
-from .ingest_budget import DecodeBudget
+from .ingest_budget import CPU, TEXT, DecodeBudget
 
 __all__ = [
     "DROP_CPU",
@@ -65,8 +65,8 @@ FRONTEND = "frontend"
 INGESTED_ATTRIBUTE = "e2e.ingested"
 # DecodedBatch.dropped reasons (the ``reason`` label of e2e_otel_ingest_dropped_spans_total)
 DROP_NEW_TRACES = "new_trace_budget"
-DROP_TEXT = "text_budget"
-DROP_CPU = "cpu_budget"
+DROP_TEXT = TEXT
+DROP_CPU = CPU
 # e2e-otel's own control vocabulary (workflow status/type/user/metadata, e2e.internal, e2e.cache.hit,
 # e2e.metric and e2e.workflow.* events) is for server-side code only: a browser could otherwise close
 # or relabel other people's sessions. Ingested attributes and events under this prefix are dropped,
@@ -423,7 +423,7 @@ class _Converter:
                   if parent_id is not None else None)
         attributes[LAYER_ATTRIBUTE] = FRONTEND
         attributes[INGESTED_ATTRIBUTE] = True
-        name = span.name[: self.limits.max_name_length]
+        name = self.text(span.name, self.limits.max_name_length)
         return ReadableSpan(
             name=name,
             context=context,
@@ -500,12 +500,12 @@ def to_readable_spans(request: ExportTraceServiceRequest, *, limits: Limits | No
                         and _well_formed_trace_id(span.trace_id)):
                     skip(DROP_NEW_TRACES)
                     continue
-                if budget is not None and (budget.text_exhausted or budget.cpu_exhausted()):
-                    skip(DROP_TEXT if budget.text_exhausted else DROP_CPU)
+                if budget is not None and budget.exhausted():
+                    skip(budget.exhausted_reason())
                     continue
                 readable = converter.span(span, resource, scope, f"resourceSpans[{r}].scopeSpans[{s}].spans[{i}]")
-                if budget is not None and budget.text_exhausted:
-                    skip(DROP_TEXT)  # this span's own strings ran past the budget
+                if budget is not None and budget.spent is not None:
+                    skip(budget.spent)  # this span's own strings ran past a budget
                 elif readable is not None:
                     batch.spans.append(readable)
     if converter.errors:

@@ -141,10 +141,22 @@ class ConcurrencyGate:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit!r}")
         self.limit = limit
-        self._semaphore = threading.BoundedSemaphore(limit)
+        self._in_use = 0
+        self._lock = threading.Lock()
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
 
     def try_enter(self) -> bool:
-        return self._semaphore.acquire(blocking=False)
+        with self._lock:
+            if self._in_use >= self.limit:
+                return False
+            self._in_use += 1
+            return True
 
     def leave(self) -> None:
-        self._semaphore.release()
+        with self._lock:
+            if self._in_use == 0:
+                raise ValueError("leave() without a matching try_enter()")
+            self._in_use -= 1

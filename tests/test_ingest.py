@@ -747,6 +747,6 @@ def test_rate_limit_per_forwarded_client_behind_a_proxy(spans):
         assert status("garbage") == 200  # falls back to REMOTE_ADDR (the proxy): its own bucket
         assert status("also garbage") == 429
     reset_rate_limits()
-    with e2e_settings(INGEST_RATE_LIMIT=1, INGEST_RATE_BURST=1):  # INGEST_TRUSTED_PROXIES=0: everyone shares REMOTE_ADDR
+    with e2e_settings(INGEST_RATE_LIMIT=1, INGEST_RATE_BURST=1):  # no trusted proxy: all share REMOTE_ADDR
         assert status("198.51.100.1") == 200
         assert status("198.51.100.2") == 429

@@ -1,0 +1,396 @@
+"""Ingestion cannot hurt the app: burst, decode slots, new-trace, text and CPU budgets, and bodies
+(chunked, multi-member gzip) read within the same limits."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import random
+import threading
+import time
+from typing import Any
+
+import pytest
+from django.test import Client, RequestFactory
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1 import trace_pb2
+from prometheus_client import REGISTRY
+
+from e2e_otel import ingest
+from e2e_otel.conf import get_config
+from e2e_otel.ingest_budget import UNSCANNED, DecodeBudget
+from e2e_otel.otlp_decode import DROP_CPU, DROP_TEXT, to_readable_spans
+from e2e_otel.ratelimit import ConcurrencyGate, NewTraceBudget
+from tests.test_ingest import (
+    KEY,
+    NS,
+    ORIGIN,
+    PB,
+    URL,
+    browser_payload,
+    e2e_settings,
+    frontend_spans,
+    kv,
+    new_trace_id,
+    post,
+)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_limits():
+    ingest.reset_rate_limits()
+    yield
+    ingest.reset_rate_limits()
+
+
+def _response(response: Any) -> ExportTraceServiceResponse:
+    assert response.status_code == 200, response.content
+    return ExportTraceServiceResponse.FromString(response.content)
+
+
+def _metric(name: str, reason: str) -> float:
+    return REGISTRY.get_sample_value(f"e2e_otel_{name}_total", {"reason": reason}) or 0.0
+
+
+def _traces_payload(trace_ids: list[int], *, attributes: list[Any] | None = None) -> ExportTraceServiceRequest:
+    """One small span per trace id."""
+    now = time.time_ns()
+    spans = [trace_pb2.Span(trace_id=t.to_bytes(16, "big"), span_id=(random.getrandbits(63) | 1).to_bytes(8, "big"),
+                            name="documentLoad", start_time_unix_nano=now - NS, end_time_unix_nano=now,
+                            attributes=attributes or [])
+             for t in trace_ids]
+    return ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
+        resource=Resource(attributes=[kv("service.name", "shop-web")]),
+        scope_spans=[trace_pb2.ScopeSpans(spans=spans)])])
+
+
+# --- request rate: small burst, per-second refill ------------------------------------------------------
+
+
+def test_default_burst_is_small_not_a_minutes_worth(spans):
+    body = browser_payload(new_trace_id()).SerializeToString()
+    before = _metric("ingest_refused_requests", "rate_limit")
+    statuses = [post(body).status_code for _ in range(8)]
+    assert statuses == [200] * 5 + [429] * 3
+    assert _metric("ingest_refused_requests", "rate_limit") - before == 3
+
+
+# --- decode slots ----------------------------------------------------------------------------------------
+
+
+def test_decodes_beyond_the_concurrency_cap_get_503_at_once(spans):
+    trace_id = new_trace_id()
+    body = browser_payload(trace_id).SerializeToString()
+    gate = ingest._guards_for(get_config()).decodes
+    assert gate.limit == 2
+    assert gate.try_enter() and gate.try_enter()  # two decodes in progress
+    try:
+        started = time.monotonic()
+        response = post(body)
+        assert time.monotonic() - started < 1.0  # answered, not queued
+        assert response.status_code == 503
+        assert response["Retry-After"] == "1"
+        assert response["Access-Control-Allow-Origin"] == ORIGIN
+        assert frontend_spans(spans, trace_id) == []
+    finally:
+        gate.leave()
+        gate.leave()
+    assert post(body).status_code == 200  # slots given back, also after a rejected payload
+    assert post(b"garbage").status_code == 400
+    assert gate.try_enter() and gate.try_enter()
+    gate.leave()
+    gate.leave()
+
+
+class _BlockingStream(io.RawIOBase):
+    """A request body that stalls until released: a slow upload holding a decode slot."""
+
+    def __init__(self, data: bytes, release: threading.Event) -> None:
+        self._data = io.BytesIO(data)
+        self._release = release
+
+    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+        self._release.wait(10)
+        return self._data.read(size)
+
+
+def test_real_concurrent_uploads_hold_the_slots():
+    body = browser_payload(new_trace_id()).SerializeToString()
+    release = threading.Event()
+    factory = RequestFactory()
+
+    def request(stream: io.RawIOBase | None = None) -> Any:
+        req = factory.post(URL, data=body, content_type=PB,
+                           headers={"X-E2E-Ingest-Key": KEY, "Origin": ORIGIN})
+        if stream is not None:
+            req._stream = stream  # type: ignore[attr-defined]
+        return req
+
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda: results.append(
+        ingest.ingest_traces(request(_BlockingStream(body, release))).status_code)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 5
+    gate = ingest._guards_for(get_config()).decodes
+    while time.monotonic() < deadline and gate.in_use < 2:  # both uploads hold a slot
+        time.sleep(0.01)
+    try:
+        assert ingest.ingest_traces(request()).status_code == 503
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(10)
+    assert results == [200, 200]
+
+
+def test_concurrency_gate_never_blocks():
+    gate = ConcurrencyGate(1)
+    assert gate.try_enter()
+    started = time.monotonic()
+    assert not gate.try_enter()
+    assert time.monotonic() - started < 0.1
+    gate.leave()
+    with pytest.raises(ValueError):
+        gate.leave()  # bounded: a double release is a bug, not an extra slot
+    with pytest.raises(ValueError):
+        ConcurrencyGate(0)
+
+
+# --- new traces (workflow sessions) per client per minute ------------------------------------------------------
+
+
+def test_spans_of_traces_beyond_the_new_trace_budget_are_dropped_reported_and_counted(spans):
+    traces = [new_trace_id() for _ in range(5)]
+    before = _metric("ingest_dropped_spans", "new_trace_budget")
+    with e2e_settings(INGEST_NEW_TRACES_PER_MINUTE=3):
+        result = _response(post(_traces_payload(traces).SerializeToString()))
+        assert result.partial_success.rejected_spans == 2
+        assert "INGEST_NEW_TRACES_PER_MINUTE" in result.partial_success.error_message
+        kept = [t for t in traces if frontend_spans(spans, t)]
+        assert kept == traces[:3]
+        # a kept trace goes on (a page's later batch); a new one is still refused
+        again = _response(post(_traces_payload([traces[0], new_trace_id()]).SerializeToString()))
+        assert again.partial_success.rejected_spans == 1
+        assert len(frontend_spans(spans, traces[0])) == 2
+        # another client has a budget of its own
+        other = Client().post(URL, data=_traces_payload([traces[4]]).SerializeToString(), content_type=PB,
+                              headers={"X-E2E-Ingest-Key": KEY, "Origin": ORIGIN}, REMOTE_ADDR="192.0.2.9")
+        assert _response(other).partial_success.rejected_spans == 0
+    assert _metric("ingest_dropped_spans", "new_trace_budget") - before == 3
+
+
+def test_new_trace_budget_slides_with_the_minute():
+    now = [0.0]
+    budget = NewTraceBudget(per_minute=2, clock=lambda: now[0])
+    a, b, c = b"a" * 16, b"b" * 16, b"c" * 16
+    assert budget.admit("x", [a, b, c]) == {a, b}
+    now[0] = 30.0
+    assert budget.admit("x", [a, c]) == {a}  # a is known, c still over budget
+    now[0] = 61.0
+    assert budget.admit("x", [c]) == {c}  # a and b left the window
+    with pytest.raises(ValueError):
+        NewTraceBudget(per_minute=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.lists(st.integers(0, 40), max_size=8), st.floats(0, 30)),
+                max_size=40))
+def test_new_trace_budget_invariants(requests):
+    """Whatever clients send: no client opens more than the budget in any 60 s, memory stays bounded."""
+    now = [0.0]
+    budget = NewTraceBudget(per_minute=3, max_entries=20, clock=lambda: now[0])
+    opened: dict[int, list[tuple[float, bytes]]] = {}
+    for client, ids, step in requests:
+        now[0] += step
+        offered = [i.to_bytes(16, "big") for i in ids]
+        admitted = budget.admit(str(client), offered)
+        assert admitted <= set(offered)
+        known = {t for stamp, t in opened.get(client, []) if stamp > now[0] - 60}
+        for trace_id in admitted - known:
+            opened.setdefault(client, []).append((now[0], trace_id))
+        recent = [t for stamp, t in opened.get(client, []) if stamp > now[0] - 60]
+        assert len(set(recent)) <= 3 or budget.entries < sum(len(v) for v in opened.values())
+        assert budget.entries <= 20
+
+
+# --- string and CPU budgets: bounded work before and in the masker -----------------------------------
+
+
+def test_text_past_the_request_budget_is_never_masked_and_its_spans_are_dropped():
+    scrubbed: list[str] = []
+
+    def scrub(text: str) -> str:
+        scrubbed.append(text)
+        return text
+
+    payload = _traces_payload([new_trace_id() for _ in range(10)], attributes=[kv("http.url", "u" * 300)])
+    budget = DecodeBudget(max_text_chars=1000, cpu_seconds=10, max_value_seconds=10, scrub=scrub)
+    batch = to_readable_spans(payload, budget=budget)
+    assert len(batch.spans) == 3  # "shop-web" + 4 x ("documentLoad" + 300 characters) is past 1000
+    assert batch.dropped == {DROP_TEXT: 7}
+    assert sum(map(len, scrubbed)) <= 1000
+
+
+def test_cpu_budget_stops_conversion_between_spans():
+    ticks = iter(range(1000))
+    budget = DecodeBudget(max_text_chars=10**6, cpu_seconds=3.5, max_value_seconds=10,
+                          clock=lambda: float(next(ticks)))  # one "second" per clock read
+    batch = to_readable_spans(_traces_payload([new_trace_id() for _ in range(10)]), budget=budget)
+    assert len(batch.spans) == 3
+    assert batch.dropped == {DROP_CPU: 7}
+
+
+def test_a_value_too_costly_to_mask_is_redacted_not_scrubbed_again_downstream():
+    clock = [0.0]
+
+    def slow_scrub(text: str) -> str:
+        clock[0] += 0.005 if "secret" in text else 0.00001
+        return text
+
+    costly, fine = "secret" * 100, "https://shop.example/" + "p" * 400
+    payload = _traces_payload([new_trace_id()], attributes=[kv("a", costly), kv("b", fine)])
+    budget = DecodeBudget(max_text_chars=10**6, cpu_seconds=10, max_value_seconds=0.001, scrub=slow_scrub,
+                          clock=lambda: clock[0])
+    batch = to_readable_spans(payload, budget=budget)
+    assert dict(batch.spans[0].attributes or {})["a"] == UNSCANNED
+    assert dict(batch.spans[0].attributes or {})["b"] == fine
+    assert batch.unscanned_values == 1
+
+
+HOSTILE = ("secret" * 700)[:4096]  # ~9 ms for the masker: each "secret" walks back over the run
+
+
+def test_token_like_text_is_redacted_once_instead_of_masked_three_times(spans):
+    """The attack of issue #18: 4 KiB of secret-looking words per attribute, the real masker."""
+    url = "https://shop.example/checkout?" + "&".join(f"item{i}=sku-{i:05d}" for i in range(200))
+    trace_id = new_trace_id()
+    payload = _traces_payload([trace_id], attributes=[kv(f"k{i}", HOSTILE) for i in range(3)]
+                              + [kv("http.url", url[:4096])])
+    result = _response(post(payload.SerializeToString()))
+    assert "3 attribute value(s) too costly to scan" in result.partial_success.error_message
+    (span,) = frontend_spans(spans, trace_id)
+    attributes = dict(span.attributes or {})
+    assert {attributes[f"k{i}"] for i in range(3)} == {UNSCANNED}
+    assert attributes["http.url"] == url[:4096]  # ordinary long text is kept as it was
+
+
+def test_one_request_of_token_like_text_costs_at_most_its_cpu_budget(spans):
+    traces = [new_trace_id() for _ in range(20)]
+    payload = _traces_payload(traces, attributes=[kv("k", HOSTILE + str(i)) for i in range(5)])
+    before = _metric("ingest_dropped_spans", "cpu_budget")
+    started = time.thread_time()
+    result = _response(post(payload.SerializeToString()))
+    spent = time.thread_time() - started
+    # unbounded: 100 values x ~9 ms of masking here, and as much again on the export and writer threads
+    assert spent < get_config().INGEST_CPU_BUDGET_MS / 1000 + 0.03
+    assert "INGEST_CPU_BUDGET_MS" in result.partial_success.error_message
+    dropped = result.partial_success.rejected_spans
+    assert dropped >= 15
+    assert sum(1 for t in traces if frontend_spans(spans, t)) == 20 - dropped
+    assert _metric("ingest_dropped_spans", "cpu_budget") - before == dropped
+
+
+def test_value_length_is_capped_before_masking(spans):
+    trace_id = new_trace_id()
+    with e2e_settings(INGEST_MAX_VALUE_LENGTH=100):
+        result = _response(post(_traces_payload([trace_id], attributes=[kv("a", "x" * 500)]).SerializeToString()))
+    assert "truncated" in result.partial_success.error_message
+    assert dict(frontend_spans(spans, trace_id)[0].attributes or {})["a"] == "x" * 100
+
+
+def test_text_budget_end_to_end(spans):
+    traces = [new_trace_id() for _ in range(6)]
+    before = _metric("ingest_dropped_spans", "text_budget")
+    with e2e_settings(INGEST_MAX_TEXT_CHARS=2048):
+        result = _response(post(_traces_payload(traces, attributes=[kv("v", "y" * 700)]).SerializeToString()))
+    assert result.partial_success.rejected_spans == 4
+    assert "INGEST_MAX_TEXT_CHARS" in result.partial_success.error_message
+    assert [bool(frontend_spans(spans, t)) for t in traces] == [True, True] + [False] * 4
+    assert _metric("ingest_dropped_spans", "text_budget") - before == 4
+
+
+# --- bodies: chunked, multi-member gzip ----------------------------------------------------------------------
+
+
+def _unsized_request(body: bytes, *, terminated: bool, **headers: str) -> Any:
+    request = RequestFactory().post(URL, data=body, content_type=PB, headers={
+        "X-E2E-Ingest-Key": KEY, "Origin": ORIGIN, "Transfer-Encoding": "chunked", **headers})
+    del request.META["CONTENT_LENGTH"]
+    request.META["wsgi.input"] = io.BytesIO(body)
+    request.META["wsgi.input_terminated"] = terminated
+    return request
+
+
+def test_chunked_body_is_read_within_the_size_limit(spans):
+    trace_id = new_trace_id()
+    body = browser_payload(trace_id).SerializeToString()
+    response = ingest.ingest_traces(_unsized_request(body, terminated=True))
+    assert response.status_code == 200, response.content
+    assert len(frontend_spans(spans, trace_id)) == 2
+
+    big = browser_payload(new_trace_id(), extra_spans=40).SerializeToString()
+    with e2e_settings(INGEST_MAX_BODY_BYTES=1024):
+        assert ingest.ingest_traces(_unsized_request(big, terminated=True)).status_code == 413
+
+    gzipped = gzip.compress(body)
+    response = ingest.ingest_traces(_unsized_request(gzipped, terminated=True, **{"Content-Encoding": "gzip"}))
+    assert response.status_code == 200
+
+
+def test_chunked_body_the_server_cannot_delimit_is_refused_with_411(spans):
+    trace_id = new_trace_id()
+    body = browser_payload(trace_id).SerializeToString()
+    response = ingest.ingest_traces(_unsized_request(body, terminated=False))
+    assert response.status_code == 411
+    assert frontend_spans(spans, trace_id) == []
+
+
+def _members(*messages: ExportTraceServiceRequest) -> bytes:
+    # Serialised protobuf messages concatenate into one whose repeated fields are joined.
+    return b"".join(gzip.compress(m.SerializeToString()) for m in messages)
+
+
+def test_every_gzip_member_is_decoded(spans):
+    first, second = new_trace_id(), new_trace_id()
+    body = _members(browser_payload(first), browser_payload(second))
+    result = _response(post(body, **{"Content-Encoding": "gzip"}))
+    assert result.partial_success.rejected_spans == 0
+    assert len(frontend_spans(spans, first)) == 2
+    assert len(frontend_spans(spans, second)) == 2
+
+
+def test_gzip_members_share_one_decompressed_limit(spans):
+    member = gzip.compress(b"\xff" * 2048)  # 2 KiB each when inflated
+    with e2e_settings(INGEST_MAX_DECOMPRESSED_BYTES=4096):
+        assert post(member * 2, **{"Content-Encoding": "gzip"}).status_code == 400  # 4 KiB: size ok, not OTLP
+        response = post(member * 3, **{"Content-Encoding": "gzip"})
+    assert response.status_code == 413
+
+
+def test_trailing_garbage_after_a_gzip_member_is_refused(spans):
+    trace_id = new_trace_id()
+    body = gzip.compress(browser_payload(trace_id).SerializeToString()) + b"not gzip"
+    assert post(body, **{"Content-Encoding": "gzip"}).status_code == 400
+    assert frontend_spans(spans, trace_id) == []
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.binary(max_size=3000), min_size=1, max_size=5), st.binary(max_size=40))
+def test_gunzip_is_exact_or_refuses(chunks, tail):
+    """Any concatenation of members (plus junk) inflates to exactly their bytes or is refused with 4xx."""
+    body = b"".join(gzip.compress(chunk) for chunk in chunks) + tail
+    limit = 8192
+    try:
+        data = ingest._gunzip(body, limit)
+    except ingest._Reject as reject:
+        assert reject.status in (400, 413)
+        assert tail or sum(map(len, chunks)) > limit
+    else:
+        assert data == b"".join(chunks) + (gzip.decompress(tail) if tail else b"")
