@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import pytest
+from django.core.handlers.wsgi import LimitedStream
 from django.test import Client, RequestFactory
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -322,9 +323,11 @@ def test_text_budget_end_to_end(spans):
 def _unsized_request(body: bytes, *, terminated: bool, **headers: str) -> Any:
     request = RequestFactory().post(URL, data=body, content_type=PB, headers={
         "X-E2E-Ingest-Key": KEY, "Origin": ORIGIN, "Transfer-Encoding": "chunked", **headers})
+    # what Django builds for a request without Content-Length: a body stream of length 0
     del request.META["CONTENT_LENGTH"]
     request.META["wsgi.input"] = io.BytesIO(body)
     request.META["wsgi.input_terminated"] = terminated
+    request._stream = LimitedStream(request.META["wsgi.input"], 0)
     return request
 
 
