@@ -250,6 +250,9 @@ OPTIONS: dict[str, Option] = {
                                     _number(1024, integer=True)),
     "INGEST_CPU_BUDGET_MS": Option(40.0, "Thread CPU milliseconds one ingestion request may spend decoding "
                                    "and masking; spans past it are dropped and reported.", _number(1, 10_000)),
+    "INGEST_MAX_SECRET_WORDS": Option(32, "Secret-looking words (password, token, secret…) an ingested string "
+                                      "may hold before it is redacted whole instead of masked.",
+                                      _number(1, 10_000, integer=True)),
     "INGEST_VALUE_SCRUB_MS": Option(1.0, "Masking CPU milliseconds one ingested string may cost; a costlier "
                                     "one is replaced by a redaction marker.", _number(0.01, 1000)),
     "INGEST_MAX_DECOMPRESSED_BYTES": Option(1024 * 1024, "Largest gzip-decompressed ingestion body "

@@ -50,7 +50,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from .conf import Config, get_config
-from .ingest_budget import DecodeBudget
+from .ingest_budget import DecodeBudget, secret_words
 from .otlp_decode import (
     DecodedBatch,
     Limits,
@@ -59,6 +59,7 @@ from .otlp_decode import (
     decode_protobuf,
     to_readable_spans,
 )
+from .pacing import Pacer
 from .ratelimit import ConcurrencyGate, NewTraceBudget, TokenBucketLimiter
 
 logger = logging.getLogger(__name__)
@@ -183,6 +184,28 @@ def _read_body(request: HttpRequest, config: Config) -> bytes:
     return _gunzip(body, config.INGEST_MAX_DECOMPRESSED_BYTES)
 
 
+def _discard_unread_body(request: HttpRequest, limit: int) -> None:
+    """Read and drop what is left of a refused request's body, when it is within the size limit.
+
+    Why: a server that finds a body left unread has to close the connection; gunicorn drains only
+    64 KiB itself, and its graceful close then lingers (up to 2 s) on the worker's event loop while the
+    client, told to retry after a second, keeps its socket open: every refused 300 KiB post would
+    stall all requests of that worker. Discarding here keeps the connection reusable instead; bodies
+    declared over the limit are not read (the server closes those connections).
+    """
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return
+    if not 0 < declared <= limit:
+        return
+    try:
+        while request.read(READ_CHUNK):  # what was read already is not read again: the stream is limited
+            pass
+    except OSError:  # the client went away; nothing to keep alive
+        pass
+
+
 def _read_unsized(request: HttpRequest, limit: int) -> bytes:
     """A body without Content-Length (``Transfer-Encoding: chunked``): Django reads none of it, so
     read the WSGI stream ourselves, at most ``limit + 1`` bytes, when the server marks it as
@@ -302,6 +325,7 @@ def ingest_traces(request: HttpRequest) -> HttpResponse:
             raise _Reject(405, "use POST", headers={"Allow": ALLOWED_METHODS})
         return _handle_post(request, config, cors)
     except _Reject as reject:
+        _discard_unread_body(request, config.INGEST_MAX_BODY_BYTES)
         response = _json_response(reject.status, reject.body)
         for key, value in {**cors, **reject.headers}.items():
             response[key] = value
@@ -368,7 +392,9 @@ def _decode(request: HttpRequest, media_type: str, config: Config, client: str, 
             scrub: Callable[[str], str]) -> tuple[DecodedBatch, Limits]:
     budget = DecodeBudget(max_text_chars=config.INGEST_MAX_TEXT_CHARS,
                           cpu_seconds=config.INGEST_CPU_BUDGET_MS / 1000.0,
-                          max_value_seconds=config.INGEST_VALUE_SCRUB_MS / 1000.0, scrub=scrub)
+                          max_value_seconds=config.INGEST_VALUE_SCRUB_MS / 1000.0,
+                          max_secret_words=config.INGEST_MAX_SECRET_WORDS,
+                          words=secret_words(tuple(config.SENSITIVE_KEYS)), scrub=scrub, pace=Pacer())
     body = _read_body(request, config)
     limits = Limits(max_spans=config.INGEST_MAX_SPANS, max_exceptions=config.INGEST_MAX_EXCEPTIONS,
                     max_string_length=config.INGEST_MAX_VALUE_LENGTH)
