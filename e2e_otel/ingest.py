@@ -191,18 +191,19 @@ def _discard_unread_body(request: HttpRequest, limit: int) -> None:
     64 KiB itself, and its graceful close then lingers (up to 2 s) on the worker's event loop while the
     client, told to retry after a second, keeps its socket open: every refused 300 KiB post would
     stall all requests of that worker. Discarding here keeps the connection reusable instead; bodies
-    declared over the limit are not read (the server closes those connections).
+    declared over the limit are not read (the server closes those connections), nor more than
+    ``limit`` bytes of a chunked one.
     """
     try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return
-    if not 0 < declared <= limit:
-        return
-    try:
-        while request.read(READ_CHUNK):  # what was read already is not read again: the stream is limited
-            pass
-    except OSError:  # the client went away; nothing to keep alive
+        if request.META.get("CONTENT_LENGTH") in (None, ""):
+            if request.META.get("wsgi.input_terminated") and not getattr(request, "_unsized_read", False):
+                _read_unsized(request, limit)
+            return
+        declared = int(request.META["CONTENT_LENGTH"])
+        if 0 < declared <= limit:
+            while request.read(READ_CHUNK):  # a limited stream: what was read is not read again
+                pass
+    except (OSError, ValueError, _Reject):  # the client went away, or a bad length: nothing to keep
         pass
 
 
@@ -215,6 +216,7 @@ def _read_unsized(request: HttpRequest, limit: int) -> bytes:
         if request.META.get("HTTP_TRANSFER_ENCODING"):
             raise _Reject(411, "this server cannot read a body without Content-Length; send Content-Length")
         return b""
+    request._unsized_read = True  # type: ignore[attr-defined]  # read once: the refusal path must not wait again
     chunks: list[bytes] = []
     size = 0
     while size <= limit:
@@ -399,7 +401,10 @@ def _decode(request: HttpRequest, media_type: str, config: Config, client: str, 
     limits = Limits(max_spans=config.INGEST_MAX_SPANS, max_exceptions=config.INGEST_MAX_EXCEPTIONS,
                     max_string_length=config.INGEST_MAX_VALUE_LENGTH)
     try:
-        message = decode_protobuf(body) if media_type == PROTOBUF else decode_json(body, max_spans=limits.max_spans)
+        if media_type == PROTOBUF:
+            message = decode_protobuf(body)
+        else:
+            message = decode_json(body, max_spans=limits.max_spans, budget=budget)
         del body  # the decoded message replaces it; keep peak memory to one copy
         batch = to_readable_spans(message, limits=limits, budget=budget,
                                   admit_traces=lambda ids: guards.new_traces.admit(client, ids))

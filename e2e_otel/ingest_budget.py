@@ -16,7 +16,10 @@ value (``secretsecret…``: ~2 µs per character). So, per request:
   constant instead of the same cost twice more);
 - *CPU*: decoding, conversion and masking together stop at ``cpu_seconds`` of thread CPU time
   (checked before each span and after each timed string); the spans not converted by then are
-  dropped. One request so costs at most the budget plus one string's masking.
+  dropped. One request so costs at most the budget plus one string's masking. The first
+  ``FREE_SPANS`` spans are exempt from the CPU check: a garbage collection or a first-use import in
+  the middle of a small, ordinary batch must not cost a browser its spans (their cost is bounded
+  anyway, by the per-span limits and the text budget).
 
 Between spans and after each timed string the request thread calls ``pace`` (a ``pacing.Pacer``
 in the view), which hands the interpreter lock back every millisecond: without it, each app request
@@ -35,7 +38,7 @@ from collections.abc import Callable, Iterable
 
 from .sanitize import DEFAULT_SENSITIVE_KEYS
 
-__all__ = ["CPU", "TEXT", "TIMED_CHARS", "UNSCANNED", "DecodeBudget", "secret_words"]
+__all__ = ["CPU", "FREE_SPANS", "TEXT", "TIMED_CHARS", "UNSCANNED", "DecodeBudget", "secret_words"]
 
 # which budget ran out (DecodedBatch.dropped reasons, the metric's ``reason`` label)
 TEXT = "text_budget"
@@ -44,6 +47,7 @@ CPU = "cpu_budget"
 #: Strings up to this length are scrubbed untimed: their cost is microseconds whatever they hold.
 TIMED_CHARS = 256
 UNSCANNED = "[REDACTED: too costly to scan]"
+FREE_SPANS = 32
 _WORD_SPLIT = re.compile(r"[^a-z0-9]+")
 
 
@@ -63,7 +67,7 @@ class DecodeBudget:
     def __init__(self, *, max_text_chars: int, cpu_seconds: float, max_value_seconds: float,
                  max_secret_words: int = 32, words: re.Pattern[str] | None = None,
                  scrub: Callable[[str], str] | None = None, pace: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.thread_time) -> None:
+                 free_spans: int = FREE_SPANS, clock: Callable[[], float] = time.thread_time) -> None:
         if max_text_chars < 0:
             raise ValueError(f"max_text_chars must be >= 0, got {max_text_chars!r}")
         if not cpu_seconds > 0 or not max_value_seconds > 0:
@@ -80,13 +84,18 @@ class DecodeBudget:
         self._started = clock()
         self.text_chars = 0
         self.unscanned_values = 0
+        self.free_spans = free_spans
+        self._in_free_span = False
+        self.skipped_spans = 0  # spans a decoder left out once a budget had run out (before conversion)
         self.spent: str | None = None  # TEXT or CPU once a budget has run out
 
-    def exhausted(self) -> bool:
-        """Whether a budget has run out; checks the CPU clock (once per span)."""
+    def exhausted(self, index: int) -> bool:
+        """Whether a budget has run out before span ``index`` (0-based) of a pass over the payload
+        (parsing, then converting); checks the CPU clock past the first ``free_spans``."""
         if self._pace is not None:
             self._pace()
-        if self.spent is None and self._clock() - self._started > self.cpu_seconds:
+        self._in_free_span = index < self.free_spans
+        if index >= self.free_spans and self.spent is None and self._clock() - self._started > self.cpu_seconds:
             self.spent = CPU
         return self.spent is not None
 
@@ -115,7 +124,7 @@ class DecodeBudget:
         if self._pace is not None:
             self._pace()
         now = self._clock()
-        if now - self._started > self.cpu_seconds:
+        if now - self._started > self.cpu_seconds and not self._in_free_span:
             self.spent = CPU
             return None
         if now - started > self.max_value_seconds:

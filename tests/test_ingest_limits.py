@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import random
 import threading
 import time
@@ -241,7 +242,7 @@ def test_text_past_the_request_budget_is_never_masked_and_its_spans_are_dropped(
 
 def test_cpu_budget_stops_conversion_between_spans():
     ticks = iter(range(1000))
-    budget = DecodeBudget(max_text_chars=10**6, cpu_seconds=3.5, max_value_seconds=10,
+    budget = DecodeBudget(max_text_chars=10**6, cpu_seconds=3.5, max_value_seconds=10, free_spans=0,
                           clock=lambda: float(next(ticks)))  # one "second" per clock read
     batch = to_readable_spans(_traces_payload([new_trace_id() for _ in range(10)]), budget=budget)
     assert len(batch.spans) == 3
@@ -410,3 +411,79 @@ def test_gunzip_is_exact_or_refuses(chunks, tail):
         assert tail or sum(map(len, chunks)) > limit
     else:
         assert data == b"".join(chunks) + (gzip.decompress(tail) if tail else b"")
+
+
+# --- OTLP/JSON (what the OTel JS exporter sends by default) is built within the budget too ------------
+
+
+def test_json_is_parsed_span_by_span_within_the_cpu_budget():
+    from e2e_otel.otlp_decode import decode_json
+    from tests.test_ingest import to_otlp_json
+
+    body = to_otlp_json(_traces_payload([new_trace_id() for _ in range(10)], attributes=[kv("a", "b")]))
+    ticks = iter(range(1000))
+    budget = DecodeBudget(max_text_chars=10**6, cpu_seconds=3.5, max_value_seconds=10, free_spans=0,
+                          clock=lambda: float(next(ticks)))
+    message = decode_json(body, max_spans=512, budget=budget)
+    assert sum(len(ss.spans) for rs in message.resource_spans for ss in rs.scope_spans) == 3
+    batch = to_readable_spans(message, budget=budget)  # one budget per request: it is spent already
+    assert batch.spans == []
+    assert batch.dropped == {DROP_CPU: 10}
+
+
+def test_json_endpoint_reports_spans_left_unparsed(spans):
+    from tests.test_ingest import to_otlp_json
+
+    traces = [new_trace_id() for _ in range(512)]
+    body = to_otlp_json(_traces_payload(traces, attributes=[kv(f"n{i}", i) for i in range(24)]))
+    started = time.thread_time()
+    with e2e_settings(INGEST_NEW_TRACES_PER_MINUTE=1000, INGEST_MAX_BODY_BYTES=4 * 1024 * 1024,
+                      INGEST_MAX_DECOMPRESSED_BYTES=4 * 1024 * 1024, INGEST_CPU_BUDGET_MS=10):
+        response = post(body, content_type="application/json")
+    spent = time.thread_time() - started
+    assert response.status_code == 200, response.content
+    result = json.loads(response.content)["partialSuccess"]
+    assert int(result["rejectedSpans"]) > 0
+    assert "INGEST_CPU_BUDGET_MS" in result["errorMessage"]
+    assert sum(1 for t in traces if frontend_spans(spans, t)) == 512 - int(result["rejectedSpans"])
+    assert spent < 0.2  # json.loads and the span count run before the budget can stop anything
+
+
+# --- a refused body is read to its end, so the server can keep the connection ----------------------------
+
+
+def test_refused_bodies_within_the_limit_are_discarded():
+    body = browser_payload(new_trace_id(), extra_spans=500).SerializeToString()
+    assert len(body) > 64 * 1024  # more than gunicorn drains by itself
+    factory = RequestFactory()
+
+    def refused(**extra: Any) -> Any:
+        request = factory.post(URL, data=body, content_type=PB, headers={"Origin": ORIGIN, **extra})
+        response = ingest.ingest_traces(request)
+        return response.status_code, request.read()
+
+    assert refused(**{"X-E2E-Ingest-Key": "wrong"}) == (401, b"")
+    with e2e_settings(INGEST_MAX_BODY_BYTES=1024 * 1024):
+        for _ in range(5):
+            refused(**{"X-E2E-Ingest-Key": KEY})
+        assert refused(**{"X-E2E-Ingest-Key": KEY}) == (429, b"")
+    # declared over the limit: not read at all (the server closes that connection)
+    ingest.reset_rate_limits()
+    with e2e_settings(INGEST_MAX_BODY_BYTES=4096):
+        status, rest = refused(**{"X-E2E-Ingest-Key": KEY})
+    assert (status, len(rest)) == (413, len(body))
+
+
+def test_refused_chunked_body_is_discarded_up_to_the_limit():
+    body = browser_payload(new_trace_id()).SerializeToString()
+    request = _unsized_request(body, terminated=True, **{"X-E2E-Ingest-Key": "wrong"})
+    assert ingest.ingest_traces(request).status_code == 401
+    assert request.META["wsgi.input"].read() == b""
+
+
+def test_a_pause_inside_a_small_batch_costs_the_browser_nothing():
+    """A garbage collection (or a first import) charged to a 10-span request does not drop its spans."""
+    budget = DecodeBudget(max_text_chars=10**6, cpu_seconds=0.04, max_value_seconds=10,
+                          clock=iter([0.0] + [5.0] * 100).__next__)
+    batch = to_readable_spans(_traces_payload([new_trace_id() for _ in range(10)]), budget=budget)
+    assert len(batch.spans) == 10 and batch.dropped == {}
