@@ -321,6 +321,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 sampler.join()
                 entry = results[phase]
                 entry.setdefault("latencies", []).extend(latencies)
+                entry.setdefault("round_p50_p99", []).append(
+                    [round(percentile(latencies, 0.50), 1), round(percentile(latencies, 0.99), 1)])
                 entry.setdefault("cpu_cores", []).append(cpu / args.seconds)
                 entry.setdefault("peak_rss_mb", []).append(peak[0])
                 entry.setdefault("attacker", []).append(attack_result)
@@ -337,6 +339,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "requests": len(lat), "failed": failed,
                 "p50_ms": round(percentile(lat, 0.50), 1), "p99_ms": round(percentile(lat, 0.99), 1),
                 "max_ms": round(max(lat), 1) if lat else None,
+                "per_round_p50_p99_ms": entry["round_p50_p99"],
                 "worker_cpu_cores": round(statistics.mean(entry["cpu_cores"]), 3),
                 "worker_peak_rss_mb": round(max(entry["peak_rss_mb"]), 1),
                 "attacker_answers": answers,

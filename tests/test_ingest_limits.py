@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gzip
+import http.client
 import io
 import json
 import random
@@ -487,3 +488,55 @@ def test_a_pause_inside_a_small_batch_costs_the_browser_nothing():
                           clock=iter([0.0] + [5.0] * 100).__next__)
     batch = to_readable_spans(_traces_payload([new_trace_id() for _ in range(10)]), budget=budget)
     assert len(batch.spans) == 10 and batch.dropped == {}
+
+
+# --- over real HTTP (gunicorn): chunked and multi-member bodies arrive; a refusal keeps the connection ---
+
+
+@pytest.mark.slow
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_gunicorn_chunked_and_multi_member_bodies_and_keepalive_after_429(otlp_receiver):
+    from django.db import connection
+
+    from tests.servers import BIN_DIR, ServerProcess, free_port, subprocess_env
+
+    env = subprocess_env({
+        "DJANGO_SETTINGS_MODULE": "tests.settings_export",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.http_base_endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "E2E_MYSQL_DATABASE": connection.settings_dict["NAME"],
+    })
+    chunked_trace, first, second = new_trace_id(), new_trace_id(), new_trace_id()
+    headers = {"Content-Type": PB, "Origin": ORIGIN, "X-E2E-Ingest-Key": KEY}
+    port = free_port()
+    # gthread: the sync worker closes every connection anyway, so keep-alive needs threads
+    argv = [str(BIN_DIR / "gunicorn"), "tests.wsgi:application", "-b", f"127.0.0.1:{port}", "-w", "1",
+            "-k", "gthread", "--threads", "2", "--graceful-timeout", "3", "--timeout", "30"]
+    with ServerProcess(argv, port=port, env=env) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+
+        def send(body: Any, extra: dict[str, str], **options: Any) -> int:
+            conn.request("POST", URL, body=body, headers={**headers, **extra}, **options)
+            response = conn.getresponse()
+            response.read()
+            return response.status
+
+        payload = browser_payload(chunked_trace).SerializeToString()
+        pieces = iter([payload[:100], payload[100:]])
+        assert send(pieces, {}, encode_chunked=True) == 200, server.logs()
+        assert send(_members(browser_payload(first), browser_payload(second)), {"Content-Encoding": "gzip"}) == 200
+        big = browser_payload(new_trace_id(), extra_spans=500).SerializeToString()
+        assert len(big) > 64 * 1024
+        statuses = [send(big, {}) for _ in range(6)]
+        assert statuses[-1] == 429, statuses
+        sock = conn.sock
+        assert sock is not None
+        assert send(big, {}) == 429
+        assert conn.sock is sock  # the refused body was read: the server kept the connection
+        conn.close()
+        for trace_id in (chunked_trace, first, second):
+            otlp_receiver.wait_for(lambda spans, t=f"{trace_id:032x}": sum(
+                1 for s in spans if s.trace_id == t and s.attributes.get("e2e.layer") == "frontend") >= 2,
+                timeout=15)
