@@ -12,11 +12,14 @@ Exporter details the SDK already reads from the environment (``OTEL_EXPORTER_OTL
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
+
+from .routes import DEFAULT_IGNORE_PATHS, check_pattern
 
 ENVIRONMENTS = ("development", "production", "testing")
 PROTOCOLS = ("grpc", "http/protobuf")
@@ -86,6 +89,9 @@ def _number(low: float, high: float | None = None, integer: bool = False) -> Cal
     def parse(value: Any) -> float:
         if isinstance(value, bool):
             raise ValueError(f"expected a number, got {value!r}")
+        # NaN passes every bound below (its comparisons are all false), and int(inf) overflows.
+        if not math.isfinite(float(value)):
+            raise ValueError(f"must be a finite number, got {value!r}")
         number = int(value) if integer else float(value)
         if number < low or (high is not None and number > high):
             bounds = f"between {low} and {high}" if high is not None else f">= {low}"
@@ -128,6 +134,13 @@ def _workflow_rules(value: Any) -> dict[str, tuple[str, ...]]:
             raise ValueError(f"workflow names must be non-empty strings, got {name!r}")
         rules[name] = _str_list(patterns)
     return rules
+
+
+def _ignore_paths(value: Any) -> tuple[str, ...]:
+    patterns = _str_list(value)
+    for pattern in patterns:
+        check_pattern(pattern)
+    return patterns
 
 
 def _mapping(value: Any) -> dict[str, Any]:
@@ -207,13 +220,27 @@ OPTIONS: dict[str, Option] = {
     "SENSITIVE_KEYS": Option((), "Extra key names to mask (added to the built-in deny-list).", _str_list),
     # --- records ---
     "RECORDS_ENABLED": Option(True, "Derive WorkflowSession/TraceStep/ErrorLog rows from spans.", _bool),
-    "DATABASE_ALIAS": Option("default", "Database alias the record writer uses (MySQL/MariaDB, SQLite or PostgreSQL).",
+    "DATABASE_ALIAS": Option("default", "Database alias of the records (MySQL/MariaDB, SQLite or PostgreSQL), "
+                             "for the writer, API, admin, evaluator and reports; another alias puts "
+                             "e2e_otel.routers.RecordsRouter first in DATABASE_ROUTERS "
+                             "(then: migrate --database ALIAS).",
                              _str),
     "RECORD_QUEUE_SIZE": Option(10_000, "Bound of the span->record queue; overflow is dropped and counted.",
                                 _number(1, integer=True)),
     "RECORD_BATCH_SIZE": Option(500, "Rows per bulk write.", _number(1, 10_000, integer=True)),
     "RECORD_FLUSH_INTERVAL": Option(1.0, "Seconds between writer flushes.", _number(0.01, 60)),
     "WORKFLOWS": Option({}, 'Route rules: {"checkout": ["POST /api/v1/checkout/*"]}.', _workflow_rules),
+    "IGNORE_PATHS": Option(
+        DEFAULT_IGNORE_PATHS,
+        "Requests that are never workflows: no WorkflowSession/steps/errors rows, no workflow counters, "
+        "reports or breaches; still traced and exported (5xx and exceptions count in e2e_otel_steps_total "
+        "and e2e_otel_errors_total). Patterns as in WORKFLOWS, on the route template: \"/path/glob*\" "
+        "(any method) or \"METHOD /path/glob*\". {admin} = every admin site's prefix (reversed "
+        "<namespace>:index), {static}/{media} = STATIC_URL/MEDIA_URL. The whole admin site is excluded by "
+        "default (not a business workflow); drop \"{admin}*\" to record the host's own admin pages. "
+        "Always excluded whatever this says: e2e-otel's API, ingestion, /metrics and the admin of its "
+        "models, and requests no route matched (counted in e2e_otel_unmatched_requests_total).",
+        _ignore_paths),
     "WORKFLOW_IDLE_TIMEOUT": Option(300.0, "Seconds without spans after which a workflow is closed.",
                                     _number(1, 86_400)),
     "SLOW_SPAN_MS": Option(1000.0, "Unsampled spans slower than this are still recorded locally.",
@@ -330,16 +357,21 @@ def _env_value(option: Option, environ: Mapping[str, str]) -> Any:
     return None
 
 
-def resolve(user: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None,
-            **overrides: Any) -> Config:
+def resolve(user: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None, *,
+            test_run: bool = False, **overrides: Any) -> Config:
     """Resolve settings from explicit ``overrides``, the ``user`` dict, the environment and defaults.
 
     Invalid values fall back to the default and are reported in ``Config.errors`` (shown by the
-    system checks) instead of raising, so a typo never stops the host app from booting.
+    system checks) instead of raising, so a typo never stops the host app from booting. With
+    ``test_run`` (``manage.py test``, pytest-django) the testing profile is the default unless
+    ENVIRONMENT or TRACES_EXPORTER is set in ``E2E_OTEL`` or the environment.
     """
     environ = os.environ if environ is None else environ
     user = dict(user or {})
     user.update(overrides)
+    implied: frozenset[str] = frozenset()
+    if test_run and not _chooses_profile(user, environ):
+        user["ENVIRONMENT"], implied = "testing", frozenset({"ENVIRONMENT"})
     unknown = sorted(k for k in user if k not in OPTIONS)
     errors: list[ConfigError] = []
 
@@ -361,7 +393,7 @@ def resolve(user: Mapping[str, Any] | None, environ: Mapping[str, str] | None = 
             return option.profile.get(environment, option.default)
         try:
             return option.parse(raw)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # float(10**400) overflows
             errors.append(ConfigError(key, f"{exc} (from {source})"))
             return option.profile.get(environment, option.default)
 
@@ -372,7 +404,29 @@ def resolve(user: Mapping[str, Any] | None, environ: Mapping[str, str] | None = 
             values[key] = value_of(key, environment)
     if _disabled_from_env(environ) is False:
         values["ENABLED"] = False  # the spec's kill switch wins over everything
-    return Config(values, errors, unknown, frozenset(k for k in user if k in OPTIONS))
+    return Config(values, errors, unknown, frozenset(k for k in user if k in OPTIONS) - implied)
+
+
+def _chooses_profile(user: Mapping[str, Any], environ: Mapping[str, str]) -> bool:
+    """Whether the user picked an environment or an exporter themselves (then a test run keeps it)."""
+    keys = ("ENVIRONMENT", "TRACES_EXPORTER")
+    return any(k in user for k in keys) or any(
+        (environ.get(name) or "").strip() for k in keys for name in OPTIONS[k].env)
+
+
+_test_run = False
+
+
+def mark_test_run(active: bool = True) -> None:
+    """Tell ``get_config`` the process runs a test suite (``e2e_otel.testrun`` and the pytest plugin
+    call this before ``ready()``); clears the cached config."""
+    global _test_run
+    _test_run = active
+    get_config.cache_clear()
+
+
+def is_test_run() -> bool:
+    return _test_run
 
 
 @lru_cache(maxsize=1)
@@ -382,10 +436,10 @@ def get_config() -> Config:
 
     user = getattr(settings, "E2E_OTEL", None)
     if user is not None and not isinstance(user, Mapping):
-        cfg = resolve(None)
+        cfg = resolve(None, test_run=_test_run)
         cfg.errors.append(ConfigError("E2E_OTEL", f"must be a dict, got {type(user).__name__}"))
         return cfg
-    return resolve(user)
+    return resolve(user, test_run=_test_run)
 
 
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
