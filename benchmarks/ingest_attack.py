@@ -202,6 +202,26 @@ def attacker(port: int, bodies: list[bytes], threads: int, seconds: float, key: 
     return statuses
 
 
+def attacker_process(args: argparse.Namespace) -> int:
+    """``--attacker PORT``: the attacking client in its own process (so its sends do not compete with
+    the app client's threads for the driver's interpreter lock). JSON lines: builds its bodies, says
+    ``{"ready": n}``, then answers ``{"attack": seconds}`` with the statuses; ``quit`` ends it."""
+    from bench_project.settings_ingest import INGEST_KEY, INGEST_ORIGIN
+
+    rng = random.Random(18)
+    bodies = [attack_body(rng) for _ in range(args.attack_bodies)]
+    print(json.dumps({"ready": len(bodies), "gzip_kib": round(len(bodies[0]) / 1024),
+                      "inflated_kib": round(len(gzip.decompress(bodies[0])) / 1024)}), flush=True)
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command == "quit":
+            break
+        seconds = float(command["attack"])
+        print(json.dumps(attacker(args.attacker, bodies, args.attack_threads, seconds, INGEST_KEY, INGEST_ORIGIN)),
+              flush=True)
+    return 0
+
+
 def sample_worker(pid: int, stop: threading.Event, peak: list[float]) -> None:
     while not stop.wait(0.2):
         try:
@@ -251,14 +271,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     say(f"logs: {log_dir}")
     from bench_project.settings_ingest import INGEST_KEY, INGEST_ORIGIN
 
-    rng = random.Random(18)
-    say(f"building {args.attack_bodies} attack bodies ...")
-    bodies = [attack_body(rng) for _ in range(args.attack_bodies)]
-    say(f"attack body: {len(bodies[0]) / 1024:.0f} KiB gzip, "
-        f"{len(gzip.decompress(bodies[0])) / 1024:.0f} KiB decompressed, 512 spans")
-
     create_database(args)
-    sidecar = server = None
+    sidecar = server = attack_proc = None
     try:
         seed = subprocess.run([sys.executable, "-m", "bench_project.seed"], cwd=BENCH_DIR, env=env,
                               capture_output=True, text=True, check=False)
@@ -287,7 +301,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         worker = worker_pid(server.pid)
         if worker is None:
             raise RuntimeError("no gunicorn worker found")
-        say(f"gunicorn master {server.pid}, worker {worker}; warming up ...")
+        say(f"gunicorn master {server.pid}, worker {worker}; building {args.attack_bodies} attack bodies ...")
+        attack_proc = Proc("attacker", [sys.executable, str(Path(__file__).resolve()), "--attacker", str(port),
+                                        "--attack-bodies", str(args.attack_bodies),
+                                        "--attack-threads", str(args.attack_threads)], env,
+                           open(log_dir / "attacker.log", "w"))  # noqa: SIM115
+        built = attack_proc.read()
+        say(f"attack body: {built['gzip_kib']} KiB gzip, {built['inflated_kib']} KiB inflated, 512 spans; "
+            "warming up ...")
         # every server thread opens its database connection, and one small post loads the ingestion code
         warm = threading.Thread(target=app_traffic, args=(port, args.rate * 2, args.threads, 3.0))
         warm.start()
@@ -307,9 +328,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 attack_result: dict[str, int] = {}
                 attack_thread = None
                 if phase == "attack":
-                    def attack(result: dict[str, int] = attack_result) -> None:
-                        result.update(attacker(port, bodies, args.attack_threads, args.seconds, INGEST_KEY,
-                                               INGEST_ORIGIN))
+                    def attack(result: dict[str, int] = attack_result, proc: Proc = attack_proc) -> None:
+                        result.update(proc.send({"attack": args.seconds}))
 
                     attack_thread = threading.Thread(target=attack, daemon=True)
                     attack_thread.start()
@@ -359,6 +379,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 server.kill()
         if sidecar is not None:
             sidecar.stop("quit")
+        if attack_proc is not None:
+            attack_proc.stop('"quit"')
         if not args.keep_db:
             drop_database(args)
 
@@ -379,7 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db-port", type=int, default=3306)
     parser.add_argument("--keep-db", action="store_true")
     parser.add_argument("--json", help="write the report here too")
+    parser.add_argument("--attacker", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.attacker:
+        return attacker_process(args)
     if args.seconds * args.rounds > 600:
         parser.error("--seconds x --rounds is capped at 600 s")
     report = run(args)
