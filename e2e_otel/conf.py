@@ -285,7 +285,27 @@ OPTIONS: dict[str, Option] = {
                          _optional_str, env=("E2E_OTEL_INGEST_KEY",)),
     "INGEST_ALLOWED_ORIGINS": Option((), "CORS allow-list for browser ingestion.", _str_list),
     "INGEST_MAX_BODY_BYTES": Option(512 * 1024, "Largest accepted ingestion body.", _number(1024, integer=True)),
-    "INGEST_RATE_LIMIT": Option(120, "Ingestion requests per minute per client.", _number(1, integer=True)),
+    "INGEST_RATE_LIMIT": Option(60, "Sustained ingestion requests per minute per client: a token bucket "
+                                "refilled every second (60 = one per second).", _number(1, integer=True)),
+    "INGEST_RATE_BURST": Option(5, "Ingestion requests a client may send at once before INGEST_RATE_LIMIT's "
+                                "refill applies.", _number(1, 1000, integer=True)),
+    "INGEST_MAX_CONCURRENT": Option(2, "Ingestion requests decoded at once per process; beyond it 503 + "
+                                    "Retry-After (never waits).", _number(1, 64, integer=True)),
+    "INGEST_NEW_TRACES_PER_MINUTE": Option(100, "New trace ids (workflow sessions) per client per minute; "
+                                           "spans of further traces are dropped, reported in "
+                                           "partial_success and counted.", _number(1, integer=True)),
+    "INGEST_MAX_VALUE_LENGTH": Option(4096, "Characters kept per ingested string value; the rest is cut "
+                                      "before masking.", _number(64, 65_536, integer=True)),
+    "INGEST_MAX_TEXT_CHARS": Option(256 * 1024, "String characters per ingestion request, counted before "
+                                    "masking; spans past it are dropped and reported.",
+                                    _number(1024, integer=True)),
+    "INGEST_CPU_BUDGET_MS": Option(40.0, "Thread CPU milliseconds one ingestion request may spend decoding "
+                                   "and masking; spans past it are dropped and reported.", _number(1, 10_000)),
+    "INGEST_MAX_SECRET_WORDS": Option(32, "Secret-looking words (password, token, secret…) an ingested string "
+                                      "may hold before it is redacted whole instead of masked.",
+                                      _number(1, 10_000, integer=True)),
+    "INGEST_VALUE_SCRUB_MS": Option(1.0, "Masking CPU milliseconds one ingested string may cost; a costlier "
+                                    "one is replaced by a redaction marker.", _number(0.01, 1000)),
     "INGEST_MAX_DECOMPRESSED_BYTES": Option(1024 * 1024, "Largest gzip-decompressed ingestion body "
                                             "(zip-bomb guard; past 64 KiB a gzip ratio above 50:1 is "
                                             "refused too).", _number(1024, integer=True)),

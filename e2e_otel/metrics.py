@@ -234,6 +234,12 @@ class E2EMetrics:
         self.export_dropped = Counter(
             f"{PREFIX}_export_dropped_spans", "Spans dropped because the SDK's export queue was full.",
             registry=r)
+        self.ingest_refused_requests = Counter(
+            f"{PREFIX}_ingest_refused_requests", "Browser ingestion requests refused before decoding, by "
+            "reason (rate_limit, busy).", ["reason"], registry=r)
+        self.ingest_dropped_spans = Counter(
+            f"{PREFIX}_ingest_dropped_spans", "Ingested browser spans dropped by a budget, by reason "
+            "(new_trace_budget, text_budget, cpu_budget).", ["reason"], registry=r)
         self.slow_queries = Counter(
             f"{PREFIX}_slow_queries", "SQL statements slower than SLOW_QUERY_MS, by component.",
             ["component"], registry=r)
@@ -382,6 +388,7 @@ def series_bound(max_labels: int = 200, *, rules: int = 7, drop_reasons: int = 4
         + rules * 2                # threshold_value
         + 2 * (drop_reasons + written_kinds + 2)  # records_dropped/written, exported_spans
         + 2 * 3                    # export/derive dropped spans, breach_signals_dropped_total (+ _created)
+        + 2 * (2 + 3)              # ingest_refused_requests_total, ingest_dropped_spans_total by reason
         + 8                        # seven plain gauges + build_info
         + 2 * UNMATCHED_SERIES     # unmatched_requests_total (+ _created)
     )

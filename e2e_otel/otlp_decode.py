@@ -12,8 +12,13 @@ Anyone holding the (public) browser ingest key can post, so what one request may
 too, by dropping and counting rather than rejecting: ``exception`` events past ``max_exceptions`` per
 request (each one can open an unresolved error group), and resource attributes past
 ``max_resource_attributes`` (``service.name`` is always kept) with values cut to
-``max_resource_string_length``, since the resource is copied onto every record. Runs on the request
-thread; pure CPU work, no I/O.
+``max_resource_string_length``, since the resource is copied onto every record. With a
+``DecodeBudget`` (``ingest_budget.py``) strings are scrubbed as they are converted and the request's
+text and CPU budgets apply; with a trace filter, spans of traces the client may not open now are
+skipped. Skipped spans are neither validated nor converted, and are counted by reason in
+``DecodedBatch.dropped``. Every converted span carries ``e2e.ingested = True`` (``INGESTED_ATTRIBUTE``):
+a browser cannot set ``e2e.*`` itself, so the record writer can trust it. Runs on the request thread;
+pure CPU work, no I/O.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import base64
 import json
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +42,13 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace.status import Status, StatusCode
 
+from .ingest_budget import CPU, TEXT, DecodeBudget
+
 __all__ = [
+    "DROP_CPU",
+    "DROP_NEW_TRACES",
+    "DROP_TEXT",
+    "INGESTED_ATTRIBUTE",
     "DecodedBatch",
     "Limits",
     "OTLPValidationError",
@@ -45,10 +56,17 @@ __all__ = [
     "decode_json",
     "decode_protobuf",
     "to_readable_spans",
+    "trace_ids",
 ]
 
 LAYER_ATTRIBUTE = "e2e.layer"
 FRONTEND = "frontend"
+#: Set (True) on every span that came through the ingestion endpoint, i.e. from an untrusted client.
+INGESTED_ATTRIBUTE = "e2e.ingested"
+# DecodedBatch.dropped reasons (the ``reason`` label of e2e_otel_ingest_dropped_spans_total)
+DROP_NEW_TRACES = "new_trace_budget"
+DROP_TEXT = TEXT
+DROP_CPU = CPU
 # e2e-otel's own control vocabulary (workflow status/type/user/metadata, e2e.internal, e2e.cache.hit,
 # e2e.metric and e2e.workflow.* events) is for server-side code only: a browser could otherwise close
 # or relabel other people's sessions. Ingested attributes and events under this prefix are dropped,
@@ -62,6 +80,7 @@ SERVICE_NAME = "service.name"
 _NS_PER_DAY = 86_400 * 1_000_000_000
 _HEX_RE = re.compile(r"[0-9a-fA-F]*")
 _MAX_REPORTED_ERRORS = 20
+_ZERO_TRACE_ID = bytes(16)
 
 # OTLP SpanKind (0 = unspecified) -> SDK SpanKind
 _KINDS = {
@@ -117,6 +136,12 @@ class DecodedBatch:
     reserved_dropped: int = 0  # e2e.* attributes/events a browser may not set (see RESERVED_PREFIX)
     exceptions_dropped: int = 0  # exception events past Limits.max_exceptions
     resource_attributes_dropped: int = 0  # past Limits.max_resource_attributes
+    unscanned_values: int = 0  # strings replaced because scrubbing them cost too much
+    dropped: dict[str, int] = field(default_factory=dict)  # spans skipped, by reason (DROP_*)
+
+    @property
+    def dropped_spans(self) -> int:
+        return sum(self.dropped.values())
 
 
 # --- parsing ---------------------------------------------------------------------------------------
@@ -132,11 +157,15 @@ def decode_protobuf(body: bytes) -> ExportTraceServiceRequest:
     return request
 
 
-def decode_json(body: bytes, *, max_spans: int | None = None) -> ExportTraceServiceRequest:
+def decode_json(body: bytes, *, max_spans: int | None = None,
+                budget: DecodeBudget | None = None) -> ExportTraceServiceRequest:
     """OTLP/JSON: like proto3 JSON, except trace/span ids are hex strings (not base64).
 
     With ``max_spans``, the spans are counted on the parsed JSON and an oversized batch is refused
     before any protobuf message is built (that conversion costs several times the JSON's memory).
+    With a ``budget``, the message is built span by span (``json_format`` is pure Python, ~0.1 ms a
+    span) and stops when the budget runs out; the spans left out are counted in
+    ``budget.skipped_spans``.
     """
     try:
         data = json.loads(body.decode("utf-8"))
@@ -154,10 +183,52 @@ def decode_json(body: bytes, *, max_spans: int | None = None) -> ExportTraceServ
         raise OTLPValidationError("invalid trace/span id", errors[:_MAX_REPORTED_ERRORS])
     request = ExportTraceServiceRequest()
     try:
-        json_format.ParseDict(data, request, ignore_unknown_fields=True)
+        if budget is None:
+            json_format.ParseDict(data, request, ignore_unknown_fields=True)
+        else:
+            _parse_spans_within(data, request, budget)
     except (json_format.ParseError, TypeError, ValueError, RecursionError) as exc:
         raise OTLPValidationError("body does not match the OTLP trace JSON schema", [str(exc)]) from exc
     return request
+
+
+_CHILDREN = {  # the repeated field holding the next level, in its JSON spellings
+    "request": ("resourceSpans", "resource_spans"),
+    "resource": ("scopeSpans", "scope_spans"),
+    "scope": ("spans",),
+}
+
+
+def _split(obj: Any, level: str) -> tuple[dict[str, Any], list[Any]]:
+    """``obj`` without its child list, and that list."""
+    if not isinstance(obj, dict):
+        raise json_format.ParseError(f"expected a JSON object at the {level} level, got {type(obj).__name__}")
+    names = _CHILDREN[level]
+    children: Any = next((obj[name] for name in names if name in obj), [])
+    if not isinstance(children, list):
+        raise json_format.ParseError(f"{names[0]} must be a list, got {type(children).__name__}")
+    return {k: v for k, v in obj.items() if k not in names}, children
+
+
+def _parse_spans_within(data: dict[str, Any], request: ExportTraceServiceRequest, budget: DecodeBudget) -> None:
+    """``ParseDict`` one level and one span at a time, checking ``budget`` before each span."""
+    head, resources = _split(data, "request")
+    index = 0
+    json_format.ParseDict(head, request, ignore_unknown_fields=True)
+    for resource_obj in resources:
+        resource_head, scopes = _split(resource_obj, "resource")
+        resource = request.resource_spans.add()
+        json_format.ParseDict(resource_head, resource, ignore_unknown_fields=True)
+        for scope_obj in scopes:
+            scope_head, spans = _split(scope_obj, "scope")
+            scope = resource.scope_spans.add()
+            json_format.ParseDict(scope_head, scope, ignore_unknown_fields=True)
+            for span_obj in spans:
+                if budget.exhausted(index):
+                    budget.skipped_spans += 1
+                    continue
+                json_format.ParseDict(span_obj, scope.spans.add(), ignore_unknown_fields=True)
+                index += 1
 
 
 def _too_many_spans(total: int, limit: int) -> str:
@@ -228,8 +299,9 @@ def _hex_ids_to_base64(data: dict[str, Any], errors: list[str]) -> None:
 class _Converter:
     """Accumulates problems while converting, so one response lists them together."""
 
-    def __init__(self, limits: Limits, now_ns: int) -> None:
+    def __init__(self, limits: Limits, now_ns: int, budget: DecodeBudget | None = None) -> None:
         self.limits = limits
+        self.budget = budget
         self.now_ns = now_ns
         self.errors: list[str] = []
         self.truncated = 0
@@ -245,8 +317,10 @@ class _Converter:
         limit = self.limits.max_string_length if limit is None else limit
         if len(value) > limit:
             self.truncated += 1
-            return value[:limit]
-        return value
+            value = value[:limit]
+        if self.budget is None or not value:
+            return value
+        return self.budget.text(value) or ""  # None: text budget spent, the span is dropped
 
     def value(self, value: AnyValue, where: str, limit: int | None = None) -> Any:
         kind = value.WhichOneof("value")
@@ -394,7 +468,8 @@ class _Converter:
         parent = (trace_api.SpanContext(trace_id, parent_id, is_remote=False, trace_flags=flags)
                   if parent_id is not None else None)
         attributes[LAYER_ATTRIBUTE] = FRONTEND
-        name = span.name[: self.limits.max_name_length]
+        attributes[INGESTED_ATTRIBUTE] = True
+        name = self.text(span.name, self.limits.max_name_length)
         return ReadableSpan(
             name=name,
             context=context,
@@ -414,17 +489,49 @@ class _Converter:
         )
 
 
+def trace_ids(request: ExportTraceServiceRequest) -> list[bytes]:
+    """The distinct well-formed trace ids of ``request``, in payload order (C-level field reads)."""
+    seen: dict[bytes, None] = {}
+    for resource_spans in request.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                raw = span.trace_id
+                if raw not in seen and _well_formed_trace_id(raw):
+                    seen[raw] = None
+    return list(seen)
+
+
+def _well_formed_trace_id(raw: bytes) -> bool:
+    return len(raw) == 16 and raw != _ZERO_TRACE_ID
+
+
 def to_readable_spans(request: ExportTraceServiceRequest, *, limits: Limits | None = None,
-                      now_ns: int | None = None) -> DecodedBatch:
-    """Validate every span, then convert; raise ``OTLPValidationError`` if anything is invalid."""
+                      now_ns: int | None = None, budget: DecodeBudget | None = None,
+                      admit_traces: Callable[[list[bytes]], set[bytes]] | None = None) -> DecodedBatch:
+    """Validate every span, then convert; raise ``OTLPValidationError`` if anything is invalid.
+
+    ``admit_traces(trace_ids)`` (called once the span count is known to be within the limit) returns
+    the trace ids whose spans are kept; the others' spans are skipped (``DROP_NEW_TRACES``). Spans
+    with a malformed trace id are always validated, so they still reject the payload.
+    """
     limits = limits or Limits()
     total = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
     if total == 0:
-        return DecodedBatch()
+        empty = DecodedBatch()
+        if budget is not None and budget.skipped_spans:
+            empty.dropped[budget.exhausted_reason()] = budget.skipped_spans
+        return empty
     if total > limits.max_spans:
         raise OTLPValidationError(_too_many_spans(total, limits.max_spans))
-    converter = _Converter(limits, time.time_ns() if now_ns is None else now_ns)
+    converter = _Converter(limits, time.time_ns() if now_ns is None else now_ns, budget)
     batch = DecodedBatch()
+    dropped = batch.dropped
+    admitted = admit_traces(trace_ids(request)) if admit_traces is not None else None
+    index = -1  # of the span in the whole payload
+
+    def skip(reason: str) -> None:
+        dropped[reason] = dropped.get(reason, 0) + 1
+
     for r, resource_spans in enumerate(request.resource_spans):
         resource_attributes = converter.resource_attributes(resource_spans.resource.attributes,
                                                             f"resourceSpans[{r}].resource.attributes")
@@ -439,8 +546,18 @@ def to_readable_spans(request: ExportTraceServiceRequest, *, limits: Limits | No
                                          f"resourceSpans[{r}].scopeSpans[{s}].scope.attributes") or None,
                 )
             for i, span in enumerate(scope_spans.spans):
+                index += 1
+                if (admitted is not None and span.trace_id not in admitted
+                        and _well_formed_trace_id(span.trace_id)):
+                    skip(DROP_NEW_TRACES)
+                    continue
+                if budget is not None and budget.exhausted(index):
+                    skip(budget.exhausted_reason())
+                    continue
                 readable = converter.span(span, resource, scope, f"resourceSpans[{r}].scopeSpans[{s}].spans[{i}]")
-                if readable is not None:
+                if budget is not None and budget.spent is not None:
+                    skip(budget.spent)  # this span's own strings ran past a budget
+                elif readable is not None:
                     batch.spans.append(readable)
     if converter.errors:
         shown = converter.errors[:_MAX_REPORTED_ERRORS]
@@ -451,4 +568,8 @@ def to_readable_spans(request: ExportTraceServiceRequest, *, limits: Limits | No
     batch.reserved_dropped = converter.reserved
     batch.exceptions_dropped = converter.exceptions_dropped
     batch.resource_attributes_dropped = converter.resource_dropped
+    if budget is not None:
+        batch.unscanned_values = budget.unscanned_values
+        if budget.skipped_spans:  # left out while the JSON was still being parsed
+            dropped[budget.exhausted_reason()] = dropped.get(budget.exhausted_reason(), 0) + budget.skipped_spans
     return batch

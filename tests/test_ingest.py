@@ -213,17 +213,21 @@ def test_token_bucket_refills_and_bounds_clients():
     from e2e_otel.ratelimit import TokenBucketLimiter
 
     now = [1000.0]
-    limiter = TokenBucketLimiter(rate_per_minute=60, max_clients=3, clock=lambda: now[0])
-    assert [limiter.allow("a")[0] for _ in range(60)] == [True] * 60
-    allowed, retry_after = limiter.allow("a")
-    assert (allowed, retry_after) == (False, 1)
-    now[0] += 1.0  # one token back per second at 60/min
+    limiter = TokenBucketLimiter(rate_per_second=1.0, burst=5, max_clients=3, clock=lambda: now[0])
+    assert [limiter.allow("a")[0] for _ in range(6)] == [True] * 5 + [False]
+    assert limiter.allow("a") == (False, 1)
+    now[0] += 1.0  # one token back per second
     assert limiter.allow("a") == (True, 0)
+    assert limiter.allow("a")[0] is False
+    now[0] += 3600.0  # an idle hour refills only up to the burst
+    assert [limiter.allow("a")[0] for _ in range(6)] == [True] * 5 + [False]
     for client in ("b", "c", "d", "e"):
         limiter.allow(client)
     assert len(limiter) == 3  # least recently seen clients are forgotten
     with pytest.raises(ValueError):
-        TokenBucketLimiter(rate_per_minute=0)
+        TokenBucketLimiter(rate_per_second=0, burst=1)
+    with pytest.raises(ValueError):
+        TokenBucketLimiter(rate_per_second=1, burst=0)
 
 
 # --- rejections: right status, JSON error, nothing ingested -------------------------------------------------
@@ -292,7 +296,7 @@ def test_unsupported_content_type(spans):
 def test_rate_limit(spans):
     trace_id = new_trace_id()
     body = browser_payload(trace_id).SerializeToString()
-    with e2e_settings(INGEST_RATE_LIMIT=2):
+    with e2e_settings(INGEST_RATE_LIMIT=2, INGEST_RATE_BURST=2):
         assert post(body).status_code == 200
         assert post(body).status_code == 200
         response = post(body)
@@ -436,7 +440,7 @@ def _hostile_payload(trace_id: int) -> ExportTraceServiceRequest:
     hidden = trace_pb2.Span(  # e2e.internal would hide the browser's steps from the records
         trace_id=span.trace_id, span_id=(random.getrandbits(63) | 1).to_bytes(8, "big"), name="render",
         start_time_unix_nano=now_ns - NS, end_time_unix_nano=now_ns - NS // 2,
-        attributes=[kv("e2e.internal", "1"), kv("e2e.component", "Cart")],
+        attributes=[kv("e2e.internal", "1"), kv("e2e.component", "Cart"), kv("e2e.ingested", False)],
     )
     return ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
         resource=Resource(attributes=[kv("service.name", "shop-web"), kv("telemetry.sdk.language", "webjs")]),
@@ -449,8 +453,10 @@ def test_browser_cannot_send_e2e_control_attributes_or_events(spans):
     trace_id = new_trace_id()
     assert post(_hostile_payload(trace_id).SerializeToString()).status_code == 200
     span, hidden = sorted(frontend_spans(spans, trace_id), key=lambda s: s.name)
-    assert {k for k in span.attributes if k.startswith("e2e.")} == {"e2e.layer", "e2e.component", "e2e.operation"}
-    assert dict(hidden.attributes) == {"e2e.component": "Cart", "e2e.layer": "frontend"}
+    assert {k for k in span.attributes if k.startswith("e2e.")} == {
+        "e2e.layer", "e2e.component", "e2e.operation", "e2e.ingested"}
+    # the ingestion marker is ours: a browser cannot unset it
+    assert dict(hidden.attributes) == {"e2e.component": "Cart", "e2e.layer": "frontend", "e2e.ingested": True}
     assert [event.name for event in span.events] == ["click"]
     assert dict(span.events[0].attributes) == {"target": "button"}
 
@@ -734,13 +740,13 @@ def test_rate_limit_per_forwarded_client_behind_a_proxy(spans):
     def status(forwarded: str) -> int:
         return post(body, **{"X-Forwarded-For": forwarded}).status_code
 
-    with e2e_settings(INGEST_RATE_LIMIT=1, INGEST_TRUSTED_PROXIES=1):
+    with e2e_settings(INGEST_RATE_LIMIT=1, INGEST_RATE_BURST=1, INGEST_TRUSTED_PROXIES=1):
         assert status("198.51.100.1") == 200
         assert status("198.51.100.2") == 200  # another browser behind the same proxy: own bucket
         assert status("1.2.3.4, 198.51.100.1") == 429  # spoofed left entry does not buy a new bucket
         assert status("garbage") == 200  # falls back to REMOTE_ADDR (the proxy): its own bucket
         assert status("also garbage") == 429
     reset_rate_limits()
-    with e2e_settings(INGEST_RATE_LIMIT=1):  # INGEST_TRUSTED_PROXIES=0: everyone shares REMOTE_ADDR
+    with e2e_settings(INGEST_RATE_LIMIT=1, INGEST_RATE_BURST=1):  # no trusted proxy: all share REMOTE_ADDR
         assert status("198.51.100.1") == 200
         assert status("198.51.100.2") == 429

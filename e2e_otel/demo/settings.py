@@ -111,7 +111,10 @@ E2E_OTEL: dict[str, object] = {
     "ENVIRONMENT": "development",
     "API_KEY": os.environ.get("E2E_OTEL_API_KEY") or secrets.token_urlsafe(24),
     "INGEST_KEY": os.environ.get("E2E_OTEL_INGEST_KEY") or secrets.token_urlsafe(24),
-    "INGEST_RATE_LIMIT": 100_000,  # the traffic driver is one client posting every workflow
+    # the traffic driver is one client posting every workflow
+    "INGEST_RATE_LIMIT": 100_000,
+    "INGEST_RATE_BURST": 1000,
+    "INGEST_NEW_TRACES_PER_MINUTE": 100_000,
     "RECORD_FLUSH_INTERVAL": 0.2,
     "WORKFLOW_IDLE_TIMEOUT": 30,
     "TRACE_URL_TEMPLATE": "http://localhost:16686/trace/{trace_id}",
