@@ -45,7 +45,7 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 from . import forksafe
 from .conf import Config
 from .pacing import Pacer
-from .sanitize import Sanitizer, ansi_quotes_for
+from .sanitize import Sanitizer
 from .spans_to_records import WORKFLOW_SOURCES, ErrorData, StepData, resolve_workflow_type
 from .storable import is_storable_float, storable_json, storable_text
 from .write_failures import DATA_FAILURES, Failure, FailureLog, classify_failure
@@ -64,7 +64,6 @@ WRITTEN_KINDS = ("session", "step", "error", "snapshot")
 MAX_BACKOFF = 30.0
 _UNKNOWN_TYPE = ("unknown", "unknown")
 _SOURCE_RANK = {**WORKFLOW_SOURCES, "unknown": 99}
-_SQL_KEYS = ("db.statement", "db.query.text")
 FRONTEND = "frontend"  # the layer of ingested (browser) spans: ingestion marks every one of them
 _SWEEP_LIMIT = 500
 LOCK_WAIT_TIMEOUT = 5  # seconds the writer waits for a row lock (MySQL/MariaDB) before retrying
@@ -988,11 +987,9 @@ class RecordWriter:
         )
 
     def _metadata(self, attributes: Any) -> dict[str, Any]:
-        ansi = ansi_quotes_for(attributes.get("db.system"))
-        sql = {k: self._sanitizer.scrub_sql(v, ansi_quotes=ansi)  # memoised by the sanitizer
-               for k, v in attributes.items() if k in _SQL_KEYS and isinstance(v, str)}
-        rest = {k: v for k, v in attributes.items() if k not in sql}
-        return storable_json({**self._sanitizer.clean_mapping(rest), **sql})
+        """Step metadata: the exporter's own scrubbing (``Sanitizer.clean_attributes``), so the stored
+        and the exported copy of a span cannot differ; then storable (``storable.py``)."""
+        return storable_json(dict(self._sanitizer.clean_attributes(attributes)))
 
     def _json(self, data: Any) -> Any:
         """A JSON column's value: sanitised (secrets), then storable (``storable.py``)."""
