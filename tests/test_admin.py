@@ -59,11 +59,10 @@ def test_waterfall_bars(admin_client_, session_with_steps):
     assert response.status_code == 200
     html = response.content.decode()
     assert 'id="e2e-waterfall"' in html
-    bars = re.findall(r'class="e2e-bar[^"]*" style="left: ([\d.]+)%; width: ([\d.]+)%; background: (#[0-9a-f]+)',
-                      html)
+    bars = re.findall(
+        r'class="e2e-bar[^"]*" style="left: ([\d.]+)%; width: ([\d.]+)%; background-color: (#[0-9a-f]+)', html)
     assert [(float(left), float(width)) for left, width, _ in bars] == [(0.0, 100.0), (20.0, 60.0), (40.0, 10.0)]
-    assert len({colour for _, _, colour in bars}) == 3  # one colour per layer
-    assert "e2e-error" in html  # the failing api step is outlined
+    assert len({colour for _, _, colour in bars}) == 3  # one colour per layer, and the failed one
     for label in ("Frontend", "API", "Database"):
         assert label in html  # legend
     assert "e2e-trace-link" not in html
@@ -115,3 +114,29 @@ def test_threshold_admin_validates_direction(admin_client_):
     response = admin_client_.post("/admin/e2e_otel/performancethreshold/add/", data)
     assert response.status_code == 302
     assert PerformanceThreshold.objects.get().critical_threshold == 900
+
+
+def test_failed_steps_are_unmistakable_and_linked_to_their_errors(admin_client_, session_with_steps):
+    from e2e_otel.admin import FAILED_COLOUR, LAYER_COLOURS
+
+    step = session_with_steps.steps.get(span_id="0000000000000002")
+    step.duration_ms = 665.4839999999999
+    step.save()
+    error = ErrorLog.objects.create(correlation_id=session_with_steps.correlation_id, span_id=step.span_id,
+                                    layer="api", error_type="PaymentDeclined", fingerprint="f-wf",
+                                    error_message="card declined by issuer")
+    html = admin_client_.get(f"/admin/e2e_otel/workflowsession/{session_with_steps.pk}/change/").content.decode()
+    assert FAILED_COLOUR not in LAYER_COLOURS.values()
+    failed_rows = re.findall(r'<tr class="e2e-step e2e-layer-(\w+) e2e-failed-row">(.*?)</tr>', html, re.S)
+    assert [layer for layer, _ in failed_rows] == ["api"]
+    assert "✖ failed" in failed_rows[0][1] and f"background-color: {FAILED_COLOUR}" in failed_rows[0][1]
+    assert "665.4839999999999" not in html and ">665<" in html
+    assert "card declined by issuer" in html and f"/admin/e2e_otel/errorlog/{error.pk}/change/" in html
+    assert f"/admin/e2e_otel/errorlog/?q={session_with_steps.correlation_id}" in html
+    assert html.index('id="e2e-waterfall"') < html.index('name="workflow_type"') if 'name="workflow_type"' in html \
+        else html.index('id="e2e-waterfall"') < html.index("Workflow type")
+    back = admin_client_.get(f"/admin/e2e_otel/errorlog/{error.pk}/change/").content.decode()
+    link = f"/admin/e2e_otel/workflowsession/?q={session_with_steps.correlation_id}"
+    assert link in back
+    listed = admin_client_.get(link).content.decode()
+    assert f"/admin/e2e_otel/workflowsession/{session_with_steps.pk}/change/" in listed
