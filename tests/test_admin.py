@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import uuid
 from datetime import timedelta
 
@@ -140,3 +142,41 @@ def test_failed_steps_are_unmistakable_and_linked_to_their_errors(admin_client_,
     assert link in back
     listed = admin_client_.get(link).content.decode()
     assert f"/admin/e2e_otel/workflowsession/{session_with_steps.pk}/change/" in listed
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_waterfall_in_a_real_browser(session_with_steps, tmp_path):
+    """Headless Chromium logs in as staff and renders the page: the failed step, its message and the
+    error-group link are on screen above the fields, and the screenshot is a real picture."""
+    from django.db import connection
+
+    from tests.servers import PYTHON, ServerProcess, free_port, subprocess_env
+    from tests.test_browser import _drive, _missing_tooling
+
+    reason = _missing_tooling()
+    if reason:
+        pytest.skip(reason)
+    get_user_model().objects.create_superuser("wf-admin", "wf@example.com", "wf-pw-not-secret")
+    step = session_with_steps.steps.get(span_id="0000000000000002")
+    ErrorLog.objects.create(correlation_id=session_with_steps.correlation_id, span_id=step.span_id, layer="api",
+                            error_type="PaymentDeclined", fingerprint="f-browser",
+                            error_message="card declined by issuer")
+    port = free_port()
+    env = subprocess_env({"E2E_MYSQL_DATABASE": connection.settings_dict["NAME"]})
+    argv = [PYTHON, "-m", "django", "runserver", f"127.0.0.1:{port}", "--noreload", "--insecure"]
+    shot = tmp_path / "waterfall.png"
+    with ServerProcess(argv, port=port, env=env) as server:
+        page = _drive({"mode": "screenshot", "loginUrl": f"{server.base_url}/admin/login/",
+                       "username": "wf-admin", "password": "wf-pw-not-secret",
+                       "url": f"{server.base_url}/admin/e2e_otel/workflowsession/{session_with_steps.pk}/change/",
+                       "path": str(shot)})
+    assert page["status"] == 200, page
+    text = page["waterfallText"]
+    assert "1 failed" in text and "✖ failed" in text and "card declined by issuer" in text, text
+    assert "Error groups of this session (1)" in text
+    backgrounds = [bar["background"] for bar in page["bars"]]
+    assert backgrounds[1] == "rgb(208, 2, 27)" and len(set(backgrounds)) == 3  # FAILED_COLOUR
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("E2E_BROWSER_SCREENSHOT"):
+        shutil.copy(shot, os.environ["E2E_BROWSER_SCREENSHOT"])
