@@ -111,13 +111,22 @@ _open: OrderedDict[int, Span] = OrderedDict()
 _open_lock = threading.Lock()
 
 
+# Steps of those workflows still open, so that closing the workflow also ends the steps nobody
+# ended (the specification's examples drop the step handle). Bounded per workflow.
+_open_steps: dict[int, list[Span]] = {}
+MAX_TRACKED_STEPS = 1_000
+
+
 def _register(trace_id: int, span: Span) -> None:
     evicted: Span | None = None
+    evicted_steps: list[Span] = []
     with _open_lock:
         _open[trace_id] = span
         if len(_open) > MAX_OPEN_WORKFLOWS:
-            _, evicted = _open.popitem(last=False)
+            evicted_id, evicted = _open.popitem(last=False)
+            evicted_steps = _open_steps.pop(evicted_id, [])
     if evicted is not None:  # a workflow nobody completed: end it so its records close
+        _end_steps(evicted_steps)
         evicted.set_attribute("e2e.workflow.evicted", True)
         evicted.end()
 
@@ -125,6 +134,26 @@ def _register(trace_id: int, span: Span) -> None:
 def _open_span(trace_id: int, *, pop: bool = False) -> Span | None:
     with _open_lock:
         return _open.pop(trace_id, None) if pop else _open.get(trace_id)
+
+
+def _track_step(trace_id: int, span: Span) -> None:
+    with _open_lock:
+        if trace_id in _open:
+            steps = _open_steps.setdefault(trace_id, [])
+            if len(steps) < MAX_TRACKED_STEPS:
+                steps.append(span)
+
+
+def _pop_steps(trace_id: int) -> list[Span]:
+    with _open_lock:
+        return _open_steps.pop(trace_id, [])
+
+
+def _end_steps(steps: list[Span]) -> None:
+    for step in steps:
+        if step.is_recording():  # not ended by complete_trace_step
+            step.set_attribute("e2e.step.closed_by_workflow", True)
+            step.end()
 
 
 @dataclass(frozen=True)
@@ -290,6 +319,7 @@ class WorkflowTracer(_SpanFactory):
         attributes = {ATTR_LAYER: layer, ATTR_COMPONENT: str(component)[:190],
                       ATTR_OPERATION: str(operation)[:190], **_prefixed(ATTR_METADATA_PREFIX, metadata)}
         span = self._start_in_trace(f"{component} {operation}", trace_id, attributes)
+        _track_step(span.get_span_context().trace_id, span)
         return StepHandle(span, format_correlation_id(span.get_span_context().trace_id), layer,
                           str(component), str(operation))
 
@@ -329,6 +359,7 @@ class WorkflowTracer(_SpanFactory):
             attributes[ATTR_WORKFLOW_MESSAGE] = str(message)
         root = _open_span(trace_id, pop=True)
         if root is not None:
+            _end_steps(_pop_steps(trace_id))
             root.add_event(EVENT_WORKFLOW_STATUS, attributes)
             if status == "failed":
                 root.set_status(Status(StatusCode.ERROR, message or "workflow failed"))

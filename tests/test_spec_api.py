@@ -39,14 +39,13 @@ def test_static_examples_of_the_specification(spans: Any) -> None:
         user=user_instance,
         metadata={'source': 'web'}
     )
-    login_step = WorkflowTracer.add_trace_step(  # the spec drops the handle; the step must still end
+    WorkflowTracer.add_trace_step(
         correlation_id=cid,
         layer='frontend',
         component='LoginForm',
         operation='submit',
         metadata={'form_data': {'remember': True}}
     )
-    WorkflowTracer.complete_trace_step(login_step)
     WorkflowTracer.complete_workflow(
         correlation_id=cid,
         status='completed',
@@ -67,6 +66,7 @@ def test_static_examples_of_the_specification(spans: Any) -> None:
     row = WorkflowSession.objects.get(correlation_id=uuid.UUID(cid))
     assert (row.workflow_type, row.status, row.user_id) == ("user_login", "completed", str(user_instance.pk))
     assert row.metadata["source"] == "web" and row.metadata["result"] == "success"
+    # The specification drops the step's handle: completing the workflow ends the step too.
     assert TraceStep.objects.filter(workflow_session=row, layer="frontend", component="LoginForm",
                                     operation="submit").exists()
     failed_row = WorkflowSession.objects.get(correlation_id=uuid.UUID(failed))
