@@ -34,13 +34,16 @@ LAYER_COLOURS: dict[str, str] = {
     "api": "#2e86de",
     "database": "#e67e22",
     "cache": "#16a085",
-    "external": "#c0392b",
+    "external": "#d4a017",
     "internal": "#7f8c8d",
     "system": "#34495e",
 }
 logger = logging.getLogger(__name__)
 
+#: failed steps: a colour no layer uses, plus a hatch, so failure never reads as a layer
+FAILED_COLOUR = "#d0021b"
 MAX_WATERFALL_STEPS = 500
+MAX_WATERFALL_ERRORS = 50
 MIN_BAR_PERCENT = 0.4
 
 
@@ -65,8 +68,11 @@ class ReadOnlyRecordAdmin(CorrelationSearchMixin, admin.ModelAdmin):
         return False
 
 
-def waterfall(session: WorkflowSession, steps: list[TraceStep]) -> dict[str, Any]:
-    """Bars positioned by start offset and duration as percentages of the session's time span."""
+def waterfall(session: WorkflowSession, steps: list[TraceStep],
+              errors: list[ErrorLog] | None = None) -> dict[str, Any]:
+    """Bars positioned by start offset and duration as percentages of the session's time span;
+    each failed step carries its status, its error message and its ErrorLog group."""
+    error_of = {error.span_id: error for error in reversed(errors or []) if error.span_id}
     starts = [step.start_time for step in steps] + [session.start_time]
     t0 = min(starts)
     ends = [step.end_time or step.start_time for step in steps]
@@ -85,20 +91,31 @@ def waterfall(session: WorkflowSession, steps: list[TraceStep]) -> dict[str, Any
             duration_ms = ((step.end_time - step.start_time).total_seconds() * 1000) if step.end_time else 0.0
         left = min(100.0, max(0.0, offset_ms / total_ms * 100))
         width = max(MIN_BAR_PERCENT, min(100.0 - left, duration_ms / total_ms * 100))
+        error = error_of.get(step.span_id)
+        failed = step.status == "error" or error is not None
         rows.append({
             "step": step,
-            "offset_ms": round(offset_ms, 3),
-            "duration_ms": round(duration_ms, 3),
+            "offset_ms": _ms(offset_ms),
+            "duration_ms": _ms(duration_ms),
             "left": f"{left:.3f}",
             "width": f"{width:.3f}",
             "indent": min(depth, 8) * 12,
-            "colour": LAYER_COLOURS.get(step.layer, "#95a5a6"),
+            "colour": FAILED_COLOUR if failed else LAYER_COLOURS.get(step.layer, "#95a5a6"),
+            "failed": failed,
+            "error": error,
         })
     return {
         "rows": rows,
-        "total_ms": round(total_ms, 3),
+        "total_ms": _ms(total_ms),
+        "failed_count": sum(1 for row in rows if row["failed"]),
+        "failed_colour": FAILED_COLOUR,
         "legend": [(label, LAYER_COLOURS[value]) for value, label in Layer.choices if value in LAYER_COLOURS],
     }
+
+
+def _ms(value: float) -> str:
+    """Milliseconds for people: one decimal below 100 ms, whole numbers above (never 665.4839999)."""
+    return f"{value:,.1f}" if abs(value) < 100 else f"{value:,.0f}"
 
 
 def trace_link(session: WorkflowSession) -> str | None:
@@ -121,7 +138,10 @@ class WorkflowSessionAdmin(ReadOnlyRecordAdmin):
         session = self.get_object(request, object_id)
         if session is not None:
             steps = list(session.steps.order_by("start_time", "id")[:MAX_WATERFALL_STEPS])
-            context["waterfall"] = waterfall(session, steps)
+            errors = list(ErrorLog.objects.filter(correlation_id=session.correlation_id)
+                          .order_by("-last_seen")[:MAX_WATERFALL_ERRORS])
+            context["waterfall"] = waterfall(session, steps, errors)
+            context["session_errors"] = errors
             context["trace_url"] = trace_link(session)
             context["steps_truncated"] = session.steps.count() > MAX_WATERFALL_STEPS
         return super().change_view(request, object_id, form_url, extra_context=context)

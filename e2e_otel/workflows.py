@@ -16,12 +16,13 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
+import types
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
@@ -52,6 +53,9 @@ from .spans_to_records import (
 __all__ = ["ErrorLogger", "PerformanceMonitor", "StepHandle", "WorkflowHandle", "WorkflowTracer", "workflow"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
+S = TypeVar("S", bound="_SpanFactory")
 
 LAYERS = ("frontend", "api", "database", "cache", "external", "internal", "system")
 SEVERITIES = ("debug", "info", "warning", "error", "critical")
@@ -107,13 +111,22 @@ _open: OrderedDict[int, Span] = OrderedDict()
 _open_lock = threading.Lock()
 
 
+# Steps of those workflows still open, so that closing the workflow also ends the steps nobody
+# ended (the specification's examples drop the step handle). Bounded per workflow.
+_open_steps: dict[int, list[Span]] = {}
+MAX_TRACKED_STEPS = 1_000
+
+
 def _register(trace_id: int, span: Span) -> None:
     evicted: Span | None = None
+    evicted_steps: list[Span] = []
     with _open_lock:
         _open[trace_id] = span
         if len(_open) > MAX_OPEN_WORKFLOWS:
-            _, evicted = _open.popitem(last=False)
+            evicted_id, evicted = _open.popitem(last=False)
+            evicted_steps = _open_steps.pop(evicted_id, [])
     if evicted is not None:  # a workflow nobody completed: end it so its records close
+        _end_steps(evicted_steps)
         evicted.set_attribute("e2e.workflow.evicted", True)
         evicted.end()
 
@@ -121,6 +134,26 @@ def _register(trace_id: int, span: Span) -> None:
 def _open_span(trace_id: int, *, pop: bool = False) -> Span | None:
     with _open_lock:
         return _open.pop(trace_id, None) if pop else _open.get(trace_id)
+
+
+def _track_step(trace_id: int, span: Span) -> None:
+    with _open_lock:
+        if trace_id in _open:
+            steps = _open_steps.setdefault(trace_id, [])
+            if len(steps) < MAX_TRACKED_STEPS:
+                steps.append(span)
+
+
+def _pop_steps(trace_id: int) -> list[Span]:
+    with _open_lock:
+        return _open_steps.pop(trace_id, [])
+
+
+def _end_steps(steps: list[Span]) -> None:
+    for step in steps:
+        if step.is_recording():  # not ended by complete_trace_step
+            step.set_attribute("e2e.step.closed_by_workflow", True)
+            step.end()
 
 
 @dataclass(frozen=True)
@@ -158,16 +191,19 @@ class StepHandle:
         self.span.end()
 
 
-class _Hybrid:
-    """Method usable on the class (bound to a shared default instance) and on an instance."""
+class _Hybrid(Generic[S, P, R]):
+    """Method usable on the class (bound to a shared default instance) and on an instance.
 
-    def __init__(self, func: Callable[..., Any]) -> None:
+    Typed with ``ParamSpec`` so that mypy and IDEs see the method's real parameters in both forms.
+    """
+
+    def __init__(self, func: Callable[Concatenate[S, P], R]) -> None:
         self.func = func
         functools.update_wrapper(self, func)  # type: ignore[arg-type]
 
-    def __get__(self, obj: Any, owner: Any) -> Callable[..., Any]:
+    def __get__(self, obj: S | None, owner: type[S]) -> Callable[P, R]:
         target = obj if obj is not None else owner._shared()
-        return functools.partial(self.func, target)
+        return types.MethodType(self.func, target)
 
 
 class _SpanFactory:
@@ -180,10 +216,10 @@ class _SpanFactory:
         self._provider = tracer_provider
 
     @classmethod
-    def _shared(cls) -> Any:
+    def _shared(cls: type[S]) -> S:
         if cls.__dict__.get("_default") is None:
             cls._default = cls()
-        return cls._default
+        return cls._default  # type: ignore[no-any-return]
 
     @property
     def provider(self) -> trace.TracerProvider:
@@ -266,15 +302,24 @@ class WorkflowTracer(_SpanFactory):
         return WorkflowHandle(format_correlation_id(span_trace_id), workflow_type, span)
 
     @_Hybrid
-    def add_trace_step(self, correlation_id_or_session: Any, layer: str, component: str, operation: str,
-                       metadata: Mapping[str, Any] | None = None) -> StepHandle:
-        """Start a step span (``e2e.layer``/component/operation); end it with ``complete_trace_step``."""
+    def add_trace_step(self, correlation_id: Any = None, layer: str = "", component: str = "",
+                       operation: str = "", metadata: Mapping[str, Any] | None = None, *,
+                       workflow_session: Any = None) -> StepHandle:
+        """Start a step span (``e2e.layer``/component/operation); end it with ``complete_trace_step``.
+
+        The workflow is ``correlation_id`` or ``workflow_session`` (a correlation id, a handle from
+        ``start_workflow`` or a WorkflowSession); with neither, the step joins the current trace.
+        ``layer``, ``component`` and ``operation`` are required."""
+        for name, given in (("layer", layer), ("component", component), ("operation", operation)):
+            if not given:
+                raise TypeError(f"add_trace_step() missing required argument: {name!r}")
         if layer not in LAYERS:
             raise ValueError(f"layer must be one of {', '.join(LAYERS)}; got {layer!r}")
-        trace_id = _trace_id_of(correlation_id_or_session)
+        trace_id = _one_trace_id(correlation_id, workflow_session)
         attributes = {ATTR_LAYER: layer, ATTR_COMPONENT: str(component)[:190],
                       ATTR_OPERATION: str(operation)[:190], **_prefixed(ATTR_METADATA_PREFIX, metadata)}
         span = self._start_in_trace(f"{component} {operation}", trace_id, attributes)
+        _track_step(span.get_span_context().trace_id, span)
         return StepHandle(span, format_correlation_id(span.get_span_context().trace_id), layer,
                           str(component), str(operation))
 
@@ -314,6 +359,7 @@ class WorkflowTracer(_SpanFactory):
             attributes[ATTR_WORKFLOW_MESSAGE] = str(message)
         root = _open_span(trace_id, pop=True)
         if root is not None:
+            _end_steps(_pop_steps(trace_id))
             root.add_event(EVENT_WORKFLOW_STATUS, attributes)
             if status == "failed":
                 root.set_status(Status(StatusCode.ERROR, message or "workflow failed"))
@@ -419,8 +465,12 @@ class PerformanceMonitor(_SpanFactory):
     instance form; caller's thread."""
 
     @_Hybrid
-    def record_metric(self, layer: str, component: str, metric_name: str, value: float, unit: str = "",
-                      correlation_id: Any = None, metadata: Mapping[str, Any] | None = None) -> None:
+    def record_metric(self, layer: str, component: str, metric_name: str, value: float | None = None,
+                      unit: str = "", correlation_id: Any = None, metadata: Mapping[str, Any] | None = None,
+                      *, metric_value: float | None = None) -> None:
+        """Record one sample; ``value`` and the specification's ``metric_value`` are the same
+        argument (give one)."""
+        value = _one_of("record_metric", "value", value, "metric_value", metric_value)
         if layer not in LAYERS:
             raise ValueError(f"layer must be one of {', '.join(LAYERS)}; got {layer!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -434,20 +484,25 @@ class PerformanceMonitor(_SpanFactory):
 
 class ErrorLogger(_SpanFactory):
     """``log_error``/``log_exception`` as ``exception`` span events + ERROR status (→ an ErrorLog
-    group). Class or instance form; caller's thread."""
+    group). Class or instance form; caller's thread.
+
+    ``user`` (a Django user, or an id) becomes the session's user id; ``request`` adds its method,
+    path and correlation id to the error's metadata — never its headers, cookies or body."""
 
     @_Hybrid
-    def log_error(self, error_type: str, message: str, layer: str = "api", component: str = "",
+    def log_error(self, error_type: str, message: str | None = None, layer: str = "api", component: str = "",
                   severity: str = "error", metadata: Mapping[str, Any] | None = None,
-                  stack_trace: str | None = None, correlation_id: Any = None) -> None:
-        if severity not in SEVERITIES:
-            raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}; got {severity!r}")
-        if layer not in LAYERS:
-            raise ValueError(f"layer must be one of {', '.join(LAYERS)}; got {layer!r}")
+                  stack_trace: str | None = None, correlation_id: Any = None, *,
+                  error_message: str | None = None, user: Any = None, request: Any = None) -> None:
+        """Log an error that is not a Python exception; ``message`` and the specification's
+        ``error_message`` are the same argument (give one)."""
+        text = _one_of("log_error", "message", message, "error_message", error_message)
+        _check_choice("severity", severity, SEVERITIES)
+        _check_choice("layer", layer, LAYERS)
         attributes: dict[str, Any] = {
-            "exception.type": str(error_type), "exception.message": str(message),
+            "exception.type": str(error_type), "exception.message": str(text),
             "exception.stacktrace": stack_trace or "", ATTR_LAYER: layer, "e2e.error.severity": severity,
-            **_prefixed(ATTR_METADATA_PREFIX, metadata),
+            **_prefixed(ATTR_METADATA_PREFIX, metadata), **_request_facts(request),
         }
         if component:
             attributes[ATTR_COMPONENT] = str(component)[:190]
@@ -456,36 +511,92 @@ class ErrorLogger(_SpanFactory):
             span.add_event("exception", attributes)
             span.set_status(Status(StatusCode.ERROR, str(error_type)))
 
-        _annotate(self, f"error {error_type}", correlation_id, layer, component, apply)
+        _annotate(self, f"error {error_type}", _request_correlation(correlation_id, request), layer, component,
+                  apply, user)
 
     @_Hybrid
-    def log_exception(self, exc: BaseException, layer: str = "api", component: str = "",
+    def log_exception(self, exc: BaseException | None = None, layer: str = "api", component: str = "",
                       metadata: Mapping[str, Any] | None = None, severity: str = "error",
-                      correlation_id: Any = None) -> None:
-        if severity not in SEVERITIES:
-            raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}; got {severity!r}")
+                      correlation_id: Any = None, *, exception: BaseException | None = None,
+                      user: Any = None, request: Any = None) -> None:
+        """Log a caught exception with its stack trace; ``exc`` and the specification's
+        ``exception`` are the same argument (give one)."""
+        error = _one_of("log_exception", "exc", exc, "exception", exception)
+        if not isinstance(error, BaseException):
+            raise ValueError(f"exception must be an exception instance, got {error!r}")
+        _check_choice("severity", severity, SEVERITIES)
+        _check_choice("layer", layer, LAYERS)
         attributes: dict[str, Any] = {ATTR_LAYER: layer, "e2e.error.severity": severity,
-                                      **_prefixed(ATTR_METADATA_PREFIX, metadata)}
+                                      **_prefixed(ATTR_METADATA_PREFIX, metadata), **_request_facts(request)}
         if component:
             attributes[ATTR_COMPONENT] = str(component)[:190]
 
         def apply(span: Span) -> None:
-            span.record_exception(exc, attributes=attributes)
-            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            span.record_exception(error, attributes=attributes)
+            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
 
-        _annotate(self, f"error {type(exc).__name__}", correlation_id, layer, component, apply)
+        _annotate(self, f"error {type(error).__name__}", _request_correlation(correlation_id, request), layer,
+                  component, apply, user)
+
+
+def _one_of(method: str, name: str, value: Any, alias: str, alias_value: Any) -> Any:
+    """The one of two synonymous arguments (project name, specification name) that was given."""
+    if value is None and alias_value is None:
+        raise TypeError(f"{method}() missing required argument: {name!r} (or {alias!r})")
+    if value is not None and alias_value is not None and value is not alias_value:
+        raise TypeError(f"{method}() got both {name!r} and {alias!r}; give one")
+    return value if value is not None else alias_value
+
+
+def _one_trace_id(correlation_id: Any, workflow_session: Any) -> int | None:
+    first, second = _trace_id_of(correlation_id), _trace_id_of(workflow_session)
+    if first is not None and second is not None and first != second:
+        raise ValueError("correlation_id and workflow_session name different workflows")
+    return first if first is not None else second
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _request_facts(request: Any) -> dict[str, Any]:
+    """Method, path and correlation id of a Django request as error metadata. Headers, cookies,
+    the query string and the body are deliberately left out (they carry credentials and input)."""
+    if request is None:
+        return {}
+    facts: dict[str, Any] = {}
+    method = getattr(request, "method", None)
+    if isinstance(method, str) and method:
+        facts[f"{ATTR_METADATA_PREFIX}request_method"] = method[:10]
+    path = getattr(request, "path", None)
+    if isinstance(path, str) and path:
+        facts[f"{ATTR_METADATA_PREFIX}request_path"] = path[:190]
+    correlation_id = getattr(request, "correlation_id", None)
+    if correlation_id:
+        facts[f"{ATTR_METADATA_PREFIX}request_correlation_id"] = str(correlation_id)[:36]
+    return facts
+
+
+def _request_correlation(correlation_id: Any, request: Any) -> Any:
+    return correlation_id if correlation_id is not None else getattr(request, "correlation_id", None)
 
 
 def _annotate(factory: _SpanFactory, name: str, correlation_id: Any, layer: str, component: str,
-              apply: Callable[[Span], None]) -> None:
+              apply: Callable[[Span], None], user: Any = None) -> None:
     """Apply to the current span when it belongs to the target trace, else to a new short span."""
     trace_id = _trace_id_of(correlation_id)
+    user_id = _user_id(user)
     current = trace.get_current_span()
     ctx = current.get_span_context()
     if ctx.is_valid and current.is_recording() and (trace_id is None or trace_id == ctx.trace_id):
         apply(current)
+        if user_id:
+            current.set_attribute(ATTR_WORKFLOW_USER, user_id[:150])
         return
     attributes = {ATTR_LAYER: layer, ATTR_COMPONENT: str(component or name)[:190]}
+    if user_id:
+        attributes[ATTR_WORKFLOW_USER] = user_id[:150]
     span = factory._start_in_trace(name, trace_id, attributes) if trace_id is not None else \
         factory.tracer.start_span(name, context=context_api.Context(), attributes=attributes)
     apply(span)

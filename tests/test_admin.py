@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import uuid
 from datetime import timedelta
 
@@ -59,11 +61,10 @@ def test_waterfall_bars(admin_client_, session_with_steps):
     assert response.status_code == 200
     html = response.content.decode()
     assert 'id="e2e-waterfall"' in html
-    bars = re.findall(r'class="e2e-bar[^"]*" style="left: ([\d.]+)%; width: ([\d.]+)%; background: (#[0-9a-f]+)',
-                      html)
+    bars = re.findall(
+        r'class="e2e-bar[^"]*" style="left: ([\d.]+)%; width: ([\d.]+)%; background-color: (#[0-9a-f]+)', html)
     assert [(float(left), float(width)) for left, width, _ in bars] == [(0.0, 100.0), (20.0, 60.0), (40.0, 10.0)]
-    assert len({colour for _, _, colour in bars}) == 3  # one colour per layer
-    assert "e2e-error" in html  # the failing api step is outlined
+    assert len({colour for _, _, colour in bars}) == 3  # one colour per layer, and the failed one
     for label in ("Frontend", "API", "Database"):
         assert label in html  # legend
     assert "e2e-trace-link" not in html
@@ -155,3 +156,67 @@ def test_a_second_registration_changes_nothing_and_says_nothing(caplog: pytest.L
         register_admins(site)
     assert caplog.records == []
     assert {m: type(a) for m, a in site._registry.items()} == {m: type(a) for m, a in before.items()}
+
+
+def test_failed_steps_are_unmistakable_and_linked_to_their_errors(admin_client_, session_with_steps):
+    from e2e_otel.admin import FAILED_COLOUR, LAYER_COLOURS
+
+    step = session_with_steps.steps.get(span_id="0000000000000002")
+    step.duration_ms = 665.4839999999999
+    step.save()
+    error = ErrorLog.objects.create(correlation_id=session_with_steps.correlation_id, span_id=step.span_id,
+                                    layer="api", error_type="PaymentDeclined", fingerprint="f-wf",
+                                    error_message="card declined by issuer")
+    html = admin_client_.get(f"/admin/e2e_otel/workflowsession/{session_with_steps.pk}/change/").content.decode()
+    assert FAILED_COLOUR not in LAYER_COLOURS.values()
+    failed_rows = re.findall(r'<tr class="e2e-step e2e-layer-(\w+) e2e-failed-row">(.*?)</tr>', html, re.S)
+    assert [layer for layer, _ in failed_rows] == ["api"]
+    assert "✖ failed" in failed_rows[0][1] and f"background-color: {FAILED_COLOUR}" in failed_rows[0][1]
+    assert "665.4839999999999" not in html and ">665<" in html
+    assert "card declined by issuer" in html and f"/admin/e2e_otel/errorlog/{error.pk}/change/" in html
+    assert f"/admin/e2e_otel/errorlog/?q={session_with_steps.correlation_id}" in html
+    assert html.index('id="e2e-waterfall"') < html.index('name="workflow_type"') if 'name="workflow_type"' in html \
+        else html.index('id="e2e-waterfall"') < html.index("Workflow type")
+    back = admin_client_.get(f"/admin/e2e_otel/errorlog/{error.pk}/change/").content.decode()
+    link = f"/admin/e2e_otel/workflowsession/?q={session_with_steps.correlation_id}"
+    assert link in back
+    listed = admin_client_.get(link).content.decode()
+    assert f"/admin/e2e_otel/workflowsession/{session_with_steps.pk}/change/" in listed
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_waterfall_in_a_real_browser(session_with_steps, tmp_path):
+    """Headless Chromium logs in as staff and renders the page: the failed step, its message and the
+    error-group link are on screen above the fields, and the screenshot is a real picture."""
+    from django.db import connection
+
+    from tests.servers import PYTHON, ServerProcess, free_port, subprocess_env
+    from tests.test_browser import _drive, _missing_tooling
+
+    reason = _missing_tooling()
+    if reason:
+        pytest.skip(reason)
+    get_user_model().objects.create_superuser("wf-admin", "wf@example.com", "wf-pw-not-secret")
+    step = session_with_steps.steps.get(span_id="0000000000000002")
+    ErrorLog.objects.create(correlation_id=session_with_steps.correlation_id, span_id=step.span_id, layer="api",
+                            error_type="PaymentDeclined", fingerprint="f-browser",
+                            error_message="card declined by issuer")
+    port = free_port()
+    env = subprocess_env({"E2E_MYSQL_DATABASE": connection.settings_dict["NAME"]})
+    argv = [PYTHON, "-m", "django", "runserver", f"127.0.0.1:{port}", "--noreload", "--insecure"]
+    shot = tmp_path / "waterfall.png"
+    with ServerProcess(argv, port=port, env=env) as server:
+        page = _drive({"mode": "screenshot", "loginUrl": f"{server.base_url}/admin/login/",
+                       "username": "wf-admin", "password": "wf-pw-not-secret",
+                       "url": f"{server.base_url}/admin/e2e_otel/workflowsession/{session_with_steps.pk}/change/",
+                       "path": str(shot)})
+    assert page["status"] == 200, page
+    text = page["waterfallText"]
+    assert "1 failed" in text and "✖ failed" in text and "card declined by issuer" in text, text
+    assert "Error groups of this session (1)" in text
+    backgrounds = [bar["background"] for bar in page["bars"]]
+    assert backgrounds[1] == "rgb(208, 2, 27)" and len(set(backgrounds)) == 3  # FAILED_COLOUR
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("E2E_BROWSER_SCREENSHOT"):
+        shutil.copy(shot, os.environ["E2E_BROWSER_SCREENSHOT"])

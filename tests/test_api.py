@@ -488,3 +488,55 @@ def test_hostile_detail_lookups_are_404(keyed, prefix):
         if code != 404:
             failures.append((value[:40], code))
     assert not failures
+
+
+# --- POST error-logs/: through the span API, 202 -----------------------------------------------------------
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_posted_error_is_a_span_event_first_then_a_row(keyed, live_records, spans):
+    from e2e_otel.bootstrap import get_runtime
+
+    cid = uuid.uuid4()
+    body = {"error_type": "CheckoutTimeout", "error_message": "gateway slow token=abc123secret",
+            "layer": "external", "component": "stripe", "severity": "warning", "correlation_id": str(cid),
+            "metadata": {"order": 7, "password": "hunter2"}}
+    answer = keyed.post(BASE + "error-logs/", body, format="json")
+    assert answer.status_code == 202 and answer.json() == {"correlation_id": str(cid), "status": "accepted"}
+    events = [e for span in spans.get_finished_spans() if span.context.trace_id == cid.int for e in span.events]
+    assert [e.attributes["exception.type"] for e in events if e.name == "exception"] == ["CheckoutTimeout"]
+    assert "hunter2" not in str([dict(e.attributes) for e in events])
+    runtime = get_runtime()
+    assert runtime is not None and runtime.force_flush(10)
+    row = ErrorLog.objects.get(correlation_id=cid)
+    assert (row.error_type, row.layer, row.component, row.severity) == ("CheckoutTimeout", "external", "stripe",
+                                                                        "warning")
+    assert "abc123secret" not in row.error_message and "hunter2" not in str(row.metadata)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("body", [
+    {}, {"error_type": "E"}, {"error_type": "E", "error_message": "m", "layer": "kitchen"},
+    {"error_type": "E", "error_message": "m", "severity": "fatal"},
+    {"error_type": "x" * 191, "error_message": "m"}, {"error_type": "E", "error_message": "m" * 5121},
+    {"error_type": "E", "error_message": "m", "correlation_id": "not-a-uuid"},
+    {"error_type": "E", "error_message": "m", "correlation_id": str(uuid.UUID(int=0))},
+    {"error_type": "E", "error_message": "m", "metadata": [1, 2]},
+])
+def test_posted_error_is_validated(keyed, body, spans):
+    answer = keyed.post(BASE + "error-logs/", body, format="json")
+    assert answer.status_code == 400, answer.content
+    assert not [s for s in spans.get_finished_spans() if s.name.startswith("error ")]
+
+
+@pytest.mark.django_db
+def test_posting_an_error_needs_staff_or_the_api_key():
+    answer = APIClient().post(BASE + "error-logs/", {"error_type": "E", "error_message": "m"}, format="json")
+    assert answer.status_code in (401, 403)
+
+
+@pytest.mark.django_db
+def test_posting_an_error_is_in_the_schema(keyed):
+    schema = keyed.get(BASE + "schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    post = schema["paths"]["/api/v1/debugging/error-logs/"]["post"]
+    assert {"202", "400"} <= set(post["responses"])

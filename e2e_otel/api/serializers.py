@@ -11,8 +11,10 @@ from ..models import (
     DebugConfiguration,
     Direction,
     ErrorLog,
+    Layer,
     PerformanceSnapshot,
     PerformanceThreshold,
+    Severity,
     TraceStep,
     WorkflowSession,
     WorkflowStatus,
@@ -96,6 +98,34 @@ class WorkflowCreateSerializer(serializers.Serializer):
         if WorkflowSession.objects.filter(correlation_id=value).exists():
             raise serializers.ValidationError("a workflow session with this correlation id already exists")
         return value
+
+
+class ErrorLogCreateSerializer(serializers.Serializer):
+    """``POST error-logs/``: the arguments of ``ErrorLogger.log_error``, bounded like the ErrorLog row."""
+
+    error_type = serializers.CharField(max_length=190)
+    error_message = serializers.CharField(max_length=5 * 1024, allow_blank=True)
+    layer = serializers.ChoiceField(choices=Layer.choices, default=Layer.API)
+    component = serializers.CharField(max_length=190, required=False, allow_blank=True, default="")
+    severity = serializers.ChoiceField(choices=Severity.choices, default=Severity.ERROR)
+    stack_trace = serializers.CharField(max_length=20_000, required=False, allow_blank=True, default="")
+    correlation_id = serializers.UUIDField(required=False)
+    metadata = serializers.JSONField(required=False, default=dict)
+
+    def validate_metadata(self, value: Any) -> dict[str, Any]:
+        return sanitize_metadata(value)
+
+    def validate_correlation_id(self, value: Any) -> Any:
+        if value.int == 0:
+            raise serializers.ValidationError("the all-zero id is not a valid trace id")
+        return value
+
+
+class ErrorLogAcceptedSerializer(serializers.Serializer):
+    """What ``POST error-logs/`` answers: the row is written later by the record writer."""
+
+    correlation_id = serializers.UUIDField()
+    status = serializers.CharField()
 
 
 class WorkflowCompleteSerializer(serializers.Serializer):

@@ -282,6 +282,8 @@ class PerformanceSnapshotViewSet(DebuggingAPIMixin, mixins.ListModelMixin, mixin
 
 
 class ErrorLogViewSet(DebuggingAPIMixin, viewsets.ReadOnlyModelViewSet):
+    """Error groups (read), ``resolve``, and ``create`` through the span API (202)."""
+
     queryset = ErrorLog.objects.all()
     serializer_class = s.ErrorLogSerializer
     ordering_fields = ["timestamp", "last_seen", "occurrences", "severity", "id"]
@@ -299,7 +301,30 @@ class ErrorLogViewSet(DebuggingAPIMixin, viewsets.ReadOnlyModelViewSet):
     }
 
     def get_serializer_class(self) -> type[serializers.BaseSerializer]:
+        if self.action == "create":
+            return s.ErrorLogCreateSerializer
         return s.ResolveSerializer if self.action == "resolve" else s.ErrorLogSerializer
+
+    @extend_schema(request=s.ErrorLogCreateSerializer, responses={
+        202: OpenApiResponse(s.ErrorLogAcceptedSerializer, description=(
+            "Logged as a span event; the ErrorLog row is written shortly after by the record writer "
+            "(list error-logs/?correlation_id=… to see it)")),
+        400: OpenApiResponse(description="Validation errors by field")})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Log an error exactly as ``ErrorLogger.log_error`` does: an ``exception`` span event in the
+        given trace (or a new one); the record is derived from it, never written here."""
+        from ..workflows import ErrorLogger
+
+        payload = s.ErrorLogCreateSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        correlation_id = data.get("correlation_id") or uuid.uuid4()
+        ErrorLogger.log_error(data["error_type"], data["error_message"], layer=data["layer"],
+                              component=data["component"], severity=data["severity"],
+                              metadata=data["metadata"], stack_trace=data["stack_trace"] or None,
+                              correlation_id=correlation_id)
+        return Response({"correlation_id": str(correlation_id), "status": "accepted"},
+                        status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=s.ResolveSerializer, responses={200: s.ErrorLogSerializer})
     @action(detail=True, methods=["post"])
