@@ -15,6 +15,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
 from django.urls import Resolver404, resolve
 from opentelemetry import propagate, trace
+from opentelemetry.semconv.attributes.http_attributes import HTTP_ROUTE
 from opentelemetry.trace import Span, SpanContext
 
 from .conf import get_config
@@ -22,7 +23,7 @@ from .inflight import begin_request, end_request
 from .logging import bind_request
 from .propagation import format_correlation_id
 from .spans_to_records import ATTR_INTERNAL
-from .traffic import internal_kind
+from .traffic import get_traffic_filter, internal_kind
 
 __all__ = ["CorrelationMiddleware", "get_correlation_id", "inject_headers", "traceresponse_value"]
 
@@ -177,7 +178,10 @@ class CorrelationMiddleware:
         request.correlation_id = correlation_id  # type: ignore[attr-defined]
         bind_request(context)  # log records after the span ended (django.request 404s) keep the ids
         if span.is_recording():
-            _mark_unmatched_at_start(request, span)
+            if get_traffic_filter().ignores_path(request.path_info):
+                _mark(request, span, "ignored")  # before the session/auth middleware query for it
+            else:
+                _mark_unmatched_at_start(request, span)
         return span, context, correlation_id
 
     def process_view(self, request: HttpRequest, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
@@ -193,6 +197,8 @@ class CorrelationMiddleware:
             return None
         span = trace.get_current_span()
         if span.is_recording():
+            if match.route == "" and not getattr(span, "attributes", {}).get(HTTP_ROUTE):
+                span.set_attribute(HTTP_ROUTE, "/")  # upstream leaves the site root without a route
             kind = internal_kind(request.method, match, view_func)
             if kind is not None:
                 _mark(request, span, kind)

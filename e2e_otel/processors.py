@@ -216,9 +216,19 @@ class WorkflowSpanProcessor(SpanProcessor):
 def _is_stray_query(step: StepData) -> bool:
     """A database/cache span that is a whole trace by itself (startup code, ``migrate``, a shell):
     not part of any workflow, and recording it would write sessions for the writer's own tables
-    while they are being created."""
+    while they are being created. Also Django's own SQLite ``SELECT QUOTE(?)`` (``DEBUG=True``
+    rebuilds each query's text for ``connection.queries`` with it): not the app's query, and it
+    would double every SQLite step."""
+    if step.layer == "database" and _is_sqlite_quote(step.attributes):
+        return True
     return (not step.parent_span_id and step.layer in ("database", "cache")
             and step.hints.explicit_type is None and step.hints.baggage_type is None)
+
+
+def _is_sqlite_quote(attributes: Any) -> bool:
+    statement = attributes.get("db.statement") or attributes.get("db.query.text")
+    return (isinstance(statement, str) and statement.startswith("SELECT QUOTE(")
+            and attributes.get("db.system") in ("sqlite", "sqlite3"))
 
 
 def build_record_processor(runtime: Runtime) -> WorkflowSpanProcessor | None:

@@ -69,6 +69,15 @@ class TrafficFilter:
             compiled.append((method, normalise_rule(route)))
         self.patterns = tuple(compiled)
         self.ignored = functools.lru_cache(maxsize=4096)(self._ignored)
+        # Patterns that are a plain path prefix for every method ("/admin/*"): tested on the raw path
+        # before the middleware below runs, so their queries (session, user) are left out as well.
+        self.prefixes = tuple(route[:-1] for method, route in compiled
+                              if method == "*" and route.endswith("*") and route[:-1].startswith("/")
+                              and not any(char in route[:-1] for char in "*?[{"))
+
+    def ignores_path(self, path: str) -> bool:
+        """Whether ``path`` (``request.path_info``) falls under a prefix pattern: one ``startswith``."""
+        return path.startswith(self.prefixes)
 
     def _ignored(self, method: str, route: str) -> bool:
         """``route``: ``ResolverMatch.route`` as recorded in ``http.route`` (regex routes included)."""

@@ -543,3 +543,13 @@ def test_raw_text_is_cut_at_capture_so_queued_steps_stay_small() -> None:
     assert len(error.message) == 5 * 1024
     assert len(error.stacktrace) == 20_000 and error.stacktrace.endswith("in fn1999\nKeyError: 'boom'\n")
     assert error.fingerprint == error_fingerprint("KeyError", "database", "shop_item", "SELECT", stack)
+
+
+def test_djangos_own_sqlite_quote_queries_are_not_steps() -> None:
+    """Under DEBUG=True Django's SQLite backend rebuilds each query's text with ``SELECT QUOTE(?)`` on
+    the raw connection, which the DB-API integration traces: it must not double every step."""
+    from e2e_otel.processors import _is_sqlite_quote
+
+    assert _is_sqlite_quote({"db.system": "sqlite", "db.statement": "SELECT QUOTE(?), QUOTE(?)"})
+    assert not _is_sqlite_quote({"db.system": "sqlite", "db.statement": "SELECT name FROM item WHERE id = ?"})
+    assert not _is_sqlite_quote({"db.system": "mysql", "db.statement": "SELECT QUOTE(?)"})

@@ -82,7 +82,8 @@ def test_admin_and_unmatched_traffic_writes_no_workflow(spans, boss, urlconf: st
         assert WorkflowSession.objects.count() == 0
         assert TraceStep.objects.count() == 0 and ErrorLog.objects.count() == 0
         assert _total("e2e_otel_workflows_total") == before
-        assert _total("e2e_otel_unmatched_requests_total", method="GET", status="404") == unmatched_before + 3
+        # favicon and the unknown path; the static file is IGNORE_PATHS ("{static}*"), known by its prefix
+        assert _total("e2e_otel_unmatched_requests_total", method="GET", status="404") == unmatched_before + 2
         marks = _internal_marks(spans)
         assert all(marks[_cid(r)] for r in responses), marks
         assert marks[_cid(responses[-1])] == "unmatched"
@@ -177,3 +178,30 @@ def test_unmatched_request_labels_stay_in_their_bounded_sets(value: object) -> N
     assert method_label(value) in HTTP_METHODS | {"_OTHER"}
     assert status_label(value) in statuses
     assert (len(HTTP_METHODS) + 1) * len(statuses) == UNMATCHED_SERIES
+
+
+def test_queries_before_the_view_on_an_ignored_path_write_no_workflow(spans, boss) -> None:
+    """A middleware that queries before URL resolution (tenant look-ups, ``request.user``) runs
+    before ``process_view``: the admin prefix is marked on the raw path first, so nothing of those
+    requests is recorded (before, each became an "unknown" session that stayed in progress)."""
+    middleware = [*settings.MIDDLEWARE, "tests.urls_traffic.query_before_view"]
+    with override_settings(ROOT_URLCONF="tests.urls_traffic", MIDDLEWARE=middleware):
+        _flush()
+        client = Client()
+        client.force_login(get_user_model().objects.get(username="boss"))
+        responses = [client.get("/staff/"), client.get("/staff/auth/user/")]
+        assert [r.status_code for r in responses] == [200, 200]
+        _flush()
+    cids = {_cid(r) for r in responses}
+    assert not WorkflowSession.objects.filter(correlation_id__in=[c for c in cids]).exists()
+    assert not TraceStep.objects.exists()
+
+
+def test_the_site_root_is_a_route_not_unmatched(spans) -> None:
+    with override_settings(ROOT_URLCONF="tests.urls_traffic"):
+        _flush()
+        response = Client().get("/")
+        assert response.status_code == 200
+        _flush()
+    session = WorkflowSession.objects.get(correlation_id=response["X-Correlation-ID"])
+    assert session.workflow_type == "GET /"

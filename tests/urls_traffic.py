@@ -46,6 +46,21 @@ router.register("articles", ArticleViewSet, basename="article")
 flat = routers.DefaultRouter(trailing_slash=False)
 flat.register("comments", CommentViewSet, basename="comment")
 
+def home(request: HttpRequest) -> HttpResponse:
+    """The site root: ``path("", view)`` has an empty route, which upstream leaves unnamed."""
+    return HttpResponse("home")
+
+
+def query_before_view(get_response):  # type: ignore[no-untyped-def]
+    """A middleware that reads the database before any view runs (a tenant or team look-up)."""
+
+    def middleware(request: HttpRequest) -> HttpResponse:
+        Item.objects.count()
+        return get_response(request)
+
+    return middleware
+
+
 handler404 = not_found
 
 urlpatterns = [
@@ -54,5 +69,6 @@ urlpatterns = [
     path("blog/", include([re_path(r"^(?P<year>[0-9]{4})/(\d+)/?$", archive)])),
     re_path(r"^files/(?P<path>.*)$", archive),
     path("staff/", admin.site.urls),
+    path("", home, name="home"),
     path("", include("e2e_otel.urls")),
 ]
