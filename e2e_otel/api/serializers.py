@@ -83,10 +83,10 @@ class WorkflowSessionDetailSerializer(WorkflowSessionSerializer):
         return list(TraceStepSerializer(steps, many=True).data)
 
 
-class WorkflowCreateSerializer(serializers.Serializer):
-    workflow_type = serializers.CharField(max_length=100)
+class _TracedPayload(serializers.Serializer):
+    """A body that becomes span data: metadata masked, the correlation id a valid trace id."""
+
     correlation_id = serializers.UUIDField(required=False)
-    user_id = serializers.CharField(max_length=150, required=False, allow_blank=True, default="")
     metadata = serializers.JSONField(required=False, default=dict)
 
     def validate_metadata(self, value: Any) -> dict[str, Any]:
@@ -95,12 +95,21 @@ class WorkflowCreateSerializer(serializers.Serializer):
     def validate_correlation_id(self, value: Any) -> Any:
         if value.int == 0:
             raise serializers.ValidationError("the all-zero id is not a valid trace id")
+        return value
+
+
+class WorkflowCreateSerializer(_TracedPayload):
+    workflow_type = serializers.CharField(max_length=100)
+    user_id = serializers.CharField(max_length=150, required=False, allow_blank=True, default="")
+
+    def validate_correlation_id(self, value: Any) -> Any:
+        value = super().validate_correlation_id(value)
         if WorkflowSession.objects.filter(correlation_id=value).exists():
             raise serializers.ValidationError("a workflow session with this correlation id already exists")
         return value
 
 
-class ErrorLogCreateSerializer(serializers.Serializer):
+class ErrorLogCreateSerializer(_TracedPayload):
     """``POST error-logs/``: the arguments of ``ErrorLogger.log_error``, bounded like the ErrorLog row."""
 
     error_type = serializers.CharField(max_length=190)
@@ -109,16 +118,6 @@ class ErrorLogCreateSerializer(serializers.Serializer):
     component = serializers.CharField(max_length=190, required=False, allow_blank=True, default="")
     severity = serializers.ChoiceField(choices=Severity.choices, default=Severity.ERROR)
     stack_trace = serializers.CharField(max_length=20_000, required=False, allow_blank=True, default="")
-    correlation_id = serializers.UUIDField(required=False)
-    metadata = serializers.JSONField(required=False, default=dict)
-
-    def validate_metadata(self, value: Any) -> dict[str, Any]:
-        return sanitize_metadata(value)
-
-    def validate_correlation_id(self, value: Any) -> Any:
-        if value.int == 0:
-            raise serializers.ValidationError("the all-zero id is not a valid trace id")
-        return value
 
 
 class ErrorLogAcceptedSerializer(serializers.Serializer):
