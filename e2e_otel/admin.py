@@ -22,6 +22,7 @@ from .models import (
     Layer,
     PerformanceSnapshot,
     PerformanceThreshold,
+    QueryFinding,
     TraceStep,
     WorkflowSession,
 )
@@ -173,6 +174,13 @@ class PerformanceSnapshotAdmin(ReadOnlyRecordAdmin):
     list_filter = ("threshold_status", "layer", "metric_name", "timestamp")
     search_fields = ("component", "metric_name")
     date_hierarchy = "timestamp"
+
+
+@admin.register(QueryFinding)
+class QueryFindingAdmin(ReadOnlyRecordAdmin):
+    list_display = ("created_at", "kind", "table", "route", "count", "max_ms", "correlation_id")
+    list_filter = ("kind", "created_at")
+    search_fields = ("table", "route")
 
 
 @admin.register(DebugConfiguration)
