@@ -30,7 +30,10 @@ class E2EOtelConfig(AppConfig):
             return  # disabled: no SDK, no threads, no exporters
         from .bootstrap import install
         from .logging import install_record_factory
+        from .metrics_multiprocess import configure_for_server
 
+        if config.METRICS_ENABLED:
+            configure_for_server()  # before anything of ours imports prometheus_client
         runtime = install(config)
         if runtime is None:
             return

@@ -2,8 +2,8 @@
 
 All families live in one ``E2EMetrics`` object so tests can build a private one on their own
 ``CollectorRegistry``; the process-wide instance (``get_metrics()``) registers on prometheus_client's
-default registry. Under gunicorn/uWSGI set ``PROMETHEUS_MULTIPROC_DIR`` (before the app starts) and
-reference ``e2e_otel.gunicorn.child_exit``: every worker writes its values to mmap files there and a
+default registry. In multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``; under gunicorn e2e-otel sets it
+up itself, see ``metrics_multiprocess.py``) every worker writes its values to mmap files there and a
 scrape of any worker sums them with ``MultiProcessCollector``. The catalogue is docs/metrics.md.
 """
 
@@ -24,6 +24,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics import MetricWrapperBase
 
 from . import forksafe
+from .metrics_multiprocess import multiprocess_dir
 
 logger = logging.getLogger(__name__)
 
@@ -40,15 +41,6 @@ ERROR_TYPES_PER_LAYER = 50
 #: bucket bounds, so "above warning" is exact in PromQL.
 STEP_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 WORKFLOW_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-
-
-def multiprocess_dir() -> str | None:
-    """The prometheus_client multiprocess directory, when this process runs in that mode."""
-    return (
-        os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-        or os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112 - prometheus_client's legacy lower-case name
-        or None
-    )
 
 
 class LabelCap:
