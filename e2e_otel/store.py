@@ -374,10 +374,11 @@ class RecordWriter:
         if not self._tokens:
             return
         self._run_jobs()  # a flush also waits for what the batch jobs had queued
+        jobs_done = not any(job.pending() for job in self._jobs)
         oldest = self._pending[0][0] if self._pending else None
         keep = []
         for token in self._tokens:
-            if all_tokens or oldest is None or token.seq < oldest:
+            if all_tokens or jobs_done and (oldest is None or token.seq < oldest):
                 with self._lock:
                     self._flushes -= 1
                 token.event.set()
