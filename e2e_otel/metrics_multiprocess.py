@@ -102,9 +102,9 @@ def detect_server(environ: Mapping[str, str] = os.environ) -> Server | None:
     return None
 
 
-def _mode_fixed() -> bool:
+def _mode_fixed(modules: Mapping[str, Any]) -> bool:
     """prometheus_client already chose in-memory values in this process (imported without ENV)."""
-    values = sys.modules.get("prometheus_client.values")
+    values = modules.get("prometheus_client.values")
     return values is not None and not getattr(values.ValueClass, "_multiprocess", False)
 
 
@@ -189,9 +189,10 @@ def _problem(server: Server) -> str:
 
 
 def configure(environ: MutableMapping[str, str], server: Server | None, *, root: str | None = None,
-              apply: bool = True) -> Setup:
-    """The set-up for ``server``. With ``apply`` the run directory is created and ``environ`` set;
-    without, only what would happen is returned (the system check)."""
+              apply: bool = True, modules: Mapping[str, Any] = sys.modules) -> Setup:
+    """The set-up for ``server``. With ``apply`` the run directory is created (under ``root``, default
+    the temporary directory) and ``environ`` set; without, only what would happen is returned (the
+    system check). ``modules`` tells whether prometheus_client was imported already."""
     path = multiprocess_dir(environ)
     if path is not None:
         return Setup("automatic" if environ.get(AUTO_ENV) == "1" else "configured", path)
@@ -199,7 +200,7 @@ def configure(environ: MutableMapping[str, str], server: Server | None, *, root:
         return Setup("single")
     if server.name != "gunicorn" or server.master_pid is None:
         reason = f"set {ENV} before it starts"
-    elif _mode_fixed():
+    elif _mode_fixed(modules):
         reason = (f"prometheus_client was imported before e2e-otel could set {ENV} (list \"e2e_otel\" "
                   f"before the app that imports it in INSTALLED_APPS, or set {ENV} yourself)")
     elif not apply:
