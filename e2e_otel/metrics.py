@@ -331,7 +331,7 @@ class E2EMetrics:
 BREACH_METRICS = 7  # response_time, query_time, render_time, memory_usage, cpu_usage, error_rate, hit_rate
 
 
-def series_bound(max_labels: int = 200, *, rules: int = 7, drop_reasons: int = 4, written_kinds: int = 4) -> int:
+def series_bound(max_labels: int = 200, *, rules: int = 7, drop_reasons: int = 4, written_kinds: int = 5) -> int:
     """The most ``e2e_otel_*`` samples one process can expose (docs/metrics.md derives it).
 
     ``rules`` is the number of enabled layer-wide threshold rules. Counts the ``_created`` samples of
