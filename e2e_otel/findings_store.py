@@ -35,7 +35,7 @@ _RETRYABLE_CODES = frozenset({1205, 1213})  # MySQL/MariaDB lock wait timeout, d
 
 
 class _Finding(Protocol):
-    """What ``queries.QueryFinding`` (a frozen dataclass) offers; read-only."""
+    """What ``queries.FindingData`` (a frozen dataclass) offers; read-only."""
 
     @property
     def kind(self) -> str: ...
@@ -130,7 +130,9 @@ class FindingWriter:
         from .models import QueryFinding
 
         rows = QueryFinding.objects.using(self.alias)
-        while self.pending():
+        for _ in range(self.capacity // self._batch_size + 1):  # a flood must not keep the writer here
+            if not self.pending():
+                return
             self._fill()
             try:
                 with transaction.atomic(using=self.alias):
@@ -200,7 +202,7 @@ class FindingWriter:
             kind=finding.kind, fingerprint=finding_fingerprint(finding.kind, statement, route),
             correlation_id=uuid.UUID(finding.correlation_id), route=route, table=scrub(finding.table)[:190],
             operation=finding.operation[:20], statement=statement, count=finding.count,
-            total_ms=finding.total_ms, max_ms=finding.max_ms, advice=finding.advice,
+            total_ms=finding.total_ms, max_ms=finding.max_ms, advice=scrub(finding.advice),
             created_at=datetime.fromtimestamp(finding.detected_at, tz=timezone.utc),
         )
 

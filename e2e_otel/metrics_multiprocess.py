@@ -71,6 +71,9 @@ class Setup:
     problem: str | None = None  # set for "unavailable": why /metrics shows one worker per scrape
 
 
+_WORKER_SIGNALS = ("SIGTERM", "SIGQUIT", "SIGUSR1")  # uvicorn's worker binds only SIGUSR1
+
+
 def _gunicorn_worker() -> Any:
     """The gunicorn worker running this process, or ``None`` in the master. gunicorn installs a
     worker's signal handlers (bound methods of the worker) right before the worker loads the app
@@ -78,9 +81,11 @@ def _gunicorn_worker() -> Any:
     base = sys.modules.get("gunicorn.workers.base")
     if base is None:
         return None
-    handler = signal.getsignal(signal.SIGTERM)
-    worker = getattr(handler, "__self__", None)
-    return worker if isinstance(worker, base.Worker) else None
+    for name in _WORKER_SIGNALS:
+        worker = getattr(signal.getsignal(getattr(signal, name)), "__self__", None)
+        if isinstance(worker, base.Worker):
+            return worker
+    return None
 
 
 def detect_server(environ: Mapping[str, str] = os.environ) -> Server | None:

@@ -294,7 +294,7 @@ class QueryFinding(models.Model):
         return f"{self.kind} on {self.table or '?'} x{self.count} ({self.correlation_id})"
 
     def as_dict(self) -> dict[str, object]:
-        """The API's and the reports' shape (``queries.QueryFinding.as_dict`` has the same keys)."""
+        """The API's and the reports' shape (``queries.FindingData.as_dict`` has the same keys)."""
         return {
             "kind": self.kind, "correlation_id": str(self.correlation_id), "route": self.route,
             "table": self.table, "operation": self.operation, "statement": self.statement,

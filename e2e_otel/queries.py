@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["QueryAnalyzer", "QueryFinding", "advice_for", "build_query_analyzer"]
+__all__ = ["FindingData", "QueryAnalyzer", "advice_for", "build_query_analyzer"]
 
 _STATEMENT_KEYS = ("db.statement", "db.query.text")
 _MAX_STATEMENT_CHARS = 2048
@@ -49,8 +49,8 @@ _EMPTY: Mapping[str, Any] = {}
 
 
 @dataclass(frozen=True)
-class QueryFinding:
-    """One problem found in one trace, with what to do about it."""
+class FindingData:
+    """One problem found in one trace, with what to do about it (stored as ``models.QueryFinding``)."""
 
     kind: str  # "n_plus_one" | "slow_query"
     correlation_id: str
@@ -129,8 +129,8 @@ class QueryAnalyzer(SpanProcessor):
         self._max_shapes = max_shapes
         self._traces: OrderedDict[int, _TraceQueries] = OrderedDict()
         self._lock = threading.Lock()
-        self.recent: deque[QueryFinding] = deque(maxlen=max_findings)
-        self.listeners: list[Callable[[QueryFinding], object]] = []
+        self.recent: deque[FindingData] = deque(maxlen=max_findings)
+        self.listeners: list[Callable[[FindingData], object]] = []
         self.writer: FindingWriter | None = None  # set by build_query_analyzer when records are on
         self.evicted_traces = 0
 
@@ -208,17 +208,17 @@ class QueryAnalyzer(SpanProcessor):
 
     @staticmethod
     def _finding(kind: str, correlation_id: str, route: str, statement: str, count: int,
-                 total_ns: int, max_ns: int, ansi_quotes: bool) -> QueryFinding:
+                 total_ns: int, max_ns: int, ansi_quotes: bool) -> FindingData:
         operation, table = sql_operation_and_table(statement)
         scrubbed = scrub_sql(statement, ansi_quotes=ansi_quotes)
-        return QueryFinding(
+        return FindingData(
             kind=kind, correlation_id=correlation_id, route=route, table=table or "",
             operation=operation, statement=scrubbed, fingerprint=finding_fingerprint(kind, scrubbed, route),
             count=count, total_ms=round(total_ns / 1e6, 3), max_ms=round(max_ns / 1e6, 3),
             advice=advice_for(kind, operation, table or "", statement, count),
         )
 
-    def findings(self, kind: str | None = None) -> list[QueryFinding]:
+    def findings(self, kind: str | None = None) -> list[FindingData]:
         """This process's recent findings, newest first (the shared ones are in the database)."""
         items = list(self.recent)
         items.reverse()

@@ -378,7 +378,7 @@ class RecordWriter:
         oldest = self._pending[0][0] if self._pending else None
         keep = []
         for token in self._tokens:
-            if all_tokens or jobs_done and (oldest is None or token.seq < oldest):
+            if all_tokens or (jobs_done and (oldest is None or token.seq < oldest)):
                 with self._lock:
                     self._flushes -= 1
                 token.event.set()

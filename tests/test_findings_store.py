@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from e2e_otel.conf import resolve
 from e2e_otel.findings_store import FindingWriter, finding_fingerprint
 from e2e_otel.models import QueryFinding as FindingRow
-from e2e_otel.queries import QueryFinding
+from e2e_otel.queries import FindingData
 from e2e_otel.reports import build_report
 from e2e_otel.sanitize import Sanitizer
 from e2e_otel.store import RecordWriter
@@ -30,8 +30,8 @@ AUTH = {"HTTP_AUTHORIZATION": "Bearer test-api-key"}
 URL = "/api/v1/debugging/query-findings/"
 
 
-def finding(**fields: Any) -> QueryFinding:
-    base = QueryFinding(
+def finding(**fields: Any) -> FindingData:
+    base = FindingData(
         kind="n_plus_one", correlation_id=str(uuid.uuid4()), route="orders/<int:pk>/", table="shop_item",
         operation="SELECT", statement="SELECT `shop_item`.`id` FROM `shop_item` WHERE `shop_item`.`order_id` = %s",
         fingerprint="", count=7, total_ms=3.5, max_ms=0.9, advice="use prefetch_related()",

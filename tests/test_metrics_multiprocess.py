@@ -74,13 +74,14 @@ def test_uwsgi_and_plain_processes() -> None:
 
 
 @pytest.fixture
-def restore_sigterm() -> Iterator[None]:
-    saved = signal.getsignal(signal.SIGTERM)
+def restore_signals() -> Iterator[None]:
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
     yield
-    signal.signal(signal.SIGTERM, saved)
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
 
 
-def test_detects_the_gunicorn_master_and_its_workers(restore_sigterm: None) -> None:
+def test_detects_the_gunicorn_master_and_its_workers(restore_signals: None) -> None:
     from gunicorn.workers.base import Worker
 
     assert mp.detect_server({}) is None
@@ -92,7 +93,7 @@ def test_detects_the_gunicorn_master_and_its_workers(restore_sigterm: None) -> N
             self.ppid = 4242
             self.cfg = SimpleNamespace(workers=3)
 
-    signal.signal(signal.SIGTERM, FakeWorker().handle_exit)
+    signal.signal(signal.SIGUSR1, FakeWorker().handle_usr1)  # uvicorn's worker binds only this one
     assert mp.detect_server(environ) == mp.Server("gunicorn", master_pid=4242, workers=3, in_master=False)
 
 
