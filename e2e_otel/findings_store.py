@@ -18,6 +18,7 @@ import hashlib
 import logging
 import queue
 import threading
+import uuid
 from collections import Counter
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -191,8 +192,6 @@ class FindingWriter:
 
     def _row(self, finding: _Finding) -> Any:
         """The model row: text fields scrubbed again (the sanitizer memoises) and cut to the columns."""
-        import uuid
-
         from .models import QueryFinding
 
         scrub = self._sanitizer.scrub_text

@@ -24,7 +24,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics import MetricWrapperBase
 
 from . import forksafe
-from .metrics_multiprocess import multiprocess_dir
+from .metrics_multiprocess import AUTO_ENV, forget_dead_workers, multiprocess_dir
 
 logger = logging.getLogger(__name__)
 
@@ -271,8 +271,15 @@ class E2EMetrics:
     def _after_fork_in_child(self) -> None:
         """Fresh lock, and the constant gauges re-applied: in multiprocess mode a child's values start
         from its own, empty file (a 0 in ``exporter_up`` would read as an outage). ``_last_stats`` is
-        kept: the child's record processors continue the parent's cumulative numbers."""
+        kept: the child's record processors continue the parent's cumulative numbers. In e2e-otel's
+        own directory a new (preforked) worker also forgets the live gauges of workers that died."""
         self._stats_lock = threading.Lock()
+        path = multiprocess_dir()
+        if path is not None and os.environ.get(AUTO_ENV) == "1":
+            try:
+                forget_dead_workers(path)
+            except OSError:
+                logger.debug("e2e-otel: could not clean %s", path, exc_info=True)
         self.exporter_up.set(1)
         self.cache_hit_ratio.set(1.0)
         if self._build_labels is not None:

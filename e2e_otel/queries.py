@@ -11,8 +11,8 @@ oldest trace is evicted first.
 Findings go to the listeners: the Prometheus counters and, when records are on, the
 ``FindingWriter`` (``findings_store.py``) that the record writer thread drains into the
 ``QueryFinding`` table, which is what the API, the reports and ``debugging_report`` read. The
-analyzer's own ``recent`` ring is this process's short memory (tests, ``e2e_otel.testing``), not
-the source of any shared view.
+analyzer's own ``recent`` ring is this process's short memory (for tests), not the source of any
+shared view.
 """
 
 from __future__ import annotations
@@ -223,7 +223,6 @@ class QueryAnalyzer(SpanProcessor):
         items = list(self.recent)
         items.reverse()
         return [f for f in items if kind is None or f.kind == kind]
-
 
     def stats(self) -> dict[str, Any]:
         """The finding writer's counters (queue depth, drops, rows written) for the metrics scrape;
