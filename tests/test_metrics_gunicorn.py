@@ -109,21 +109,19 @@ def test_one_scrape_sums_both_workers_and_dead_workers_are_cleaned(server) -> No
 # --- out of the box: no PROMETHEUS_MULTIPROC_DIR, no gunicorn.conf.py, records in MySQL --------------------
 
 
-def _on_each_worker(server: ServerProcess, call: Callable[[], tuple[int, bytes]],
+def _on_each_worker(server: ServerProcess, call: Callable[[], tuple[int, dict[str, str], bytes]],
                     per_worker: int = 1) -> dict[int, list[tuple[int, bytes]]]:
-    """``call()`` answered ``per_worker`` times by each of the two workers: while one sleeps in
-    ``/pid/?sleep``, the other (a sync worker serves one request at a time) serves ``call`` and then
-    ``/pid/``. Bounded: 20 rounds."""
+    """``call()`` answered ``per_worker`` times by each of the two workers (``X-Served-By`` says
+    which). Each round keeps one worker busy in ``/pid/?sleep`` so the other one tends to take the
+    call (a sync worker serves one request at a time). Bounded: 30 rounds."""
     answers: dict[int, list[tuple[int, bytes]]] = {}
     with ThreadPoolExecutor(max_workers=1) as pool:
-        for _ in range(20):
-            busy = pool.submit(server.get, "/pid/?sleep=0.6")
-            time.sleep(0.2)
-            answer = call()
-            _, _, body = server.get("/pid/")
-            busy_pid, pid = json.loads(busy.result()[2])["pid"], json.loads(body)["pid"]
-            if pid != busy_pid:  # both of ours went to the free worker
-                answers.setdefault(pid, []).append(answer)
+        for _ in range(30):
+            busy = pool.submit(server.get, "/pid/?sleep=0.3")
+            time.sleep(0.05)
+            status, headers, body = call()
+            answers.setdefault(int(headers["x-served-by"]), []).append((status, body))
+            busy.result()
             if len(answers) == 2 and all(len(v) >= per_worker for v in answers.values()):
                 break
     assert len(answers) == 2, f"one worker answered everything: {answers.keys()}\n{server.logs()}"
@@ -145,31 +143,29 @@ def test_findings_metrics_and_report_agree_across_workers_and_restarts(tmp_path:
     from tests.testapp.models import Item
 
     Item.objects.bulk_create([Item(name=f"i{i}") for i in range(6)])  # 6 queries per request: an N+1
-    env = subprocess_env({"E2E_MYSQL_DATABASE": connection.settings_dict["NAME"], "TMPDIR": str(tmp_path)})
+    env = subprocess_env({"DJANGO_SETTINGS_MODULE": "tests.settings_workers", "TMPDIR": str(tmp_path),
+                          "E2E_MYSQL_DATABASE": connection.settings_dict["NAME"]})
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     metrics_base = tmp_path / f"e2e-otel-prometheus-{os.getuid()}"
     sent: list[str] = []
 
-    def n_plus_one() -> tuple[int, bytes]:
+    def n_plus_one() -> tuple[int, dict[str, str], bytes]:
         sent.append(str(uuid.uuid4()))
-        status, _, body = server.get("/items-n-plus-one/", {"X-Correlation-ID": sent[-1]})
-        return status, body
+        return server.get("/items-n-plus-one/", {"X-Correlation-ID": sent[-1]})
 
-    def findings() -> tuple[int, bytes]:
-        status, _, body = server.get("/api/v1/debugging/query-findings/?kind=n_plus_one&limit=500",
-                                     {"Authorization": "Bearer test-api-key"})
-        return status, body
+    def findings() -> tuple[int, dict[str, str], bytes]:
+        return server.get("/api/v1/debugging/query-findings/?kind=n_plus_one&limit=500",
+                          {"Authorization": "Bearer test-api-key"})
 
-    def metrics() -> tuple[int, bytes]:
-        status, _, body = server.get("/metrics")
-        return status, body
+    def metrics() -> tuple[int, dict[str, str], bytes]:
+        return server.get("/metrics")
 
     def settled(count: int, total: float) -> None:
         """Every finding stored (record writer) and counted (derive thread) by now."""
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             stored = QueryFinding.objects.filter(correlation_id__in=[uuid.UUID(c) for c in sent]).count()
-            if stored == count and _n_plus_one_total(metrics()[1].decode()) == total:
+            if stored == count and _n_plus_one_total(metrics()[2].decode()) == total:
                 return
             time.sleep(0.2)
         raise AssertionError(f"{stored} of {count} findings stored\n{server.logs()}")
