@@ -11,9 +11,10 @@ from io import StringIO
 from typing import Any
 
 import pytest
+from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.db import connections
-from django.test import Client
+from django.test import Client, override_settings
 from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -28,6 +29,19 @@ from e2e_otel.store import RecordWriter
 
 AUTH = {"HTTP_AUTHORIZATION": "Bearer test-api-key"}
 URL = "/api/v1/debugging/query-findings/"
+
+
+@pytest.fixture(autouse=True)
+def no_live_findings(request: pytest.FixtureRequest) -> None:
+    """The live runtime's writer commits findings of earlier tests' requests outside any test
+    transaction: let it finish, and start from an empty table."""
+    from e2e_otel.bootstrap import get_runtime
+
+    runtime = get_runtime()
+    if runtime is not None:
+        runtime.force_flush(10)
+    if "django_db_setup" in request.fixturenames:
+        FindingRow.objects.all().delete()
 
 
 def finding(**fields: Any) -> FindingData:
@@ -148,6 +162,9 @@ def test_api_serves_what_any_process_stored_in_the_old_shape() -> None:
     limited = client.get(URL, {"limit": "2"}, **AUTH).json()
     assert limited["count"] == 3 and len(limited["results"]) == 2
     assert client.get(URL, {"correlation_id": "nope"}, **AUTH).status_code == 400
+    assert client.get(URL, {"table": "x" * 191}, **AUTH).status_code == 400
+    with override_settings(E2E_OTEL={**django_settings.E2E_OTEL, "RECORDS_ENABLED": False}):
+        assert client.get(URL, **AUTH).json()["enabled"] is False  # nothing new is stored
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 
 from ..conf import get_config
 from ..models import FindingKind, QueryFinding
-from .filters import parse_uuid
+from .filters import parse_uuid, text
 from .views import DebuggingAPIMixin, extend_schema
 
 _KINDS = tuple(FindingKind.values)
@@ -49,17 +49,13 @@ class QueryFindingsView(DebuggingAPIMixin, APIView):
             limit = min(MAX_LIMIT, max(1, int(params.get("limit", "100"))))
         except ValueError:
             return Response({"limit": ["must be an integer"]}, status=400)
-        correlation_id = params.get("correlation_id")
-        if correlation_id:
-            try:
-                rows = rows.filter(correlation_id=parse_uuid(correlation_id))
-            except ValueError as exc:
-                return Response({"correlation_id": [str(exc)]}, status=400)
-        table = params.get("table")
-        if table:
-            if len(table) > 190 or "\x00" in table:
-                return Response({"table": ["at most 190 characters, no NUL"]}, status=400)
-            rows = rows.filter(table=table)
+        for name, parse in (("correlation_id", parse_uuid), ("table", text)):
+            value = params.get(name)
+            if value:
+                try:
+                    rows = rows.filter(**{name: parse(value)})
+                except ValueError as exc:
+                    return Response({name: [str(exc)]}, status=400)
         results = [row.as_dict() for row in rows.order_by("-created_at", "-id")[:limit]]
         count = len(results) if len(results) < limit else rows.count()
         return Response({"enabled": bool(config.is_active and config.RECORDS_ENABLED), "count": count,
