@@ -23,8 +23,10 @@ class E2EOtelConfig(AppConfig):
         # runserver, gunicorn and plain WSGI/ASGI alike.
         from . import checks  # noqa: F401  (registers the system checks)
         from .conf import connect_signals, get_config
+        from .routers import install_router
 
         connect_signals()
+        install_router()  # the API and admin read the records where the writer writes them
         config = get_config()
         if not config.is_active:
             return  # disabled: no SDK, no threads, no exporters

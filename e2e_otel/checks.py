@@ -4,7 +4,8 @@ Ids are stable: E001 unknown key, E002 invalid value, W001 production without an
 W002 ingestion without an ingest key, W003 a MySQL database whose driver is not PyMySQL (its
 queries would not be traced), W004 provider settings ignored because the provider was configured
 before Django (``opentelemetry-instrument``), W005 a WORKFLOWS rule pattern that matches no URL
-pattern (``e2e_otel.discovery``).
+pattern (``e2e_otel.discovery``), W009 a database router that sends e2e_otel's models away from
+``DATABASE_ALIAS`` (``e2e_otel.routers``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         from django.conf import settings
 
         messages.extend(mysql_driver_warnings(settings.DATABASES))
+    from .routers import router_warnings
+
+    messages.extend(router_warnings())
     return messages
 
 
@@ -119,9 +123,13 @@ def check_workflow_rules(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     except Exception:  # a broken URLconf is reported by Django's own URL checks
         return []
     return [Warning(
-        f"WORKFLOWS rule {rule.pattern!r} for workflow {rule.workflow!r} matches no URL pattern.",
-        hint=(f"Close routes: {', '.join(rule.close)}. " if rule.close else "")
-        + 'Rules match "METHOD /route" with the route as http.route records it (see '
+        f"WORKFLOWS rule {rule.pattern!r} for workflow {rule.workflow!r} matches "
+        + (f"only routes that are never workflows ({', '.join(rule.excluded)})." if rule.excluded
+           else "no URL pattern."),
+        hint=("Remove the matching pattern from E2E_OTEL['IGNORE_PATHS'] (the default leaves out the admin "
+              "site, static and media files) to record them. " if rule.excluded else "")
+        + (f"Close routes: {', '.join(rule.close)}. " if rule.close and not rule.excluded else "")
+        + 'Rules match "METHOD /route" with the route as a template, e.g. /api/articles/{slug} (see '
           "`manage.py discover_endpoints`); fnmatch wildcards * ? [] apply.",
         id="e2e_otel.W005",
     ) for rule in unmatched]

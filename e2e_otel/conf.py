@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from .routes import DEFAULT_IGNORE_PATHS, check_pattern
+
 ENVIRONMENTS = ("development", "production", "testing")
 PROTOCOLS = ("grpc", "http/protobuf")
 EXPORTERS = ("otlp", "console", "none")
@@ -130,6 +132,13 @@ def _workflow_rules(value: Any) -> dict[str, tuple[str, ...]]:
     return rules
 
 
+def _ignore_paths(value: Any) -> tuple[str, ...]:
+    patterns = _str_list(value)
+    for pattern in patterns:
+        check_pattern(pattern)
+    return patterns
+
+
 def _mapping(value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise ValueError(f"expected a dict, got {type(value).__name__}")
@@ -207,13 +216,27 @@ OPTIONS: dict[str, Option] = {
     "SENSITIVE_KEYS": Option((), "Extra key names to mask (added to the built-in deny-list).", _str_list),
     # --- records ---
     "RECORDS_ENABLED": Option(True, "Derive WorkflowSession/TraceStep/ErrorLog rows from spans.", _bool),
-    "DATABASE_ALIAS": Option("default", "Database alias the record writer uses (MySQL/MariaDB, SQLite or PostgreSQL).",
+    "DATABASE_ALIAS": Option("default", "Database alias of the records (MySQL/MariaDB, SQLite or PostgreSQL), "
+                             "for the writer, API, admin, evaluator and reports; another alias puts "
+                             "e2e_otel.routers.RecordsRouter first in DATABASE_ROUTERS "
+                             "(then: migrate --database ALIAS).",
                              _str),
     "RECORD_QUEUE_SIZE": Option(10_000, "Bound of the span->record queue; overflow is dropped and counted.",
                                 _number(1, integer=True)),
     "RECORD_BATCH_SIZE": Option(500, "Rows per bulk write.", _number(1, 10_000, integer=True)),
     "RECORD_FLUSH_INTERVAL": Option(1.0, "Seconds between writer flushes.", _number(0.01, 60)),
     "WORKFLOWS": Option({}, 'Route rules: {"checkout": ["POST /api/v1/checkout/*"]}.', _workflow_rules),
+    "IGNORE_PATHS": Option(
+        DEFAULT_IGNORE_PATHS,
+        "Requests that are never workflows: no WorkflowSession/steps/errors rows, no workflow counters, "
+        "reports or breaches; still traced and exported (5xx and exceptions count in e2e_otel_steps_total "
+        "and e2e_otel_errors_total). Patterns as in WORKFLOWS, on the route template: \"/path/glob*\" "
+        "(any method) or \"METHOD /path/glob*\". {admin} = every admin site's prefix (reversed "
+        "<namespace>:index), {static}/{media} = STATIC_URL/MEDIA_URL. The whole admin site is excluded by "
+        "default (not a business workflow); drop \"{admin}*\" to record the host's own admin pages. "
+        "Always excluded whatever this says: e2e-otel's API, ingestion, /metrics and the admin of its "
+        "models, and requests no route matched (counted in e2e_otel_unmatched_requests_total).",
+        _ignore_paths),
     "WORKFLOW_IDLE_TIMEOUT": Option(300.0, "Seconds without spans after which a workflow is closed.",
                                     _number(1, 86_400)),
     "SLOW_SPAN_MS": Option(1000.0, "Unsampled spans slower than this are still recorded locally.",

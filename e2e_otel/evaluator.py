@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
 from . import forksafe, spans_to_records
 from .defaults import DURATION_METRIC_BY_LAYER
-from .metrics import LAYERS, E2EMetrics, get_metrics
+from .metrics import LAYERS, E2EMetrics, get_metrics, method_label, status_label
 from .monitor import ThresholdMonitor
 from .propagation import format_correlation_id
 from .thresholds import Breach, RuleSet
@@ -36,6 +36,7 @@ _LAYER_SET = frozenset(LAYERS)
 _EMPTY: Mapping[str, Any] = {}
 #: http.response.status_code (stable semconv) wins over http.status_code (old), as in the records.
 _STATUS_CODE_KEYS = ("http.response.status_code", "http.status_code")
+_METHOD_KEYS = ("http.request.method", "http.method")
 #: The attributes ``on_end`` asks about that most spans lack. The SDK's attribute mapping answers a
 #: missing key by raising and catching KeyError, so one pass over its keys finds which are present.
 _SOUGHT_KEYS = frozenset({ATTR_LAYER, ATTR_CACHE_HIT, spans_to_records.ATTR_INTERNAL, *_STATUS_CODE_KEYS})
@@ -87,10 +88,11 @@ class ThresholdEvaluator(SpanProcessor):
     on SAMPLE_RATE; only spans the derive queue had to drop are missing (counted in
     ``e2e_otel_derive_dropped_spans_total``). ``on_end`` classifies each span once, reads the span's
     own attribute mapping (no copy, one pass over its keys), labels through the metrics' child
-    caches, never blocks on I/O and never raises. e2e-otel's own traffic (``e2e.internal``) counts as
-    steps but never in the API error ratio or in breaches. Span breaches wait in a bounded
-    queue for the monitor thread; when it is full the oldest is dropped and counted in
-    ``e2e_otel_breach_signals_dropped_total``.
+    caches, never blocks on I/O and never raises. Traffic marked ``e2e.internal`` (e2e-otel's own,
+    ``IGNORE_PATHS``, unmatched: ``traffic.py``) counts as steps but never in the API error ratio or
+    in breaches; an unmatched request counts in ``e2e_otel_unmatched_requests_total``. Span breaches
+    wait in a bounded queue for the monitor thread; when it is full the oldest is dropped and counted
+    in ``e2e_otel_breach_signals_dropped_total``.
     """
 
     def __init__(self, metrics: E2EMetrics, *, rules: RuleSet | None = None) -> None:
@@ -125,7 +127,12 @@ class ThresholdEvaluator(SpanProcessor):
         if error:
             self._count_errors(span, layer, attributes, present)
         if spans_to_records.ATTR_INTERNAL in present:
-            return  # our own scrapes/API/ingest posts: real steps, but not the app's health
+            # our own scrapes/API/ingest posts, IGNORE_PATHS, unmatched: real steps, not the app's health
+            if span.kind is SpanKind.SERVER and attributes[spans_to_records.ATTR_INTERNAL] == "unmatched":
+                method = next((attributes[k] for k in _METHOD_KEYS if k in attributes), None)
+                metrics.unmatched_requests.labels(method_label(method),
+                                                  status_label(_status_code(attributes, present))).inc()
+            return
         if layer == "api":
             self.api_window.add(error)
         if ATTR_CACHE_HIT in present:

@@ -25,6 +25,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from . import forksafe
 from .metrics_multiprocess import AUTO_ENV, forget_dead_workers, multiprocess_dir
+from .routes import HTTP_METHODS, method_key
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,22 @@ ERROR_TYPES_PER_LAYER = 50
 #: bucket bounds, so "above warning" is exact in PromQL.
 STEP_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 WORKFLOW_BUCKETS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+#: ``status`` values of ``e2e_otel_unmatched_requests_total`` kept as themselves; any other code is its
+#: class (``4xx``), a missing one ``none``. With the 9 methods and ``_OTHER``: at most 210 series.
+UNMATCHED_STATUSES = frozenset({301, 302, 304, 400, 401, 403, 404, 405, 410, 413, 429, 500, 502, 503, 504})
+UNMATCHED_SERIES = (len(HTTP_METHODS) + 1) * (len(UNMATCHED_STATUSES) + 6)
+
+
+def method_label(method: object) -> str:
+    """An HTTP method label: one of the standard methods, else ``_OTHER`` (clients choose the string)."""
+    return method_key(method)
+
+
+def status_label(code: object) -> str:
+    """An HTTP status label from a bounded set (``UNMATCHED_STATUSES``, classes, ``none``)."""
+    if isinstance(code, int) and not isinstance(code, bool) and 100 <= code <= 599:
+        return str(code) if code in UNMATCHED_STATUSES else f"{code // 100}xx"
+    return "none"
 
 
 class LabelCap:
@@ -214,6 +231,9 @@ class E2EMetrics:
             ["component"], registry=r)
         self.n_plus_one = Counter(
             f"{PREFIX}_n_plus_one", "N+1 query patterns detected, by component.", ["component"], registry=r)
+        self.unmatched_requests = Counter(
+            f"{PREFIX}_unmatched_requests", "Requests no URL pattern matched or no view answered (never "
+            "workflows), by method and status.", ["method", "status"], registry=r)
         self.build_info = Gauge(
             f"{PREFIX}_build_info", "Always 1; labels describe this build.",
             ["version", "service", "environment"], registry=r, multiprocess_mode="max")
@@ -362,6 +382,7 @@ def series_bound(max_labels: int = 200, *, rules: int = 7, drop_reasons: int = 4
         + 2 * (drop_reasons + written_kinds + 2)  # records_dropped/written, exported_spans
         + 2 * 3                    # export/derive dropped spans, breach_signals_dropped_total (+ _created)
         + 8                        # seven plain gauges + build_info
+        + 2 * UNMATCHED_SERIES     # unmatched_requests_total (+ _created)
     )
 
 

@@ -15,6 +15,7 @@ client's id *is* the trace id (``format_correlation_id`` gives it back in UUID f
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Sequence
 
@@ -338,21 +339,32 @@ def _correlation_trace_id() -> int | None:
     return trace_id
 
 
+# A random trace id that is also an RFC 4122 version-4 UUID: version nibble 4 (high nibble of byte 6,
+# bits 79..76 of the big-endian integer) and variant 0b10 (top bits of byte 8, bits 63..62). Both sit
+# in the left-most nine bytes, outside the right-most seven that W3C Trace Context level 2 requires
+# to be random when the random-trace-id flag is set, so that flag stays true.
+_UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62)) & (_TRACE_ID_LIMIT - 1)
+_UUID4_SET = (0x4 << 76) | (0x2 << 62)
+
+
 class CorrelationIdGenerator(RandomIdGenerator):
     """Random ids, except that a root span started while :data:`CORRELATION_TRACE_ID_KEY` is set in
     the current context and no valid span is current reuses the correlation id as its trace id.
 
     The SDK only asks for a trace id for root spans (children inherit the parent's), so in practice
     this is the request's server span; see :func:`_correlation_trace_id` for why later roots in the
-    same context do not reuse it. Cost: two context-variable lookups per root span.
+    same context do not reuse it. Cost: two context-variable lookups per root span. Random ids are
+    version-4 UUIDs too (``uuid.UUID(correlation_id).version == 4``), so strict UUID validators in
+    clients accept the ``X-Correlation-ID`` they get back; 122 bits stay random (one AND, one OR).
     """
 
     def generate_trace_id(self) -> int:
-        """The correlation trace id when it applies, else a random one."""
+        """The correlation trace id when it applies, else a random version-4 UUID (never 0: the
+        version bits are set)."""
         trace_id = _correlation_trace_id()
         if trace_id is not None:
             return trace_id
-        return super().generate_trace_id()
+        return (random.getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET
 
     def is_trace_id_random(self) -> bool:
         """False for a client-supplied correlation id (the W3C random-trace-id flag must not be set

@@ -27,7 +27,10 @@ from opentelemetry.util.types import Attributes
 
 _SAMPLED = TraceFlags.SAMPLED
 _RECORD_AND_SAMPLE = Decision.RECORD_AND_SAMPLE
-_TRACE_ID_LOW_BITS = TraceIdRatioBased.TRACE_ID_LIMIT  # the ratio sampler decides on the low 64 bits
+# Roots are decided on the right-most 7 bytes, the part W3C Trace Context level 2 requires to be random
+# (the SDK's TraceIdRatioBased reads 8, but byte 8 holds the UUID variant bits of our generated ids).
+_RANDOM_BITS = 56
+_TRACE_ID_LOW_BITS = (1 << _RANDOM_BITS) - 1
 
 
 class RecordOnlySampler(Sampler):
@@ -63,12 +66,12 @@ class ParentBasedRatioSampler(Sampler):
     Same decisions, attributes, trace state and description as that composition, which looks the
     parent span up twice and dispatches through two samplers per span; this looks it up once.
     A valid parent's sampled flag decides (local or remote); a root samples when the trace id's low
-    64 bits fall under the ratio bound.
+    56 bits (its random part, see ``propagation.CorrelationIdGenerator``) fall under the ratio bound.
     """
 
     def __init__(self, rate: float, *, record_unsampled: bool) -> None:
         root = TraceIdRatioBased(rate)  # validates the rate
-        self._bound = root.bound
+        self._bound = round(rate * (1 << _RANDOM_BITS))
         self._unsampled = Decision.RECORD_ONLY if record_unsampled else Decision.DROP
         description = ParentBased(root=root).get_description()
         self._description = f"RecordOnly{{{description}}}" if record_unsampled else description

@@ -35,6 +35,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
+from .routes import normalise_rule, route_template
 from .sanitize import MAX_SQL_LENGTH, sql_operation_and_table
 
 __all__ = [
@@ -57,8 +58,9 @@ ATTR_LAYER = "e2e.layer"
 ATTR_COMPONENT = "e2e.component"
 ATTR_OPERATION = "e2e.operation"
 ATTR_WORKFLOW_TYPE = "e2e.workflow.type"
-#: e2e-otel's own traffic (debugging API, ingestion, /metrics, its admin), marked on the server span by
-#: ``CorrelationMiddleware.process_view``: traced and exported, never recorded or evaluated.
+#: Traffic that is no workflow, marked on the server span by ``CorrelationMiddleware`` (``traffic.py``):
+#: e2e-otel's own (debugging API, ingestion, /metrics, the admin of its models), ``IGNORE_PATHS``, and
+#: requests no route matched. Traced and exported, never recorded or evaluated.
 ATTR_INTERNAL = "e2e.internal"
 ATTR_WORKFLOW_BAGGAGE = "e2e.workflow.baggage"
 ATTR_WORKFLOW_STATUS = "e2e.workflow.status"
@@ -221,10 +223,23 @@ def _first(attributes: Mapping[str, Any], keys: Sequence[str]) -> Any:
 
 
 def _route(attributes: Mapping[str, Any]) -> str | None:
+    """``http.route`` as a template (``routes.route_template``): DRF router and ``re_path`` regexes
+    read ``/api/articles/{slug}`` in workflow types, components and metric labels alike."""
     route = attributes.get(_ROUTE_KEY)
     if not isinstance(route, str) or not route:
         return None
-    return route if route.startswith("/") else "/" + route
+    return route_template(route)
+
+
+def _step_name(span: ReadableSpan, attributes: Mapping[str, Any]) -> str:
+    """The span name, with the route in template form when it is the Django instrumentation's
+    ``"METHOD <http.route>"`` (a regex for ``re_path`` and DRF router routes)."""
+    name = span.name
+    if span.kind is SpanKind.SERVER:
+        route = attributes.get(_ROUTE_KEY)
+        if isinstance(route, str) and route and name.endswith(route) and name[:-len(route)].endswith(" "):
+            return name[:-len(route)] + route_template(route)
+    return name
 
 
 # The last span classified and its result, read and replaced as one tuple (atomic under the GIL, so a
@@ -419,7 +434,7 @@ def step_from_span(span: ReadableSpan) -> StepData | None:
         trace_id=context.trace_id,
         span_id=format(context.span_id, "016x"),
         parent_span_id=format(parent.span_id, "016x") if parent is not None else "",
-        name=span.name[:_MAX_COMPONENT],
+        name=_step_name(span, attributes)[:_MAX_COMPONENT],
         layer=layer,
         component=component,
         operation=operation,
@@ -574,14 +589,27 @@ def error_fingerprint(error_type: str, layer: str, component: str, operation: st
 
 
 def match_rule(route_key: str | None, rules: Mapping[str, Sequence[str]]) -> str | None:
-    """The first workflow whose ``"METHOD /route/pattern*"`` matches ``route_key`` (fnmatch)."""
+    """The first workflow whose ``"METHOD /route/pattern*"`` matches ``route_key`` (fnmatch).
+
+    Keys carry route templates; a rule written against the old regex form of ``http.route``
+    (``GET /api/articles/(?P<slug>[^/.]+)$``) is compared in template form too, so it keeps matching.
+    """
     if not route_key or not rules:
         return None
     for name, patterns in rules.items():
         for pattern in patterns:
             if fnmatchcase(route_key, pattern):
                 return name
+            template = _rule_template(pattern)
+            if template != pattern and fnmatchcase(route_key, template):
+                return name
     return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _rule_template(pattern: str) -> str:
+    # Rules come from settings (a handful); each is converted once, not once per span.
+    return normalise_rule(pattern)
 
 
 def resolve_workflow_type(

@@ -276,7 +276,11 @@ def test_error_summary_unresolved_first(keyed):
     assert groups[0]["occurrences"] == 5
 
 
+@pytest.mark.django_db(transaction=True)  # the health probe counts on its own connection
 def test_system_health(keyed):
+    from e2e_otel.dbhealth.probe import probe_for
+
+    probe_for("default").invalidate()
     PerformanceSnapshot.objects.create(layer="api", metric_name="response_time", metric_value=3000,
                                        threshold_status="critical")
     make_error()

@@ -310,3 +310,47 @@ def test_middleware_outside_a_trace_sets_no_headers() -> None:
     assert request.correlation_id is None
     assert not any(response.has_header(name) for name in
                    ("X-Correlation-ID", "traceresponse", "Access-Control-Expose-Headers"))
+
+
+def test_asgi_requests_get_the_same_internal_marks(spans) -> None:
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
+
+    client = AsyncClient()
+    missing = async_to_sync(client.get)("/nope/7/")
+    admin = async_to_sync(client.get)("/admin/jsi18n/")  # redirects to the login: routed, still the admin
+    app = async_to_sync(client.get)("/ping/")
+    assert (missing.status_code, admin.status_code, app.status_code) == (404, 302, 200)
+    marks = {f"{s.context.trace_id:032x}": s.attributes.get("e2e.internal")
+             for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER}
+    assert [marks[r["X-Correlation-ID"].replace("-", "")] for r in (missing, admin, app)] == \
+        ["unmatched", "ignored", None]
+    from e2e_otel.correlation import internal_requests_in_flight
+
+    assert not internal_requests_in_flight()
+
+
+@pytest.mark.parametrize(("span_name", "reaches_view", "mark"), [
+    ("GET ping/", False, "unmatched"),  # routed, but a middleware answered before any view
+    ("GET ping/", True, None),
+    ("GET", True, None),  # the instrumentation could not name it, yet it resolves (a nameless "" route)
+])
+def test_requests_no_view_answered_are_unmatched(span_name: str, reaches_view: bool, mark: str | None) -> None:
+    from django.http import HttpResponse
+    from django.test import RequestFactory
+    from django.urls import resolve
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from e2e_otel.correlation import CorrelationMiddleware
+
+    def get_response(request):  # type: ignore[no-untyped-def]
+        if reaches_view:
+            request.resolver_match = resolve("/ping/")
+            middleware.process_view(request, request.resolver_match.func, (), {})
+        return HttpResponse("ok")
+
+    middleware = CorrelationMiddleware(get_response)
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span(span_name, kind=SpanKind.SERVER) as span:
+        middleware(RequestFactory().get("/ping/"))
+    assert span.attributes.get("e2e.internal") == mark

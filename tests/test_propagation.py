@@ -506,6 +506,46 @@ def test_generator_uses_correlation_id_from_current_context() -> None:
     assert 0 < generator.generate_span_id() < 2**64
 
 
+def test_generated_trace_ids_are_version_4_uuids_with_56_random_low_bits() -> None:
+    """Strict UUID validators in clients accept the X-Correlation-ID we send back; the version and
+    variant bits (byte 6 high nibble, byte 8 top two bits) stay out of the right-most 7 bytes that
+    traceparent level 2's random-trace-id flag vouches for."""
+    import random
+    import uuid
+
+    random.seed(20261201)  # the generator draws from the module's Mersenne Twister, as the SDK's does
+    generator = CorrelationIdGenerator()
+    ids = [generator.generate_trace_id() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids) and generator.is_trace_id_random() is True
+    for trace_id in ids:
+        parsed = uuid.UUID(format_correlation_id(trace_id))
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and parsed.int == trace_id
+        raw = trace_id.to_bytes(16, "big")
+        assert raw[6] >> 4 == 4 and raw[8] >> 6 == 0b10
+    # every bit outside the 6 fixed ones is set in about half the ids (the low 56 and the rest)
+    fixed = {76, 77, 78, 79, 62, 63}
+    for bit in range(128):
+        share = sum(trace_id >> bit & 1 for trace_id in ids) / len(ids)
+        assert (share in (0.0, 1.0)) if bit in fixed else (0.47 < share < 0.53), (bit, share)
+
+
+@pytest.mark.parametrize("rate", [0.01, 0.1, 0.5, 0.9])
+def test_ratio_sampling_of_generated_ids_keeps_its_rate(rate: float) -> None:
+    """The UUID variant bits sit in the trace id's low 64 bits, which the SDK's TraceIdRatioBased reads:
+    there, 10 % would sample nothing. build_sampler decides on the 56 random bits instead."""
+    import random
+
+    from e2e_otel.sampling import build_sampler
+
+    random.seed(7)
+    generator = CorrelationIdGenerator()
+    sampler = build_sampler(rate, record_unsampled=False)
+    n = 20_000
+    sampled = sum(sampler.should_sample(Context(), generator.generate_trace_id(), "s").decision.is_sampled()
+                  for _ in range(n))
+    assert abs(sampled / n - rate) < 4 * (rate * (1 - rate) / n) ** 0.5 + 0.002
+
+
 def test_generator_ignores_id_passed_only_as_explicit_context() -> None:
     # Only the *current* context is consulted (the Django instrumentation attaches it first).
     ctx = context.set_value(CORRELATION_TRACE_ID_KEY, int(UUID, 16), Context())
@@ -608,7 +648,8 @@ def _parent_contexts() -> dict[str, Context | None]:
 @pytest.mark.parametrize("record_unsampled", [False, True])
 @pytest.mark.parametrize("rate", [0.0, 0.1, 0.5, 1.0])
 def test_fused_sampler_matches_the_sdk_composition(rate: float, record_unsampled: bool) -> None:
-    """``build_sampler`` decides exactly like ``[RecordOnly]ParentBased(TraceIdRatioBased(rate))``."""
+    """``build_sampler`` decides like ``[RecordOnly]ParentBased(TraceIdRatioBased(rate))`` applied to
+    the trace id's right-most 56 bits (the SDK reads 64; shifted by 8 they give the same decision)."""
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
     from e2e_otel.sampling import RecordOnlySampler, build_sampler
@@ -624,7 +665,8 @@ def test_fused_sampler_matches_the_sdk_composition(rate: float, record_unsampled
     for label, parent in _parent_contexts().items():
         for trace_id in trace_ids:
             for attrs in (attributes, None):
-                want = reference.should_sample(parent, trace_id, "s", trace.SpanKind.CLIENT, attrs)
+                shifted = (trace_id & ((1 << 56) - 1)) << 8
+                want = reference.should_sample(parent, shifted, "s", trace.SpanKind.CLIENT, attrs)
                 got = fused.should_sample(parent, trace_id, "s", trace.SpanKind.CLIENT, attrs)
                 assert (got.decision, dict(got.attributes), got.trace_state) == (
                     want.decision, dict(want.attributes), want.trace_state), (label, trace_id)

@@ -1,5 +1,6 @@
-"""``GET endpoints/``: the URL routes of this site as ``http.route`` records them, with their methods
-and WORKFLOWS rule, plus the rule patterns that match no route. Request thread."""
+"""``GET endpoints/``: the URL routes of this site as route templates (the raw ``http.route`` in
+``pattern``), with their methods and WORKFLOWS rule, plus the rule patterns that match no route.
+Request thread."""
 
 from __future__ import annotations
 

@@ -45,6 +45,8 @@ def parse_uuid(value: str) -> uuid.UUID:
     return uuid.UUID(int=number)
 
 
+CORRELATION_ID_PATTERN = ("^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+                          "|[0-9a-fA-F]{32})$")
 BIGINT_MAX = 2**63 - 1
 MAX_DIGITS = len(str(BIGINT_MAX))
 
@@ -96,6 +98,7 @@ def choice(choices: Iterable[str]) -> Callable[[str], str]:
             raise ValueError(f"expected one of {', '.join(allowed)}")
         return value
 
+    parse.choices = allowed  # type: ignore[attr-defined]  # read by the schema below
     return parse
 
 
@@ -140,9 +143,27 @@ class QueryParamFilterBackend(BaseFilterBackend):
         params: dict[str, Param] = getattr(view, "filter_params", {})
         return [
             {"name": name, "required": False, "in": "query", "description": param.description or name,
-             "schema": {"type": param.type, **({"format": "date-time"} if param.parse is parse_when else {})}}
+             "schema": param_schema(param)}
             for name, param in params.items()
         ]
+
+
+def param_schema(param: Param) -> dict[str, Any]:
+    """What the parser accepts, as a JSON schema (an empty value means "no filter" for every type)."""
+    if param.parse is parse_when:
+        return {"type": "string", "format": "date-time"}
+    if param.parse is parse_uuid:
+        return {"type": "string", "pattern": CORRELATION_ID_PATTERN}
+    if param.parse is parse_bool:
+        return {"type": "boolean"}
+    if param.parse is parse_id:
+        return {"type": "integer", "minimum": 1, "maximum": BIGINT_MAX}
+    choices = getattr(param.parse, "choices", None)
+    if choices is not None:
+        return {"type": "string", "enum": list(choices)}
+    if param.parse is text:
+        return {"type": "string", "maxLength": 190, "pattern": "^[^\\x00]*$"}
+    return {"type": param.type}
 
 
 def time_range(field: str) -> dict[str, Param]:

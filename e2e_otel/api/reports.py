@@ -42,7 +42,8 @@ class DebuggingReportView(DebuggingAPIMixin, APIView):
                     OpenApiParameter("top", int, description="slowest steps per layer, 1..50 (default 5)"),
                     OpenApiParameter("format", str, enum=["json", "markdown"])],
         responses={200: OpenApiResponse(description="the report (JSON object or Markdown text)"),
-                   400: OpenApiResponse(description="invalid since/top")},
+                   400: OpenApiResponse(description="invalid since/top"),
+                   404: OpenApiResponse(description="unknown format (DRF's format negotiation)")},
     )
     def get(self, request: Request) -> Response:
         try:

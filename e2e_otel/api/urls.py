@@ -38,7 +38,12 @@ class DebuggingSchemaView(SpectacularAPIView):
     authentication_classes = AUTHENTICATION_CLASSES
     permission_classes = [IsStaffOrApiKey]
     patterns = [path(API_PREFIX, include(api_patterns))]
-    custom_settings = {"TITLE": "e2e-otel debugging API", "VERSION": "1"}
+    custom_settings = {
+        "TITLE": "e2e-otel debugging API",
+        "VERSION": "1",
+        "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
+                                 "e2e_otel.api.schema.document_error_responses"],
+    }
 
 
 urlpatterns: list[URLPattern | URLResolver] = [

@@ -7,11 +7,11 @@ database directly instead of through the span pipeline.
 
 from __future__ import annotations
 
+import time
 import uuid
-from datetime import timedelta
 from typing import Any
 
-from django.db import DatabaseError, IntegrityError, connections, transaction
+from django.db import IntegrityError, router, transaction
 from django.db.models import Avg, Count, Max, Q, QuerySet, Sum
 from django.http import Http404
 from django.shortcuts import get_object_or_404
@@ -30,6 +30,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from ..conf import get_config
+from ..dbhealth.probe import probe_for
 from ..models import (
     DebugConfiguration,
     ErrorLog,
@@ -49,7 +50,6 @@ from .filters import Param, QueryParamFilterBackend, choice, parse_bool, parse_i
 from .permissions import AUTHENTICATION_CLASSES, IsStaffOrApiKey, actor_name
 
 SUMMARY_LIMIT = 50
-HEALTH_BREACH_WINDOW = timedelta(minutes=15)
 
 
 def extend_schema(**kwargs: Any) -> Any:
@@ -80,6 +80,8 @@ class DebuggingAPIMixin:
     parser_classes = [JSONParser]
     schema = AutoSchema()
     filter_params: dict[str, Param] = {}
+    # Any path segment reaches the view, so a malformed id is the API's JSON 404, not the host's page.
+    lookup_value_regex = "[^/]+"
 
 
 # --- workflow sessions --------------------------------------------------------------------------------
@@ -91,7 +93,6 @@ class WorkflowSessionViewSet(DebuggingAPIMixin, mixins.ListModelMixin, mixins.Cr
 
     queryset = WorkflowSession.objects.all()
     serializer_class = s.WorkflowSessionSerializer
-    lookup_value_regex = r"[0-9a-fA-F-]{1,36}"
     ordering_fields = ["start_time", "last_activity", "duration_ms", "id"]  # indexes: see filters.py
     ordering = ["-start_time", "-id"]
     filter_params = {
@@ -139,7 +140,7 @@ class WorkflowSessionViewSet(DebuggingAPIMixin, mixins.ListModelMixin, mixins.Cr
             tracer.start_workflow(data["workflow_type"], correlation_id=correlation_id,
                                   user=data.get("user_id") or None, metadata=metadata)
         try:
-            with transaction.atomic():
+            with transaction.atomic(using=router.db_for_write(WorkflowSession)):
                 session = self._create_row(correlation_id, data, metadata)
         except IntegrityError:  # the record writer created it between validation and now
             return Response({"correlation_id": ["a workflow session with this correlation id exists"]},
@@ -167,7 +168,8 @@ class WorkflowSessionViewSet(DebuggingAPIMixin, mixins.ListModelMixin, mixins.Cr
     def complete(self, request: Request, pk: str | None = None) -> Response:
         payload = s.WorkflowCompleteSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        with transaction.atomic():  # the record writer may be merging into this row right now
+        # the record writer may be merging into this row right now
+        with transaction.atomic(using=router.db_for_write(WorkflowSession)):
             session = self.get_queryset().select_for_update().get(pk=self.get_object().pk)
             return self._complete(session, payload.validated_data)
 
@@ -265,6 +267,7 @@ class PerformanceSnapshotViewSet(DebuggingAPIMixin, mixins.ListModelMixin, mixin
         **time_range("timestamp"),
     }
 
+    @extend_schema(responses={200: s.PerformanceSnapshotSerializer(many=True)})
     @action(detail=False, methods=["get"])
     def alerts(self, request: Request) -> Response:
         """Snapshots whose threshold status is warning or critical."""
@@ -363,46 +366,29 @@ class PerformanceThresholdViewSet(DebuggingAPIMixin, viewsets.ModelViewSet):
 
 
 class SystemHealthView(DebuggingAPIMixin, APIView):
-    """Is the debugging pipeline working: database, record writer, exporter, recent breaches."""
+    """Is the debugging pipeline working: database, record writer, exporter, recent breaches.
+
+    The database part comes from ``dbhealth.probe``: never queried on this thread, at most one
+    second of waiting, and its ``age_seconds`` says how old the answer is.
+    """
 
     @extend_schema(responses={200: inline_serializer("SystemHealth", {"status": serializers.CharField()}),
                               503: OpenApiResponse(description="database unreachable")})
     def get(self, request: Request) -> Response:
         config = get_config()
-        database: dict[str, Any] = {"alias": config.DATABASE_ALIAS}
-        try:
-            with connections[config.DATABASE_ALIAS].cursor() as cursor:
-                cursor.execute("SELECT 1")
-                cursor.fetchone()
-            database["reachable"] = True
-        except (DatabaseError, KeyError) as exc:
-            database.update(reachable=False, error=type(exc).__name__)
+        store = probe_for(config.DATABASE_ALIAS).current()
         body: dict[str, Any] = {
-            "status": "ok" if database["reachable"] else "unavailable",
-            "database": database,
+            "status": "ok" if store.reachable else "unavailable",
+            "database": store.database(time.monotonic()),
             "record_writer": _record_writer_stats(),
             "exporter": _exporter_info(config),
         }
-        if database["reachable"]:
-            since = timezone.now() - HEALTH_BREACH_WINDOW
-            breaches = PerformanceSnapshot.objects.filter(
-                timestamp__gte=since, threshold_status__in=[ThresholdStatus.WARNING, ThresholdStatus.CRITICAL]
-            )
-            body["counts"] = {
-                "workflow_sessions": WorkflowSession.objects.count(),
-                "in_progress": WorkflowSession.objects.filter(status=WorkflowStatus.IN_PROGRESS).count(),
-                "failed": WorkflowSession.objects.filter(status=WorkflowStatus.FAILED).count(),
-                "unresolved_errors": ErrorLog.objects.filter(resolved=False).count(),
-                "enabled_thresholds": PerformanceThreshold.objects.filter(enabled=True).count(),
-            }
-            body["thresholds_in_breach"] = [
-                {**row} for row in breaches.values("layer", "metric_name", "threshold_status")
-                .annotate(count=Count("id"), last=Max("timestamp")).order_by("layer", "metric_name",
-                                                                             "threshold_status")[:SUMMARY_LIMIT]
-            ]
-            if body["thresholds_in_breach"]:
+        if store.reachable:
+            body["counts"] = store.counts
+            body["thresholds_in_breach"] = store.breaches
+            if store.breaches:
                 body["status"] = "degraded"
-        code = status.HTTP_200_OK if database["reachable"] else status.HTTP_503_SERVICE_UNAVAILABLE
+        code = status.HTTP_200_OK if store.reachable else status.HTTP_503_SERVICE_UNAVAILABLE
         return Response(body, status=code)
 
 

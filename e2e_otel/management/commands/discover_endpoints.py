@@ -1,5 +1,6 @@
-"""``manage.py discover_endpoints [--format text|json]``: every route as http.route records it, its view,
-methods and workflow rule; then the WORKFLOWS patterns that match nothing."""
+"""``manage.py discover_endpoints [--format text|json]``: every route as a template (the form of workflow
+types, components and labels), its view, methods and workflow rule; then the WORKFLOWS patterns that
+match nothing. JSON also gives each route's raw ``http.route`` pattern."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ...discovery import discover_endpoints, unmatched_rules
 
 
 class Command(BaseCommand):
-    help = "List URL routes (as recorded in http.route) with their workflow rule; flag rules matching nothing."
+    help = "List URL routes (as route templates) with their workflow rule; flag rules matching nothing."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--format", choices=["text", "json"], default="text", dest="fmt")
@@ -25,7 +26,8 @@ class Command(BaseCommand):
             body = {"endpoints": [asdict(e) for e in endpoints], "unmatched_rules": [asdict(u) for u in unmatched]}
             self.stdout.write(json.dumps(body, indent=2))
             return
-        rows = [(",".join(e.methods), e.route, _workflows(e.workflows), e.view) for e in endpoints]
+        rows = [(",".join(e.methods), e.route, f"(not a workflow: {e.not_workflow})" if e.not_workflow
+                 else _workflows(e.workflows), e.view) for e in endpoints]
         widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(_HEADER)]
         for row in [_HEADER, tuple("-" * w for w in widths), *rows]:
             self.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
@@ -36,7 +38,7 @@ class Command(BaseCommand):
                               f"matches no URL pattern{close}")
 
 
-_HEADER = ("methods", "http.route", "workflow", "view")
+_HEADER = ("methods", "route", "workflow", "view")
 
 
 def _workflows(workflows: dict[str, str]) -> str:

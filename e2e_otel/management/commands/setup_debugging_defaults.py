@@ -11,6 +11,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
+from ...conf import get_config
 from ...defaults import DEFAULT_CONFIGURATIONS, DEFAULT_THRESHOLDS
 from ...models import DebugConfiguration, PerformanceThreshold
 
@@ -20,9 +21,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--force", action="store_true", help="Reset existing rows to the default values.")
-        parser.add_argument("--database", default="default", help="Database alias (default: default).")
+        parser.add_argument("--database", default=None,
+                            help='Database alias (default: E2E_OTEL["DATABASE_ALIAS"], the records alias).')
 
-    def handle(self, *args: Any, force: bool = False, database: str = "default", **options: Any) -> None:
+    def handle(self, *args: Any, force: bool = False, database: str | None = None, **options: Any) -> None:
+        database = database or get_config().DATABASE_ALIAS
         counts = {"created": 0, "reset": 0, "unchanged": 0}
         with transaction.atomic(using=database):
             for default in DEFAULT_THRESHOLDS:
