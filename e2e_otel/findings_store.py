@@ -159,32 +159,36 @@ class FindingWriter:
                 self._refused_value(exc)
 
     def _row_by_row(self, rows: Any) -> None:
+        """One transaction per row; refused rows are dropped and logged once per batch (a missing
+        table, say ``migrate`` not run yet, refuses them all)."""
         from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
 
-        while self._batch:
-            row = self._batch[0]
-            try:
-                with transaction.atomic(using=self.alias):
-                    rows.bulk_create([row])
-            except (OperationalError, InterfaceError) as exc:
-                if _is_retryable(exc) or not _usable(connections[self.alias]):
-                    raise  # the rows before this one are committed and gone from the batch
-                self._refused(exc)
-            except DatabaseError as exc:
-                self._refused(exc)
-            else:
-                self._committed(1)
+        refused: list[BaseException] = []
+        try:
+            while self._batch:
+                try:
+                    with transaction.atomic(using=self.alias):
+                        rows.bulk_create(self._batch[:1])
+                except (OperationalError, InterfaceError) as exc:
+                    if _is_retryable(exc) or not _usable(connections[self.alias]):
+                        raise  # the rows before this one are committed and gone from the batch
+                    refused.append(exc)
+                except DatabaseError as exc:
+                    refused.append(exc)
+                else:
+                    self._committed(1)
+                    continue
+                del self._batch[:1]
+                self._count_drop("db_error")
+        finally:
+            if refused:
+                logger.warning("e2e-otel: %d query finding(s) refused by the database: %s", len(refused),
+                               self._sanitizer.scrub_text(str(refused[0]))[:500])
 
     def _committed(self, count: int) -> None:
         del self._batch[:count]
         with self._lock:
             self._written += count
-
-    def _refused(self, exc: BaseException) -> None:
-        del self._batch[:1]
-        self._count_drop("db_error")
-        logger.warning("e2e-otel: query finding refused by the database: %s",
-                       self._sanitizer.scrub_text(str(exc))[:500])
 
     def _refused_value(self, exc: BaseException) -> None:
         self._count_drop("db_error")

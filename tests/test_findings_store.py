@@ -97,16 +97,19 @@ def test_findings_are_written_by_the_record_writer_and_counted_after_commit(writ
 
 @pytest.mark.mysql
 @pytest.mark.django_db(transaction=True)
-def test_a_refused_finding_drops_alone(writer: Any) -> None:
+def test_refused_findings_drop_alone_and_are_logged_once(writer: Any, caplog: pytest.LogCaptureFixture) -> None:
     records, findings = writer
     good = [finding(), finding()]
     findings.submit(good[0])
     findings.submit(finding(count=-1))  # an unsigned column: strict MySQL refuses the row
+    findings.submit(finding(count=-2))
     findings.submit(good[1])
-    assert records.force_flush(10)
+    with caplog.at_level("WARNING", logger="e2e_otel.findings_store"):
+        assert records.force_flush(10)
     assert sorted(str(c) for c in FindingRow.objects.values_list("correlation_id", flat=True)) == \
         sorted(f.correlation_id for f in good)
-    assert findings.stats()["dropped"]["db_error"] == 1 and findings.stats()["written"] == {"finding": 2}
+    assert findings.stats()["dropped"]["db_error"] == 2 and findings.stats()["written"] == {"finding": 2}
+    assert [r.getMessage()[:46] for r in caplog.records] == ["e2e-otel: 2 query finding(s) refused by the da"]
 
 
 @pytest.mark.mysql
