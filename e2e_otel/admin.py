@@ -2,16 +2,17 @@
 
 Span-derived rows (sessions, steps, errors, snapshots) are read-only here: they mirror what the
 spans said. Only user-owned fields are editable (error resolution, thresholds, configurations).
-Request thread.
+Request thread; ``register_admins`` runs once, when ``django.contrib.admin`` autodiscovers this module.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
@@ -38,6 +39,8 @@ LAYER_COLOURS: dict[str, str] = {
     "internal": "#7f8c8d",
     "system": "#34495e",
 }
+logger = logging.getLogger(__name__)
+
 MAX_WATERFALL_STEPS = 500
 MIN_BAR_PERCENT = 0.4
 
@@ -104,7 +107,6 @@ def trace_link(session: WorkflowSession) -> str | None:
     return template.replace("{trace_id}", session.trace_id) if template else None
 
 
-@admin.register(WorkflowSession)
 class WorkflowSessionAdmin(ReadOnlyRecordAdmin):
     change_form_template = "admin/e2e_otel/workflowsession/change_form.html"
     list_display = ("correlation_id", "workflow_type", "status", "user_id", "service", "start_time",
@@ -126,7 +128,6 @@ class WorkflowSessionAdmin(ReadOnlyRecordAdmin):
         return super().change_view(request, object_id, form_url, extra_context=context)
 
 
-@admin.register(TraceStep)
 class TraceStepAdmin(ReadOnlyRecordAdmin):
     list_display = ("name", "layer", "component", "operation", "status", "start_time", "duration_ms",
                     "workflow_session")
@@ -136,7 +137,6 @@ class TraceStepAdmin(ReadOnlyRecordAdmin):
     raw_id_fields = ("workflow_session",)
 
 
-@admin.register(ErrorLog)
 class ErrorLogAdmin(CorrelationSearchMixin, admin.ModelAdmin):
     list_display = ("error_type", "layer", "component", "severity", "occurrences", "resolved", "last_seen",
                     "correlation_id")
@@ -167,7 +167,6 @@ class ErrorLogAdmin(CorrelationSearchMixin, admin.ModelAdmin):
         self.message_user(request, f"{updated} error group(s) marked resolved.", messages.SUCCESS)
 
 
-@admin.register(PerformanceSnapshot)
 class PerformanceSnapshotAdmin(ReadOnlyRecordAdmin):
     list_display = ("timestamp", "layer", "component", "metric_name", "metric_value", "unit",
                     "threshold_status", "correlation_id")
@@ -176,24 +175,69 @@ class PerformanceSnapshotAdmin(ReadOnlyRecordAdmin):
     date_hierarchy = "timestamp"
 
 
-@admin.register(QueryFinding)
 class QueryFindingAdmin(ReadOnlyRecordAdmin):
     list_display = ("created_at", "kind", "table", "route", "count", "max_ms", "correlation_id")
     list_filter = ("kind", "created_at")
     search_fields = ("table", "route")
 
 
-@admin.register(DebugConfiguration)
 class DebugConfigurationAdmin(admin.ModelAdmin):
     list_display = ("name", "enabled", "description", "updated_at")
     list_filter = ("enabled",)
     search_fields = ("name", "description")
 
 
-@admin.register(PerformanceThreshold)
 class PerformanceThresholdAdmin(admin.ModelAdmin):
     list_display = ("metric_name", "layer", "component", "warning_threshold", "critical_threshold",
                     "direction", "unit", "enabled")
     list_filter = ("layer", "direction", "enabled")
     list_editable = ("enabled",)
     search_fields = ("metric_name", "component", "description")
+
+
+#: Our admin for each model, registered by ``register_admins``.
+MODEL_ADMINS: tuple[tuple[type[Model], type[admin.ModelAdmin[Any]]], ...] = (
+    (WorkflowSession, WorkflowSessionAdmin),
+    (TraceStep, TraceStepAdmin),
+    (ErrorLog, ErrorLogAdmin),
+    (PerformanceSnapshot, PerformanceSnapshotAdmin),
+    (QueryFinding, QueryFindingAdmin),
+    (DebugConfiguration, DebugConfigurationAdmin),
+    (PerformanceThreshold, PerformanceThresholdAdmin),
+)
+
+
+def register_admins(site: admin.AdminSite) -> None:
+    """Register our ModelAdmins, coexisting with host code that already registered our models.
+
+    Projects often register every model from one app (``for model in apps.get_models():
+    admin.site.register(model)``); when that app comes before e2e_otel, a plain ``register`` here
+    raised ``AlreadyRegistered`` out of ``django.setup()``. A registration with the bare
+    ``ModelAdmin`` is taken over (ours shows the waterfall and keeps span rows read-only); one with
+    the host's own ModelAdmin subclass is left alone. Each case is logged once.
+    """
+    taken: list[str] = []
+    kept: list[str] = []
+    for model, model_admin in MODEL_ADMINS:
+        existing = site._registry.get(model)  # is_registered/get_model_admin: not all of Django 4.2
+        try:
+            if isinstance(existing, model_admin):
+                continue  # ours already (registered twice): nothing to say
+            if existing is not None and type(existing) is not admin.ModelAdmin:
+                kept.append(f"{model.__name__} ({type(existing).__module__}.{type(existing).__qualname__})")
+                continue
+            if existing is not None:
+                site.unregister(model)
+                taken.append(model.__name__)
+            site.register(model, model_admin)
+        except Exception:  # the admin is a convenience: never stop the host's start-up for it
+            logger.exception("e2e-otel: could not register the admin for %s", model.__name__)
+    if taken:
+        logger.info("e2e-otel: replaced the plain admin registration of %s with e2e-otel's admin",
+                    ", ".join(taken))
+    if kept:
+        logger.info("e2e-otel: %s already registered in the admin by the project; that registration is "
+                    "kept and e2e-otel's admin pages are not used", ", ".join(kept))
+
+
+register_admins(admin.site)

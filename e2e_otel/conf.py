@@ -12,6 +12,7 @@ Exporter details the SDK already reads from the environment (``OTEL_EXPORTER_OTL
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -88,6 +89,9 @@ def _number(low: float, high: float | None = None, integer: bool = False) -> Cal
     def parse(value: Any) -> float:
         if isinstance(value, bool):
             raise ValueError(f"expected a number, got {value!r}")
+        # NaN passes every bound below (its comparisons are all false), and int(inf) overflows.
+        if not math.isfinite(float(value)):
+            raise ValueError(f"must be a finite number, got {value!r}")
         number = int(value) if integer else float(value)
         if number < low or (high is not None and number > high):
             bounds = f"between {low} and {high}" if high is not None else f">= {low}"
@@ -333,16 +337,21 @@ def _env_value(option: Option, environ: Mapping[str, str]) -> Any:
     return None
 
 
-def resolve(user: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None,
-            **overrides: Any) -> Config:
+def resolve(user: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None, *,
+            test_run: bool = False, **overrides: Any) -> Config:
     """Resolve settings from explicit ``overrides``, the ``user`` dict, the environment and defaults.
 
     Invalid values fall back to the default and are reported in ``Config.errors`` (shown by the
-    system checks) instead of raising, so a typo never stops the host app from booting.
+    system checks) instead of raising, so a typo never stops the host app from booting. With
+    ``test_run`` (``manage.py test``, pytest-django) the testing profile is the default unless
+    ENVIRONMENT or TRACES_EXPORTER is set in ``E2E_OTEL`` or the environment.
     """
     environ = os.environ if environ is None else environ
     user = dict(user or {})
     user.update(overrides)
+    implied: frozenset[str] = frozenset()
+    if test_run and not _chooses_profile(user, environ):
+        user["ENVIRONMENT"], implied = "testing", frozenset({"ENVIRONMENT"})
     unknown = sorted(k for k in user if k not in OPTIONS)
     errors: list[ConfigError] = []
 
@@ -364,7 +373,7 @@ def resolve(user: Mapping[str, Any] | None, environ: Mapping[str, str] | None = 
             return option.profile.get(environment, option.default)
         try:
             return option.parse(raw)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # float(10**400) overflows
             errors.append(ConfigError(key, f"{exc} (from {source})"))
             return option.profile.get(environment, option.default)
 
@@ -375,7 +384,29 @@ def resolve(user: Mapping[str, Any] | None, environ: Mapping[str, str] | None = 
             values[key] = value_of(key, environment)
     if _disabled_from_env(environ) is False:
         values["ENABLED"] = False  # the spec's kill switch wins over everything
-    return Config(values, errors, unknown, frozenset(k for k in user if k in OPTIONS))
+    return Config(values, errors, unknown, frozenset(k for k in user if k in OPTIONS) - implied)
+
+
+def _chooses_profile(user: Mapping[str, Any], environ: Mapping[str, str]) -> bool:
+    """Whether the user picked an environment or an exporter themselves (then a test run keeps it)."""
+    keys = ("ENVIRONMENT", "TRACES_EXPORTER")
+    return any(k in user for k in keys) or any(
+        (environ.get(name) or "").strip() for k in keys for name in OPTIONS[k].env)
+
+
+_test_run = False
+
+
+def mark_test_run(active: bool = True) -> None:
+    """Tell ``get_config`` the process runs a test suite (``e2e_otel.testrun`` and the pytest plugin
+    call this before ``ready()``); clears the cached config."""
+    global _test_run
+    _test_run = active
+    get_config.cache_clear()
+
+
+def is_test_run() -> bool:
+    return _test_run
 
 
 @lru_cache(maxsize=1)
@@ -385,10 +416,10 @@ def get_config() -> Config:
 
     user = getattr(settings, "E2E_OTEL", None)
     if user is not None and not isinstance(user, Mapping):
-        cfg = resolve(None)
+        cfg = resolve(None, test_run=_test_run)
         cfg.errors.append(ConfigError("E2E_OTEL", f"must be a dict, got {type(user).__name__}"))
         return cfg
-    return resolve(user)
+    return resolve(user, test_run=_test_run)
 
 
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:

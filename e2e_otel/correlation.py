@@ -19,6 +19,7 @@ from opentelemetry.trace import Span, SpanContext
 
 from .conf import get_config
 from .inflight import begin_request, end_request
+from .logging import bind_request
 from .propagation import format_correlation_id
 from .spans_to_records import ATTR_INTERNAL
 from .traffic import internal_kind
@@ -174,6 +175,7 @@ class CorrelationMiddleware:
         context = span.get_span_context()
         correlation_id = format_correlation_id(context.trace_id) if context.is_valid else None
         request.correlation_id = correlation_id  # type: ignore[attr-defined]
+        bind_request(context)  # log records after the span ended (django.request 404s) keep the ids
         if span.is_recording():
             _mark_unmatched_at_start(request, span)
         return span, context, correlation_id

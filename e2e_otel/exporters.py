@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,10 +23,11 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, Status, TraceFlags
 
 from .conf import Config
-from .sanitize import MASK, Sanitizer, ansi_quotes_for
+from .sanitize import Sanitizer
 
 logger = logging.getLogger(__name__)
 
@@ -172,38 +174,74 @@ class PerProcessExporter(SpanExporter):
         return True
 
 
-# Attributes whose values are free text that may carry secrets.
-_TEXT_ATTRIBUTES = ("exception.message", "exception.stacktrace", "error.message", "http.url", "url.full",
-                    "url.query", "http.target")
-_SQL_ATTRIBUTES = ("db.statement", "db.query.text")
+def sanitize_span(span: ReadableSpan, sanitizer: Sanitizer,
+                  clean_resource: Callable[[Resource], Resource] | None = None) -> ReadableSpan:
+    """A copy of ``span`` with nothing secret left in any exported field, or ``span`` itself when it
+    was clean already.
 
-
-def sanitize_span(span: ReadableSpan, sanitizer: Sanitizer) -> ReadableSpan:
-    """A copy of ``span`` with SQL literals, sensitive attributes and secrets in text removed: in
-    attributes, event attributes, link attributes and the status description (the SDK writes
-    ``"ExcType: message"`` there when an exception escapes a span)."""
+    Scrubbed: name, attributes, event names and attributes, link attributes, the status description
+    (the SDK writes ``"ExcType: message"`` there when an exception escapes a span), the
+    instrumentation scope's attributes and the resource, all through
+    :meth:`Sanitizer.clean_attributes` / :meth:`Sanitizer.scrub_text`, the path the record writer
+    uses too. ``clean_resource`` lets the exporter reuse one cleaned copy per Resource (default:
+    clean it here)."""
     changes: dict[str, Any] = {}
-    attributes = _clean_attributes(span.attributes or {}, sanitizer)
-    if attributes is not None:
-        changes["attributes"] = attributes
-    events = [_clean_attributes(e.attributes or {}, sanitizer) for e in span.events]
-    if any(clean is not None for clean in events):
-        changes["events"] = [
-            Event(e.name, clean, e.timestamp) if clean is not None else e
-            for clean, e in zip(events, span.events, strict=True)
-        ]
-    links = [_clean_attributes(link.attributes or {}, sanitizer) for link in span.links]
-    if any(clean is not None for clean in links):
-        changes["links"] = [
-            Link(link.context, clean) if clean is not None else link
-            for clean, link in zip(links, span.links, strict=True)
-        ]
+    scrub = sanitizer.scrub_text
+    name = scrub(span.name)
+    if name != span.name:
+        changes["name"] = name
+    attributes = span.attributes or {}
+    clean = sanitizer.clean_attributes(attributes)
+    if clean is not attributes:
+        changes["attributes"] = clean
+    events = span.events  # a fresh tuple per access: read once
+    if events:
+        clean_events = [_clean_event(event, sanitizer) for event in events]
+        if any(new is not old for new, old in zip(clean_events, events, strict=True)):
+            changes["events"] = clean_events
+    links = span.links
+    if links:
+        clean_links = [_clean_link(link, sanitizer) for link in links]
+        if any(new is not old for new, old in zip(clean_links, links, strict=True)):
+            changes["links"] = clean_links
     description = span.status.description
     if description:
-        scrubbed = sanitizer.scrub_text(description)
+        scrubbed = scrub(description)
         if scrubbed != description:
             changes["status"] = Status(span.status.status_code, scrubbed)
+    scope = span.instrumentation_scope
+    if scope is not None and scope.attributes:  # browsers send scope attributes too
+        scope_attributes = sanitizer.clean_attributes(scope.attributes)
+        if scope_attributes is not scope.attributes:
+            changes["instrumentation_scope"] = InstrumentationScope(scope.name, scope.version, scope.schema_url,
+                                                                    scope_attributes)
+    resource = span.resource
+    if resource is not None:
+        cleaned = clean_resource(resource) if clean_resource else _clean_resource(resource, sanitizer)
+        if cleaned is not resource:
+            changes["resource"] = cleaned
     return replace_span(span, **changes) if changes else span
+
+
+def _clean_event(event: Event, sanitizer: Sanitizer) -> Event:
+    attributes = event.attributes or {}
+    clean = sanitizer.clean_attributes(attributes)
+    name = sanitizer.scrub_text(event.name)
+    if clean is attributes and name == event.name:
+        return event
+    return Event(name, clean, event.timestamp)
+
+
+def _clean_link(link: Link, sanitizer: Sanitizer) -> Link:
+    attributes = link.attributes or {}
+    clean = sanitizer.clean_attributes(attributes)
+    return link if clean is attributes else Link(link.context, clean)
+
+
+def _clean_resource(resource: Resource, sanitizer: Sanitizer) -> Resource:
+    attributes = resource.attributes
+    clean = sanitizer.clean_attributes(attributes)
+    return resource if clean is attributes else Resource(clean, resource.schema_url)
 
 
 def replace_span(span: ReadableSpan, **changes: Any) -> ReadableSpan:
@@ -218,33 +256,43 @@ def replace_span(span: ReadableSpan, **changes: Any) -> ReadableSpan:
     return ReadableSpan(**fields)
 
 
-def _clean_attributes(attributes, sanitizer: Sanitizer):  # type: ignore[no-untyped-def]
-    """Cleaned copy of ``attributes``, or ``None`` when nothing needed cleaning (the common case)."""
-    changed: dict[str, object] | None = None
-    for key, value in attributes.items():
-        new = value
-        if key in _SQL_ATTRIBUTES and isinstance(value, str):
-            new = sanitizer.scrub_sql(value, ansi_quotes=ansi_quotes_for(attributes.get("db.system")))
-        elif sanitizer.enabled and sanitizer.is_sensitive_key(key):
-            new = MASK
-        elif key in _TEXT_ATTRIBUTES and isinstance(value, str):
-            new = sanitizer.scrub_text(value)
-        if new != value:
-            if changed is None:
-                changed = dict(attributes)
-            changed[key] = new
-    return changed
+RESOURCE_CACHE_SIZE = 64
 
 
 class SanitizingSpanExporter(SpanExporter):
-    """Scrubs every span before it leaves the process (secrets and SQL literals never exported)."""
+    """Scrubs every span before it leaves the process (secrets and SQL literals never exported).
+
+    Runs on the SDK's export thread (and on a thread calling ``force_flush``; the SDK serialises
+    the two). Resources are cleaned once per Resource object: a provider's spans all share one, and
+    ingested browser spans share one per OTLP request, so a small identity-keyed cache of
+    ``RESOURCE_CACHE_SIZE`` entries holds the cleaned copies (``Resource.__hash__`` serialises every
+    attribute to JSON, so hashing by value would cost more than the cleaning).
+    """
 
     def __init__(self, inner: SpanExporter, sanitizer: Sanitizer) -> None:
         self.inner = inner
         self._sanitizer = sanitizer
+        self._resources: OrderedDict[int, tuple[Resource, Resource]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return self.inner.export([sanitize_span(span, self._sanitizer) for span in spans])
+        return self.inner.export([sanitize_span(span, self._sanitizer, self._clean_resource) for span in spans])
+
+    def _clean_resource(self, resource: Resource) -> Resource:
+        key = id(resource)
+        with self._lock:  # dictionary operations only
+            # Each entry holds its resource, so no other object can take that id while it is cached.
+            cached = self._resources.get(key)
+            if cached is not None:
+                self._resources.move_to_end(key)
+                return cached[1]
+        clean = _clean_resource(resource, self._sanitizer)
+        with self._lock:
+            self._resources[key] = (resource, clean)
+            self._resources.move_to_end(key)
+            if len(self._resources) > RESOURCE_CACHE_SIZE:
+                self._resources.popitem(last=False)
+        return clean
 
     def shutdown(self) -> None:
         self.inner.shutdown()

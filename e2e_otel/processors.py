@@ -30,6 +30,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from . import forksafe
+from .baggage import workflow_name_from_baggage
 from .conf import Config
 from .correlation import internal_requests_in_flight
 from .spans_to_records import ATTR_INTERNAL, ATTR_WORKFLOW_BAGGAGE, BAGGAGE_WORKFLOW, StepData, step_from_span
@@ -100,9 +101,9 @@ class WorkflowSpanProcessor(SpanProcessor):
         # Per span on the request thread: the current context is resolved once for both lookups.
         context = context_api.get_current() if parent_context is None else parent_context
         # Baggage lives in the context, not on the span; copy the workflow name so on_end sees it.
-        value = baggage.get_baggage(BAGGAGE_WORKFLOW, context)
+        value = workflow_name_from_baggage(baggage.get_baggage(BAGGAGE_WORKFLOW, context))
         if value:
-            span.set_attribute(ATTR_WORKFLOW_BAGGAGE, str(value)[:100])
+            span.set_attribute(ATTR_WORKFLOW_BAGGAGE, value)
         # e2e-otel's own views mark their server span internal; their queries inherit the mark so
         # the whole trace stays out of the workflow records.
         if not internal_requests_in_flight():

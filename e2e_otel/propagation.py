@@ -21,12 +21,13 @@ from collections.abc import Sequence
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context.context import Context
 from opentelemetry.propagators import textmap
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace.span import TraceState
+
+from .baggage import BaggagePropagator
 
 __all__ = [
     "CORRELATION_HEADER",
@@ -373,9 +374,10 @@ class CorrelationIdGenerator(RandomIdGenerator):
 
 
 def default_propagator(correlation_header: str = CORRELATION_HEADER) -> textmap.TextMapPropagator:
-    """Trace context, then baggage, then correlation id; the order matters because
-    ``CompositePropagator`` feeds each propagator the context returned by the previous one and the
-    correlation propagator checks whether trace context produced a valid parent."""
+    """Trace context, then baggage (our validating :class:`~e2e_otel.baggage.BaggagePropagator`, not
+    the stock one, which logs malformed headers verbatim), then correlation id; the order matters
+    because ``CompositePropagator`` feeds each propagator the context returned by the previous one
+    and the correlation propagator checks whether trace context produced a valid parent."""
     return CompositePropagator(
-        [W3CTraceContextPropagator(), W3CBaggagePropagator(), CorrelationIdPropagator(correlation_header)]
+        [W3CTraceContextPropagator(), BaggagePropagator(), CorrelationIdPropagator(correlation_header)]
     )

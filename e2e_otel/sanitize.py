@@ -32,10 +32,13 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from .dberrors import mask_db_error_values
+
 __all__ = [
     "DEFAULT_SENSITIVE_KEYS",
     "MASK",
     "MAX_SQL_LENGTH",
+    "SQL_ATTRIBUTES",
     "TRUNCATION_MARKER",
     "Sanitizer",
     "ansi_quotes_for",
@@ -50,6 +53,8 @@ TRUNCATION_MARKER = "…[truncated]"
 DEPTH_MARKER = "[max depth]"
 TRUNCATED_ITEMS_KEY = "[truncated]"
 MAX_SQL_LENGTH = 8192
+#: Span attributes holding a statement: scrubbed as SQL (literals to ``?``), never as free text.
+SQL_ATTRIBUTES = frozenset({"db.statement", "db.query.text"})
 MEMO_SIZE = 1024  # distinct statements / texts remembered by Sanitizer.scrub_sql / scrub_text
 SQL_MEMO_MAX_CHARS = 4096  # longer statements are scrubbed without being remembered
 TEXT_MEMO_MAX_CHARS = 512  # short texts (names, routes, user ids) repeat; messages and traces mostly not
@@ -160,8 +165,9 @@ class Sanitizer:
     ``MEMO_SIZE`` raw statements of at most ``SQL_MEMO_MAX_CHARS`` and as many texts of at most
     ``TEXT_MEMO_MAX_CHARS`` stay in process memory). Safe to share between
     threads (derive, export, writer).
-    ``enabled=False`` turns masking off for keys and text (sizes are still bounded); SQL literals are
-    scrubbed regardless, because SQL parameter values are never exported.
+    ``enabled=False`` turns masking off for keys and text (sizes are still bounded); SQL literals and
+    values quoted in database error messages are scrubbed regardless, because SQL parameter values
+    are never exported.
 
     >>> Sanitizer().clean_mapping({"user_password": "hunter2", "http.route": "/login"})
     {'user_password': '[REDACTED]', 'http.route': '/login'}
@@ -204,6 +210,8 @@ class Sanitizer:
         self._scrub_sql_memo: Callable[[str, bool], str] = functools.lru_cache(maxsize=MEMO_SIZE)(
             lambda sql, ansi_quotes: scrub_sql(sql, ansi_quotes=ansi_quotes))
         self._scrub_text_memo: Callable[[str], str] = functools.lru_cache(maxsize=MEMO_SIZE)(self._scrub_text)
+        self._scrub_quoted_sql: Callable[[str, bool], str] = (
+            lambda sql, ansi_quotes: self.scrub_sql(sql, ansi_quotes=ansi_quotes))
 
     # --- keys --------------------------------------------------------------------------------------
 
@@ -234,6 +242,42 @@ class Sanitizer:
         attribute arrays stay homogeneous. Bytes and other objects are rendered as text and scrubbed.
         """
         return self._clean_dict(data, 1)
+
+    def clean_attributes(self, attributes: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Span, event, link or resource attributes as they may be exported *and* stored.
+
+        The one scrubbing path for OTel attributes: the exporter sends what this returns and the
+        record writer stores it, so the two copies cannot differ. ``SQL_ATTRIBUTES`` are scrubbed as
+        SQL (quoting per ``db.system``), values under sensitive keys masked, every other string, also
+        inside arrays, scrubbed as text (:meth:`scrub_text`: inline secrets, database error values)
+        and sizes bounded as by :meth:`clean_mapping`. Returns ``attributes`` itself when nothing
+        changed (the common case), so callers can skip copying.
+        """
+        changed: dict[str, Any] | None = None
+        mask = self.enabled
+        ansi_quotes: bool | None = None
+        for index, (key, value) in enumerate(attributes.items()):
+            if index >= self.max_items:
+                changed = dict(itertools.islice((attributes if changed is None else changed).items(), index))
+                changed[TRUNCATED_ITEMS_KEY] = f"{len(attributes) - index} more items"
+                break
+            if key in SQL_ATTRIBUTES and isinstance(value, str):
+                if ansi_quotes is None:
+                    ansi_quotes = ansi_quotes_for(attributes.get("db.system"))
+                new = self.scrub_sql(value, ansi_quotes=ansi_quotes)
+            elif mask and self.is_sensitive_key(key):
+                new = MASK
+            elif isinstance(value, str):  # most values: straight to the memoised text scrub
+                new = self.scrub_text(value)
+            elif isinstance(value, (bool, int, float)) or value is None:
+                continue
+            else:
+                new = self._clean_value(value, 1)
+            if new != value:
+                if changed is None:
+                    changed = dict(attributes)
+                changed[key] = new
+        return attributes if changed is None else changed
 
     def _clean_dict(self, data: Mapping[Any, Any], depth: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -285,20 +329,22 @@ class Sanitizer:
         ``"key": "value"`` pairs whose key is sensitive; whole ``Authorization:`` and
         ``Cookie:``/``Set-Cookie:`` header lines; ``Bearer`` and ``Basic`` credentials; the password
         of ``scheme://user:password@host``; PEM private keys; JWTs; Luhn-valid 13-19 digit card numbers
-        (optionally grouped with spaces or dashes, first digit 2-6).
+        (optionally grouped with spaces or dashes, first digit 2-6); values quoted in MySQL, PostgreSQL
+        and Django database error messages (``Duplicate entry '?' for key 'email'``, see
+        :mod:`e2e_otel.dberrors`).
         """
         limit = self.max_string_length
-        if not self.enabled:
-            return _truncate(text, limit)
         cut = len(text) > limit
         if cut:
             text = text[: limit + _SCRUB_MARGIN]
-        text = self._scrub(text)
+        # Values quoted in database errors are SQL parameter values: masked even with masking off.
+        text = self._scrub(text) if self.enabled else mask_db_error_values(text, self._scrub_quoted_sql)
         if cut or len(text) > limit:
             return text[:limit] + TRUNCATION_MARKER
         return text
 
     def _scrub(self, text: str) -> str:
+        text = mask_db_error_values(text, self._scrub_quoted_sql)
         lower = _lower(text)
         if "://" in text:
             text = _URL_CREDENTIALS.sub(r"\1:" + MASK + "@", text)

@@ -115,3 +115,43 @@ def test_threshold_admin_validates_direction(admin_client_):
     response = admin_client_.post("/admin/e2e_otel/performancethreshold/add/", data)
     assert response.status_code == 302
     assert PerformanceThreshold.objects.get().critical_threshold == 900
+
+
+def test_plain_registrations_are_taken_over_and_host_admins_kept(caplog: pytest.LogCaptureFixture) -> None:
+    """A host app's register-everything loop ran first (``tests/test_startup.py`` runs the real case)."""
+    from django.contrib import admin
+
+    from e2e_otel.admin import MODEL_ADMINS, WorkflowSessionAdmin, register_admins
+
+    class HostTraceStepAdmin(admin.ModelAdmin):
+        pass
+
+    site = admin.AdminSite(name="host")
+    site.register(WorkflowSession)  # what `for model in apps.get_models(): site.register(model)` does
+    site.register(TraceStep, HostTraceStepAdmin)
+    with caplog.at_level("INFO", logger="e2e_otel.admin"):
+        register_admins(site)
+    assert type(site._registry[WorkflowSession]) is WorkflowSessionAdmin
+    assert type(site._registry[TraceStep]) is HostTraceStepAdmin
+    assert set(site._registry) == {model for model, _ in MODEL_ADMINS}
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "e2e-otel: replaced the plain admin registration of WorkflowSession with e2e-otel's admin",
+        "e2e-otel: TraceStep (tests.test_admin.test_plain_registrations_are_taken_over_and_host_admins_kept."
+        "<locals>.HostTraceStepAdmin) already registered in the admin by the project; that registration is kept "
+        "and e2e-otel's admin pages are not used",
+    ]
+
+
+def test_a_second_registration_changes_nothing_and_says_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    from django.contrib import admin
+
+    from e2e_otel.admin import register_admins
+
+    site = admin.AdminSite(name="twice")
+    register_admins(site)
+    before = dict(site._registry)
+    with caplog.at_level("INFO", logger="e2e_otel.admin"):
+        register_admins(site)
+    assert caplog.records == []
+    assert {m: type(a) for m, a in site._registry.items()} == {m: type(a) for m, a in before.items()}

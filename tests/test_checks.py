@@ -10,7 +10,17 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
-from e2e_otel.checks import check_settings, mysql_driver_warnings, provider_settings_warnings
+from e2e_otel.checks import (
+    INCLUDE_LINE,
+    URL_ENDPOINTS,
+    check_migrations,
+    check_settings,
+    check_urls,
+    mysql_driver_warnings,
+    provider_settings_warnings,
+    unapplied_migrations,
+    url_messages,
+)
 from tests.servers import PYTHON, REPO_ROOT, subprocess_env
 
 
@@ -130,3 +140,117 @@ def test_provider_keys_under_a_foreign_provider_are_w004(monkeypatch: pytest.Mon
     assert _ids(messages) == ["e2e_otel.W004"]
     assert "OTLP_ENDPOINT, SERVICE_NAME" in messages[0].msg and "OTEL_SERVICE_NAME" in messages[0].hint
     assert provider_settings_warnings(resolve({"API_KEY": "k"}, {})) == []
+
+
+# --- W007 / I001: e2e-otel's URLs reachable through ROOT_URLCONF --------------------------------------
+
+
+def test_the_readme_placement_has_no_url_message() -> None:
+    assert url_messages("tests.urls", URL_ENDPOINTS) == []
+    assert check_urls() == []
+
+
+def test_a_catch_all_before_the_include_is_w007_naming_the_pattern() -> None:
+    messages = url_messages("tests.hostproject.urls_shadowed", URL_ENDPOINTS)
+    assert _ids(messages) == ["e2e_otel.W007"] * 3
+    assert "the debugging API is mounted at /api/v1/debugging/workflow-sessions/" in messages[0].msg
+    for message in messages:
+        assert "pattern '^(?P<path>.*)$' (view django.views.static.serve)" in message.msg
+        assert "Move the include of e2e_otel.urls above the pattern '^(?P<path>.*)$'" in message.hint
+    with override_settings(ROOT_URLCONF="tests.hostproject.urls_shadowed"):
+        assert _ids(check_urls()) == ["e2e_otel.W007"] * 3
+    with override_settings(ROOT_URLCONF="tests.hostproject.urls_shadowed", E2E_OTEL={"METRICS_ENABLED": False}):
+        assert len(check_urls()) == 2  # /metrics is not served then
+
+
+class MetricsShadowed:
+    """A URLconf (any object with ``urlpatterns``) whose own /metrics comes before the include."""
+
+    from django.http import HttpResponse
+    from django.urls import include, path
+
+    urlpatterns = [path("metrics", lambda request: MetricsShadowed.HttpResponse("mine"), name="host-metrics"),
+                   path("", include("e2e_otel.urls"))]
+
+
+def test_one_shadowed_url_is_one_w007() -> None:
+    messages = url_messages(MetricsShadowed, URL_ENDPOINTS)  # type: ignore[arg-type]
+    assert _ids(messages) == ["e2e_otel.W007"]
+    assert "/metrics is mounted at /metrics, but that URL resolves to pattern 'metrics'" in messages[0].msg
+
+
+def test_a_script_prefix_is_not_a_shadow() -> None:
+    from django.urls import get_script_prefix, set_script_prefix
+
+    before = get_script_prefix()
+    set_script_prefix("/shop/")  # what django.setup() does with FORCE_SCRIPT_NAME = "/shop"
+    try:
+        assert url_messages("tests.urls", URL_ENDPOINTS) == []
+    finally:
+        set_script_prefix(before)
+
+
+def test_urls_not_included_is_i001_with_the_include_line() -> None:
+    messages = url_messages("tests.hostproject.urls_without", URL_ENDPOINTS)
+    assert _ids(messages) == ["e2e_otel.I001"]
+    assert "/api/v1/debugging/otlp/v1/traces" in messages[0].msg and "/metrics" in messages[0].msg
+    assert INCLUDE_LINE in messages[0].hint
+    assert not messages[0].is_serious()
+
+
+def test_a_broken_urlconf_is_left_to_django() -> None:
+    with override_settings(ROOT_URLCONF="tests.no_such_urlconf"):
+        assert check_urls() == []
+
+
+# --- E003 / W006: the record database and its migrations ------------------------------------------------
+
+
+def test_an_unknown_database_alias_is_e003() -> None:
+    with override_settings(E2E_OTEL={"DATABASE_ALIAS": "records"}):
+        messages = check_migrations()
+    assert _ids(messages) == ["e2e_otel.E003"]
+    assert "'records'" in messages[0].msg and "'default'" in messages[0].hint
+
+
+@pytest.mark.django_db
+def test_the_migrated_test_database_has_no_unapplied_migrations() -> None:
+    assert unapplied_migrations("default", timeout=10) == []
+    assert check_migrations(databases=None) == []
+
+
+def test_an_unreachable_database_gives_no_message_within_the_timeout() -> None:
+    import time
+
+    started = time.monotonic()
+    assert unapplied_migrations("unreachable", timeout=3) is None
+    assert time.monotonic() - started < 3.5
+
+
+def _host_manage(args: list[str], env: dict[str, str]) -> str:
+    env = subprocess_env({"DJANGO_SETTINGS_MODULE": "tests.hostproject.settings", "HOST_EVERYTHING": "0", **env})
+    result = subprocess.run([PYTHON, str(REPO_ROOT / "tests" / "hostproject" / "manage.py"), *args], cwd=REPO_ROOT,
+                            env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_unapplied_migrations_are_w006_until_migrate(tmp_path) -> None:
+    env = {"HOST_DB_NAME": str(tmp_path / "host.sqlite3")}
+    output = _host_manage(["check"], env)
+    assert "e2e_otel.W006" in output and "not applied on database 'default'" in output, output
+    assert "HINT: Run `manage.py migrate e2e_otel`." in output
+    migrate = _host_manage(["migrate", "-v", "0"], env)
+    assert "W006" not in migrate  # migrate passes its database: no warning about what it is applying
+    assert "e2e_otel.W006" not in _host_manage(["check"], env)
+
+
+@pytest.mark.slow
+def test_check_with_the_database_down_neither_fails_nor_hangs() -> None:
+    import time
+
+    started = time.monotonic()
+    output = _host_manage(["check"], {"HOST_DB": "mysql", "HOST_DB_PORT": "1"})
+    assert "W006" not in output and "Traceback" not in output
+    assert time.monotonic() - started < 20

@@ -6,6 +6,7 @@ collector address comes from the standard ``OTEL_EXPORTER_OTLP_*`` variables, as
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -220,3 +221,153 @@ def test_queue_full_warnings_are_rate_limited() -> None:
     other = logging.LogRecord("x", logging.WARNING, "", 0, "something else", None, None)
     assert [log_filter.filter(record) for _ in range(5)] == [True, False, False, False, False]
     assert log_filter.suppressed == 4 and log_filter.filter(other)
+
+
+# --- every exported field is scrubbed, on the same path the record writer uses ------------------------
+
+
+def _sanitizing_provider(resource=None):  # type: ignore[no-untyped-def]
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from e2e_otel.exporters import SanitizingSpanExporter
+    from e2e_otel.sanitize import Sanitizer
+
+    sink = InMemorySpanExporter()
+    exporter = SanitizingSpanExporter(sink, Sanitizer())
+    provider = TracerProvider(resource=resource) if resource is not None else TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter, sink
+
+
+def test_failed_workflow_message_in_an_event_attribute_is_scrubbed() -> None:
+    """Issue #18.4: ``fail_workflow(..., "... api_key=...")`` put the raw message in the status event."""
+    from e2e_otel.spans_to_records import ATTR_WORKFLOW_MESSAGE, ATTR_WORKFLOW_STATUS, EVENT_WORKFLOW_STATUS
+
+    provider, _, sink = _sanitizing_provider()
+    span = provider.get_tracer("t").start_span("workflow")
+    span.add_event(EVENT_WORKFLOW_STATUS, {ATTR_WORKFLOW_STATUS: "failed",
+                                           ATTR_WORKFLOW_MESSAGE: "charge refused api_key=sk_live_4242 by PSP",
+                                           "e2e.workflow.metadata.note": "retry with token: abc123xyz"})
+    span.end()
+    (exported,) = sink.get_finished_spans()
+    attributes = exported.events[0].attributes
+    assert "sk_live_4242" not in repr(attributes) and "abc123xyz" not in repr(attributes)
+    assert attributes[ATTR_WORKFLOW_MESSAGE].startswith("charge refused api_key=")
+    assert attributes[ATTR_WORKFLOW_STATUS] == "failed"
+
+
+def test_database_error_values_are_masked_in_exception_events_and_status() -> None:
+    import pymysql
+
+    provider, _, sink = _sanitizing_provider()
+    error = pymysql.err.IntegrityError(1062, "Duplicate entry 'alice@example.org' for key 'email'")
+    with pytest.raises(pymysql.err.IntegrityError), provider.get_tracer("t").start_as_current_span("INSERT"):
+        raise error
+    (exported,) = sink.get_finished_spans()
+    everything = repr((exported.status.description, [dict(e.attributes) for e in exported.events]))
+    assert "alice@example.org" not in everything
+    assert "Duplicate entry '?' for key 'email'" in exported.status.description
+    assert "Duplicate entry '?' for key 'email'" in exported.events[0].attributes["exception.stacktrace"]
+
+
+def test_resource_attributes_are_scrubbed_once_per_resource_object() -> None:
+    from opentelemetry.sdk.resources import Resource
+
+    from e2e_otel.sanitize import MASK
+
+    resource = Resource({"service.name": "shop", "app.api_token": "t-123",
+                         "browser.url": "https://shop.example/reset?api_token=t-456&x=1"})
+    provider, exporter, sink = _sanitizing_provider(resource)
+    tracer = provider.get_tracer("t")
+    for _ in range(3):
+        tracer.start_span("s").end()
+    first, *rest = sink.get_finished_spans()
+    assert first.resource.attributes["app.api_token"] == MASK
+    assert "t-456" not in first.resource.attributes["browser.url"]
+    assert first.resource.attributes["service.name"] == "shop"
+    assert all(span.resource is first.resource for span in rest)  # one cleaned copy, reused
+    assert len(exporter._resources) == 1
+    clean = Resource({"service.name": "clean"})
+    provider2, _, sink2 = _sanitizing_provider(clean)
+    provider2.get_tracer("t").start_span("s").end()
+    assert sink2.get_finished_spans()[0].resource is clean  # nothing to scrub: exported as is
+
+
+def test_browser_resource_and_scope_attributes_are_scrubbed() -> None:
+    """Ingested spans carry the browser's resource: ``api_token=…`` came through from a browser."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+    from opentelemetry.proto.trace.v1 import trace_pb2
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from e2e_otel.exporters import SanitizingSpanExporter
+    from e2e_otel.otlp_decode import to_readable_spans
+    from e2e_otel.sanitize import Sanitizer
+
+    def kv(key: str, value: str) -> KeyValue:
+        return KeyValue(key=key, value=AnyValue(string_value=value))
+
+    now = time.time_ns()
+    span = trace_pb2.Span(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name="GET /reset?api_token=tok-span",
+                          start_time_unix_nano=now - 1000, end_time_unix_nano=now,
+                          attributes=[kv("http.url", "https://shop.example/?session=tok-attr")])
+    request = ExportTraceServiceRequest(resource_spans=[trace_pb2.ResourceSpans(
+        resource=Resource(attributes=[kv("service.name", "shop-web"),
+                                      kv("browser.page", "https://shop.example/?api_token=tok-resource"),
+                                      kv("app.session_token", "tok-key")]),
+        scope_spans=[trace_pb2.ScopeSpans(
+            scope=InstrumentationScope(name="fetch", attributes=[kv("config", "password=tok-scope")]),
+            spans=[span, span])],
+    )])
+    spans = to_readable_spans(request).spans
+    assert "tok-resource" in repr(spans[0].resource.attributes)  # the decoder keeps them: export must scrub
+    sink = InMemorySpanExporter()
+    SanitizingSpanExporter(sink, Sanitizer()).export(spans)
+    exported = sink.get_finished_spans()
+    for item in exported:
+        text = repr((item.name, dict(item.attributes), dict(item.resource.attributes),
+                     dict(item.instrumentation_scope.attributes or {})))
+        assert "tok-" not in text, text
+        assert item.resource.attributes["service.name"] == "shop-web"
+    assert exported[0].resource is exported[1].resource
+
+
+def test_exported_attributes_equal_the_stored_scrubbing() -> None:
+    """One path: what the exporter sends is exactly ``Sanitizer.clean_attributes``, the function the
+    record writer stores (so export and storage cannot diverge)."""
+    from e2e_otel.sanitize import Sanitizer
+
+    attributes = {
+        "db.system": "postgresql", "db.statement": "SELECT * FROM \"u\" WHERE email = 'a@b.c'",
+        "http.url": "https://x.example/?token=abc", "custom.note": "password=hunter2", "user.password": "p",
+        "tags": ("ok", "secret=s3"), "n": 5, "flag": True, "exception.message": "Duplicate entry 'v' for key 'k'",
+    }
+    provider, _, sink = _sanitizing_provider()
+    provider.get_tracer("t").start_span("s", attributes=attributes).end()
+    (exported,) = sink.get_finished_spans()
+    assert dict(exported.attributes) == dict(Sanitizer().clean_attributes(attributes))
+    text = repr(dict(exported.attributes))
+    for secret in ("a@b.c", "abc", "hunter2", "'p'", "s3", "'v'"):
+        assert secret not in text, secret
+
+
+def test_clean_spans_are_exported_unchanged() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from e2e_otel.exporters import SanitizingSpanExporter
+    from e2e_otel.sanitize import Sanitizer
+
+    raw = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(raw))
+    with provider.get_tracer("t").start_as_current_span("GET /items", attributes={"http.route": "/items"}) as span:
+        span.add_event("e", {"k": "v"})
+    (ended,) = raw.get_finished_spans()
+    sink = InMemorySpanExporter()
+    SanitizingSpanExporter(sink, Sanitizer()).export([ended])
+    assert sink.get_finished_spans()[0] is ended  # nothing copied when nothing needed scrubbing

@@ -6,8 +6,10 @@ import io
 import json
 import logging
 import sys
+import time
 import uuid
 
+import pytest
 from django.test import Client
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
@@ -132,3 +134,94 @@ def test_records_of_interleaved_traces_get_their_own_ids() -> None:
         assert e2e_logging._last_trace[0] == context.trace_id  # the memo holds one entry
     record = factory("tests.memo", logging.INFO, __file__, 1, "m", None, None)
     assert record.correlation_id == record.trace_id == record.span_id == ""
+
+
+# --- records made after the server span ended, while the request is still being handled ----------------
+
+
+def _not_found_records(caplog, correlation_id: str, path: str = "/no-such-page/") -> list[logging.LogRecord]:
+    caplog.clear()
+    response = Client().get(path, headers={"X-Correlation-ID": correlation_id})
+    assert response.status_code == 404 and response["X-Correlation-ID"] == correlation_id
+    return [r for r in caplog.records if r.name == "django.request"]
+
+
+def test_django_request_not_found_lines_carry_the_request_ids(spans, caplog) -> None:
+    """Issue #18.8: Django logs "Not Found" in get_response after the middleware chain, i.e. after the
+    OTel middleware ended the server span and detached its context."""
+    caplog.set_level(logging.INFO)
+    correlation_id = str(uuid.uuid4())
+    (record,) = _not_found_records(caplog, correlation_id)
+    assert record.getMessage() == "Not Found: /no-such-page/"
+    server = next(s for s in spans.get_finished_spans() if s.kind is SpanKind.SERVER)
+    assert server.end_time is not None  # the span had ended when the line was written
+    assert record.correlation_id == correlation_id
+    assert record.trace_id == correlation_id.replace("-", "")
+    assert record.span_id == f"{server.context.span_id:016x}"
+
+
+def test_request_ids_do_not_leak_past_the_request(spans, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    assert _not_found_records(caplog, first)[0].correlation_id == first
+    logging.getLogger("tests.logging").info("between requests")
+    (between,) = [r for r in caplog.records if r.name == "tests.logging"]
+    assert between.correlation_id == between.trace_id == between.span_id == ""
+    assert _not_found_records(caplog, second)[0].correlation_id == second
+
+
+def test_bind_request_ignores_an_invalid_context() -> None:
+    from opentelemetry.trace import INVALID_SPAN_CONTEXT
+
+    from e2e_otel import logging as e2e_logging
+
+    install_record_factory()
+    e2e_logging.bind_request(INVALID_SPAN_CONTEXT)
+    record = logging.getLogRecordFactory()("tests.bind", logging.INFO, __file__, 1, "m", None, None)
+    assert record.correlation_id == ""
+    e2e_logging._unbind_request()
+
+
+@pytest.mark.slow
+def test_runserver_request_and_access_lines_carry_the_correlation_id() -> None:
+    """runserver's ``django.server`` line is written after the response, before it is closed."""
+    from tests.servers import runserver, subprocess_env
+
+    env = subprocess_env({"DJANGO_SETTINGS_MODULE": "tests.settings_logging", "E2E_TEST_DB": "sqlite"})
+    with runserver(env) as server:
+        ids = {}
+        for path in ("/ping/", "/no-such-page/"):
+            correlation_id = str(uuid.uuid4())
+            status, headers, _ = server.get(path, {"X-Correlation-ID": correlation_id})
+            assert status == (200 if path == "/ping/" else 404), server.logs()
+            assert headers["x-correlation-id"] == correlation_id, server.logs()
+            ids[path] = correlation_id
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and server.logs().count('"logger": "django.server"') < 2:
+            time.sleep(0.1)
+        lines = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
+    by_logger: dict[str, list[dict]] = {}
+    for line in lines:
+        by_logger.setdefault(line["logger"], []).append(line)
+    access = {line["message"].split()[1]: line for line in by_logger["django.server"]}
+    assert access["/ping/"]["correlation_id"] == ids["/ping/"]
+    assert access["/no-such-page/"]["correlation_id"] == ids["/no-such-page/"]
+    assert access["/no-such-page/"]["span_id"]
+    (not_found,) = by_logger["django.request"]
+    assert not_found["correlation_id"] == ids["/no-such-page/"]
+    (view,) = by_logger["tests.views"]
+    assert view["correlation_id"] == ids["/ping/"]
+
+
+def test_not_found_lines_under_asgi_carry_the_request_ids(spans, caplog) -> None:
+    """Under ASGI Django writes the line from a worker thread (``sync_to_async``), which copies the
+    request's context, so the bound ids travel with it."""
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncClient
+
+    caplog.set_level(logging.INFO)
+    correlation_id = str(uuid.uuid4())
+    response = async_to_sync(AsyncClient().get)("/no-such-page/", headers={"X-Correlation-ID": correlation_id})
+    assert response.status_code == 404 and response["X-Correlation-ID"] == correlation_id
+    (record,) = [r for r in caplog.records if r.name == "django.request"]
+    assert record.correlation_id == correlation_id and len(record.span_id) == 16

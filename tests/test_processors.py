@@ -145,7 +145,7 @@ def test_on_start_copies_workflow_baggage_and_inherits_the_internal_mark(harness
         empty = tracer.start_span("no baggage", context=context.Context())
     finally:
         context.detach(token)
-    assert current.attributes[ATTR_WORKFLOW_BAGGAGE] == "x" * 100
+    assert ATTR_WORKFLOW_BAGGAGE not in current.attributes  # over 100 characters: not a workflow name
     assert other.attributes[ATTR_WORKFLOW_BAGGAGE] == "other"
     assert ATTR_WORKFLOW_BAGGAGE not in empty.attributes
 

@@ -17,6 +17,7 @@ from ..models import (
     WorkflowSession,
     WorkflowStatus,
 )
+from ..sanitize import Sanitizer, default_sanitizer
 
 MAX_METADATA_KEYS = 128
 
@@ -136,7 +137,18 @@ class PerformanceSnapshotSerializer(serializers.ModelSerializer):
         return sanitize_metadata(value)
 
 
+def _configuration_sanitizer() -> Sanitizer:
+    from ..bootstrap import get_runtime
+
+    runtime = get_runtime()
+    return runtime.sanitizer if runtime is not None else default_sanitizer()
+
+
 class DebugConfigurationSerializer(serializers.ModelSerializer):
+    """Debug configurations are masked both ways, like span attributes: on the way in, so no secret
+    is ever stored (``{"api_key": "…"}`` is saved as ``"[REDACTED]"``: this is not a secret store),
+    and on the way out, for rows written before masking existed or by the admin / the ORM."""
+
     class Meta:
         model = DebugConfiguration
         fields = ["id", "name", "enabled", "description", "config_data", "created_at", "updated_at"]
@@ -145,7 +157,21 @@ class DebugConfigurationSerializer(serializers.ModelSerializer):
     def validate_config_data(self, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise serializers.ValidationError("expected a JSON object")
-        return value
+        if len(value) > MAX_METADATA_KEYS:
+            raise serializers.ValidationError(f"at most {MAX_METADATA_KEYS} keys")
+        return _configuration_sanitizer().clean_mapping(value)
+
+    def validate_description(self, value: str) -> str:
+        return _configuration_sanitizer().scrub_text(value)
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        data = dict(super().to_representation(instance))
+        sanitizer = _configuration_sanitizer()
+        config = data.get("config_data")
+        data["config_data"] = sanitizer.clean_mapping(config) if isinstance(config, dict) else {}
+        if data.get("description"):
+            data["description"] = sanitizer.scrub_text(data["description"])
+        return data
 
 
 class PerformanceThresholdSerializer(serializers.ModelSerializer):

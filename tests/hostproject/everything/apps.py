@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class EverythingConfig(AppConfig):
+    name = "tests.hostproject.everything"
+    label = "everything"
