@@ -23,6 +23,7 @@ from .models import (
     Layer,
     PerformanceSnapshot,
     PerformanceThreshold,
+    QueryFinding,
     TraceStep,
     WorkflowSession,
 )
@@ -194,6 +195,12 @@ class PerformanceSnapshotAdmin(ReadOnlyRecordAdmin):
     date_hierarchy = "timestamp"
 
 
+class QueryFindingAdmin(ReadOnlyRecordAdmin):
+    list_display = ("created_at", "kind", "table", "route", "count", "max_ms", "correlation_id")
+    list_filter = ("kind", "created_at")
+    search_fields = ("table", "route")
+
+
 class DebugConfigurationAdmin(admin.ModelAdmin):
     list_display = ("name", "enabled", "description", "updated_at")
     list_filter = ("enabled",)
@@ -214,6 +221,7 @@ MODEL_ADMINS: tuple[tuple[type[Model], type[admin.ModelAdmin[Any]]], ...] = (
     (TraceStep, TraceStepAdmin),
     (ErrorLog, ErrorLogAdmin),
     (PerformanceSnapshot, PerformanceSnapshotAdmin),
+    (QueryFinding, QueryFindingAdmin),
     (DebugConfiguration, DebugConfigurationAdmin),
     (PerformanceThreshold, PerformanceThresholdAdmin),
 )

@@ -76,7 +76,10 @@ def start(argv: Sequence[str]) -> None:
     if not config.is_active:
         return  # disabled: no SDK, no threads, no exporters
     from .logging import install_record_factory
+    from .metrics_multiprocess import configure_for_server
 
+    if config.METRICS_ENABLED:
+        configure_for_server()  # before anything of ours imports prometheus_client
     if install_runtime(config) is None:
         return
     install_record_factory()

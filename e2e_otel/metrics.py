@@ -2,8 +2,8 @@
 
 All families live in one ``E2EMetrics`` object so tests can build a private one on their own
 ``CollectorRegistry``; the process-wide instance (``get_metrics()``) registers on prometheus_client's
-default registry. Under gunicorn/uWSGI set ``PROMETHEUS_MULTIPROC_DIR`` (before the app starts) and
-reference ``e2e_otel.gunicorn.child_exit``: every worker writes its values to mmap files there and a
+default registry. In multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``; under gunicorn e2e-otel sets it
+up itself, see ``metrics_multiprocess.py``) every worker writes its values to mmap files there and a
 scrape of any worker sums them with ``MultiProcessCollector``. The catalogue is docs/metrics.md.
 """
 
@@ -24,6 +24,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics import MetricWrapperBase
 
 from . import forksafe
+from .metrics_multiprocess import AUTO_ENV, forget_dead_workers, multiprocess_dir
 from .routes import HTTP_METHODS, method_key
 
 logger = logging.getLogger(__name__)
@@ -57,15 +58,6 @@ def status_label(code: object) -> str:
     if isinstance(code, int) and not isinstance(code, bool) and 100 <= code <= 599:
         return str(code) if code in UNMATCHED_STATUSES else f"{code // 100}xx"
     return "none"
-
-
-def multiprocess_dir() -> str | None:
-    """The prometheus_client multiprocess directory, when this process runs in that mode."""
-    return (
-        os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-        or os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112 - prometheus_client's legacy lower-case name
-        or None
-    )
 
 
 class LabelCap:
@@ -305,8 +297,15 @@ class E2EMetrics:
     def _after_fork_in_child(self) -> None:
         """Fresh lock, and the constant gauges re-applied: in multiprocess mode a child's values start
         from its own, empty file (a 0 in ``exporter_up`` would read as an outage). ``_last_stats`` is
-        kept: the child's record processors continue the parent's cumulative numbers."""
+        kept: the child's record processors continue the parent's cumulative numbers. In e2e-otel's
+        own directory a new (preforked) worker also forgets the live gauges of workers that died."""
         self._stats_lock = threading.Lock()
+        path = multiprocess_dir()
+        if path is not None and os.environ.get(AUTO_ENV) == "1":
+            try:
+                forget_dead_workers(path)
+            except OSError:
+                logger.debug("e2e-otel: could not clean %s", path, exc_info=True)
         self.exporter_up.set(1)
         self.cache_hit_ratio.set(1.0)
         if self._build_labels is not None:
@@ -365,7 +364,7 @@ class E2EMetrics:
 BREACH_METRICS = 7  # response_time, query_time, render_time, memory_usage, cpu_usage, error_rate, hit_rate
 
 
-def series_bound(max_labels: int = 200, *, rules: int = 7, drop_reasons: int = 4, written_kinds: int = 4) -> int:
+def series_bound(max_labels: int = 200, *, rules: int = 7, drop_reasons: int = 4, written_kinds: int = 5) -> int:
     """The most ``e2e_otel_*`` samples one process can expose (docs/metrics.md derives it).
 
     ``rules`` is the number of enabled layer-wide threshold rules. Counts the ``_created`` samples of

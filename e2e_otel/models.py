@@ -1,4 +1,4 @@
-"""The six record models. Rows are derived from spans by the record writer; nothing else writes them
+"""The seven record models. Rows are derived from spans by the record writer; nothing else writes them
 except explicit user actions (resolving an error, editing thresholds/configurations).
 
 MySQL notes: indexed ``CharField``s stay at or below 190 characters (utf8mb4 index limit), every API
@@ -255,3 +255,49 @@ class PerformanceThreshold(models.Model):
             raise ValidationError(
                 {"critical_threshold": "critical must be beyond warning in the rule's direction"}
             )
+
+
+class FindingKind(models.TextChoices):
+    N_PLUS_ONE = "n_plus_one", "N+1 queries"
+    SLOW_QUERY = "slow_query", "Slow query"
+
+
+class QueryFinding(models.Model):
+    """One N+1 or slow-query problem found in one trace's database spans (``QueryAnalyzer``, derive
+    thread), written by the record writer thread. One row per occurrence; ``fingerprint`` (kind +
+    statement shape + route) is equal for every occurrence of the same problem, so occurrences can
+    be aggregated across traces. ``statement`` is the scrubbed shape: no literal value is stored."""
+
+    kind = models.CharField(max_length=20, choices=FindingKind.choices)
+    fingerprint = models.CharField(max_length=64, help_text="sha256 hex of kind, statement shape and route.")
+    correlation_id = CorrelationIdField(db_index=True)
+    route = models.CharField(max_length=190, blank=True, default="", help_text="http.route, else the root span name.")
+    table = models.CharField(max_length=190, blank=True, default="")
+    operation = models.CharField(max_length=20, blank=True, default="")
+    statement = models.TextField(help_text="Scrubbed: literals replaced by ?.")
+    count = models.PositiveIntegerField(default=1, help_text="Executions of the statement in the trace.")
+    total_ms = models.FloatField(default=0.0)
+    max_ms = models.FloatField(default=0.0)
+    advice = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True, help_text="When it was detected.")
+
+    class Meta:
+        db_table = "debugging_query_finding"
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["kind", "created_at"], name="dbg_qf_kind_created"),
+            models.Index(fields=["table", "created_at"], name="dbg_qf_table_created"),
+            models.Index(fields=["fingerprint", "created_at"], name="dbg_qf_fp_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} on {self.table or '?'} x{self.count} ({self.correlation_id})"
+
+    def as_dict(self) -> dict[str, object]:
+        """The API's and the reports' shape (``queries.FindingData.as_dict`` has the same keys)."""
+        return {
+            "kind": self.kind, "correlation_id": str(self.correlation_id), "route": self.route,
+            "table": self.table, "operation": self.operation, "statement": self.statement,
+            "fingerprint": self.fingerprint, "count": self.count, "total_ms": self.total_ms,
+            "max_ms": self.max_ms, "advice": self.advice, "detected_at": self.created_at.timestamp(),
+        }

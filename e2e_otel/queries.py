@@ -7,10 +7,17 @@ up as one key with a high count without any parsing on the hot path. The stateme
 fingerprinted only when a finding is made, at the end of the trace's local root span. State is
 bounded: at most ``max_traces`` open traces and ``max_shapes`` distinct statements per trace; the
 oldest trace is evicted first.
+
+Findings go to the listeners: the Prometheus counters and, when records are on, the
+``FindingWriter`` (``findings_store.py``) that the record writer thread drains into the
+``QueryFinding`` table, which is what the API, the reports and ``debugging_report`` read. The
+analyzer's own ``recent`` ring is this process's short memory (for tests), not the source of any
+shared view.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict, deque
@@ -20,14 +27,18 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
+from .findings_store import finding_fingerprint
 from .propagation import format_correlation_id
 from .sanitize import ansi_quotes_for, scrub_sql, sql_operation_and_table
 from .spans_to_records import ATTR_INTERNAL
 
 if TYPE_CHECKING:
     from .bootstrap import Runtime
+    from .findings_store import FindingWriter
 
-__all__ = ["QueryAnalyzer", "QueryFinding", "advice_for", "build_query_analyzer"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["FindingData", "QueryAnalyzer", "advice_for", "build_query_analyzer"]
 
 _STATEMENT_KEYS = ("db.statement", "db.query.text")
 _MAX_STATEMENT_CHARS = 2048
@@ -38,8 +49,8 @@ _EMPTY: Mapping[str, Any] = {}
 
 
 @dataclass(frozen=True)
-class QueryFinding:
-    """One problem found in one trace, with what to do about it."""
+class FindingData:
+    """One problem found in one trace, with what to do about it (stored as ``models.QueryFinding``)."""
 
     kind: str  # "n_plus_one" | "slow_query"
     correlation_id: str
@@ -47,7 +58,7 @@ class QueryFinding:
     table: str
     operation: str
     statement: str  # scrubbed: literals replaced by ?
-    fingerprint: str
+    fingerprint: str  # findings_store.finding_fingerprint: kind + statement shape + route
     count: int
     total_ms: float
     max_ms: float
@@ -118,8 +129,9 @@ class QueryAnalyzer(SpanProcessor):
         self._max_shapes = max_shapes
         self._traces: OrderedDict[int, _TraceQueries] = OrderedDict()
         self._lock = threading.Lock()
-        self.recent: deque[QueryFinding] = deque(maxlen=max_findings)
-        self.listeners: list[Callable[[QueryFinding], None]] = []
+        self.recent: deque[FindingData] = deque(maxlen=max_findings)
+        self.listeners: list[Callable[[FindingData], object]] = []
+        self.writer: FindingWriter | None = None  # set by build_query_analyzer when records are on
         self.evicted_traces = 0
 
     def on_end(self, span: ReadableSpan) -> None:
@@ -189,30 +201,38 @@ class QueryAnalyzer(SpanProcessor):
         for finding in findings:
             self.recent.append(finding)
             for listener in self.listeners:
-                listener(finding)
+                try:
+                    listener(finding)
+                except Exception:  # one listener (metrics, the writer) must not cost the others
+                    logger.exception("e2e-otel: query finding listener %r failed", listener)
 
     @staticmethod
     def _finding(kind: str, correlation_id: str, route: str, statement: str, count: int,
-                 total_ns: int, max_ns: int, ansi_quotes: bool) -> QueryFinding:
+                 total_ns: int, max_ns: int, ansi_quotes: bool) -> FindingData:
         operation, table = sql_operation_and_table(statement)
         scrubbed = scrub_sql(statement, ansi_quotes=ansi_quotes)
-        fingerprint = " ".join(scrubbed.split()).rstrip(";").rstrip()  # sql_fingerprint, minus a 2nd scrub
-        return QueryFinding(
+        return FindingData(
             kind=kind, correlation_id=correlation_id, route=route, table=table or "",
-            operation=operation, statement=scrubbed, fingerprint=fingerprint,
+            operation=operation, statement=scrubbed, fingerprint=finding_fingerprint(kind, scrubbed, route),
             count=count, total_ms=round(total_ns / 1e6, 3), max_ms=round(max_ns / 1e6, 3),
             advice=advice_for(kind, operation, table or "", statement, count),
         )
 
-    def findings(self, kind: str | None = None) -> list[QueryFinding]:
-        """Recent findings, newest first."""
+    def findings(self, kind: str | None = None) -> list[FindingData]:
+        """This process's recent findings, newest first (the shared ones are in the database)."""
         items = list(self.recent)
         items.reverse()
         return [f for f in items if kind is None or f.kind == kind]
 
+    def stats(self) -> dict[str, Any]:
+        """The finding writer's counters (queue depth, drops, rows written) for the metrics scrape;
+        empty when findings are not stored."""
+        return self.writer.stats() if self.writer is not None else {}
+
 
 def build_query_analyzer(runtime: Runtime) -> QueryAnalyzer | None:
-    """``PROCESSOR_FACTORIES`` entry; findings also feed the Prometheus counters when metrics are on."""
+    """``PROCESSOR_FACTORIES`` entry (after the record processor): findings are stored by the
+    record writer when records are on, and feed the Prometheus counters when metrics are on."""
     config = runtime.config
     analyzer = QueryAnalyzer(slow_query_ms=float(config.SLOW_QUERY_MS),
                              n_plus_one_threshold=int(config.N_PLUS_ONE_THRESHOLD))
@@ -220,4 +240,13 @@ def build_query_analyzer(runtime: Runtime) -> QueryAnalyzer | None:
         from .metrics import get_metrics
 
         analyzer.listeners.append(get_metrics().observe_query_finding)
+    from .processors import WorkflowSpanProcessor
+
+    records = runtime.processor(WorkflowSpanProcessor)
+    if isinstance(records, WorkflowSpanProcessor):
+        from .findings_store import FindingWriter
+
+        analyzer.writer = FindingWriter(runtime.sanitizer, alias=records.writer.alias)
+        records.writer.add_batch_job(analyzer.writer)
+        analyzer.listeners.append(analyzer.writer.submit)
     return analyzer

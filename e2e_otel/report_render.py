@@ -61,7 +61,7 @@ def _sections(report: Report) -> list[tuple[str, Sequence[str], list[list[str]],
               for e in report.errors]
     if report.query_findings is None:
         findings: list[list[str]] = []
-        no_findings = "(query analysis is not running in this process)"
+        no_findings = "(query findings are not stored: E2E_OTEL['RECORDS_ENABLED'] is off)"
     else:
         findings = [[f["kind"], f["table"] or "?", f["route"] or "?", str(f["count"]), _ms(f["max_ms"]),
                      f["correlation_id"], f["statement"][:80]] for f in report.query_findings]

@@ -1,9 +1,10 @@
 """Debugging reports: what went wrong and what was slow over a time window, read from the record tables.
 
-Pure functions over the span-derived tables (plus the live ``QueryAnalyzer``'s in-memory findings),
-so the CLI (``manage.py debugging_report``), the API (``reports/``) and the demo summary can share one
-implementation. Every query is bounded (top-N, capped duration samples) and the percentiles are
-computed in Python, so it behaves the same on MySQL and SQLite. Runs on the caller's thread.
+Pure functions over the span-derived tables (query findings included: every process's
+``QueryAnalyzer`` stores them through the record writer), so the CLI (``manage.py debugging_report``),
+the API (``reports/``) and the demo summary can share one implementation. Every query is bounded
+(top-N, capped duration samples) and the percentiles are computed in Python, so it behaves the same
+on MySQL and SQLite. Runs on the caller's thread.
 
 Renderers (text, Markdown, JSON) live in :mod:`e2e_otel.report_render`.
 """
@@ -100,7 +101,7 @@ class Report:
     slowest_steps: dict[str, tuple[StepRow, ...]]  # layer -> top N, slowest first
     breaches: tuple[BreachGroup, ...]
     errors: tuple[ErrorGroup, ...]
-    query_findings: tuple[dict[str, Any], ...] | None  # None: no QueryAnalyzer in this process
+    query_findings: tuple[dict[str, Any], ...] | None  # None: findings are not stored (RECORDS_ENABLED off)
     totals: dict[str, int] = field(default_factory=dict)
 
 
@@ -152,7 +153,7 @@ def build_report(*, since: timedelta | datetime, now: datetime | None = None, to
         slowest_steps=_slowest_steps(alias, start, until, top, ids),
         breaches=_breaches(alias, start, until, ids),
         errors=_errors(alias, start, until, ids),
-        query_findings=_query_findings(start, until, ids),
+        query_findings=_query_findings(alias, start, until, ids),
         totals={
             "workflows": sum(w.total for w in workflows),
             "failed": sum(w.failed for w in workflows),
@@ -298,27 +299,21 @@ def _sanitizer() -> Any:
     return runtime.sanitizer if runtime is not None else None
 
 
-def _query_findings(start: datetime, until: datetime,
+def _query_findings(alias: str, start: datetime, until: datetime,
                     ids: frozenset[uuid.UUID] | None) -> tuple[dict[str, Any], ...] | None:
-    """Findings of this process's ``QueryAnalyzer`` detected in the window, N+1 first, worst first."""
-    from .bootstrap import get_runtime
-    from .queries import QueryAnalyzer
+    """Stored findings (every process's) detected in the window, N+1 first, then most repeated and
+    slowest; ``None`` when findings are not stored (``RECORDS_ENABLED`` off)."""
+    from .conf import get_config
+    from .models import FindingKind, QueryFinding
 
-    runtime = get_runtime()
-    analyzer = runtime.processor(QueryAnalyzer) if runtime is not None else None
-    if not isinstance(analyzer, QueryAnalyzer):
+    if not get_config().RECORDS_ENABLED:
         return None
-    low, high = start.timestamp(), until.timestamp()
-    found = [f for f in analyzer.findings() if low <= f.detected_at <= high
-             and (ids is None or _is_one_of(f.correlation_id, ids))]
-    found.sort(key=lambda f: (f.kind != "n_plus_one", -f.count, -f.max_ms))
+    rows = QueryFinding.objects.using(alias).filter(created_at__gte=start, created_at__lte=until)
+    if ids is not None:
+        rows = rows.filter(correlation_id__in=ids)
     keep = ("kind", "route", "table", "operation", "count", "total_ms", "max_ms", "correlation_id",
             "statement", "advice")
-    return tuple({k: f.as_dict()[k] for k in keep} for f in found[:MAX_GROUPS])
-
-
-def _is_one_of(correlation_id: str, ids: frozenset[uuid.UUID]) -> bool:
-    try:
-        return uuid.UUID(correlation_id) in ids
-    except (TypeError, ValueError):
-        return False
+    found = []
+    for kind in (FindingKind.N_PLUS_ONE, FindingKind.SLOW_QUERY):  # (kind, created_at) index, then sort
+        found += [row.as_dict() for row in rows.filter(kind=kind).order_by("-count", "-max_ms", "-id")[:MAX_GROUPS]]
+    return tuple({k: f[k] for k in keep} for f in found[:MAX_GROUPS])

@@ -38,7 +38,7 @@ import uuid
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeVar, cast
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
@@ -93,6 +93,13 @@ class _FlushToken:
 
 
 _STOP = object()
+
+
+class BatchJob(Protocol):
+    """Other writes the writer thread runs each cycle (``add_batch_job``)."""
+
+    def pending(self) -> bool: ...
+    def write(self) -> None: ...
 
 
 _SEEN_ERRORS_CAP = 4096
@@ -161,6 +168,7 @@ class RecordWriter:
         self._max_steps = int(config.MAX_STEPS_PER_WORKFLOW)
         self._max_frontend_steps = int(config.MAX_FRONTEND_STEPS_PER_WORKFLOW)
         self._rules = dict(config.WORKFLOWS)
+        self._jobs: list[BatchJob] = []  # kept across fork: the jobs reset their own state
         self._started = False
         self._reset_state()
         forksafe.register(self)  # a weak registration: writers may be discarded
@@ -215,6 +223,12 @@ class RecordWriter:
         if not self._wake.is_set() and self._queue.qsize() + len(self._pending) >= self._batch_size:
             self._wake.set()  # a batch is ready: the writer need not sleep out its interval
         return True
+
+    def add_batch_job(self, job: BatchJob) -> None:
+        """Have the writer thread also run ``job.write()`` each cycle while ``job.pending()``, on its
+        connection with instrumentation suppressed, before flush tokens are released; an outage it
+        raises backs the writer off like a record batch (e.g. ``findings_store.FindingWriter``)."""
+        self._jobs.append(job)
 
     def count_drop(self, reason: str, count: int = 1) -> None:
         with self._lock:
@@ -285,6 +299,7 @@ class RecordWriter:
                 if self._pending and now >= self._retry_at:
                     self._breathe.stand_back()  # write in the gaps between requests
                     self._drain()
+                self._run_jobs()
                 self._release_tokens()
                 if now >= self._next_sweep and now >= self._retry_at:
                     self._next_sweep = now + self._sweep_interval
@@ -296,10 +311,16 @@ class RecordWriter:
                     if self._pending:
                         self._retry_at = 0.0
                         self._drain()
+                    self._run_jobs()
                     self._release_tokens(all_tokens=True)
                     break
         finally:
             self._close_connection()
+
+    def _run_jobs(self) -> None:
+        for job in self._jobs:
+            if job.pending() and time.monotonic() >= self._retry_at:
+                self._attempt(job.write)
 
     def _urgent(self) -> bool:
         """Write now, requests in flight or not: a flush or stop waits, or the backlog is large."""
@@ -372,10 +393,12 @@ class RecordWriter:
     def _release_tokens(self, all_tokens: bool = False) -> None:
         if not self._tokens:
             return
+        self._run_jobs()  # a flush also waits for what the batch jobs had queued
+        jobs_done = not any(job.pending() for job in self._jobs)
         oldest = self._pending[0][0] if self._pending else None
         keep = []
         for token in self._tokens:
-            if all_tokens or oldest is None or token.seq < oldest:
+            if all_tokens or (jobs_done and (oldest is None or token.seq < oldest)):
                 with self._lock:
                     self._flushes -= 1
                 token.event.set()

@@ -42,12 +42,14 @@ def _records_only_in_transactional_tests(request: pytest.FixtureRequest):
     may not touch the database at all. So it is attached only to transactional tests."""
     from e2e_otel.bootstrap import get_runtime
     from e2e_otel.processors import WorkflowSpanProcessor
+    from e2e_otel.queries import QueryAnalyzer
 
     runtime = get_runtime()
     if runtime is None or _is_transactional(request.node):
         yield
         return
-    detached = [p for p in runtime.derived.processors if isinstance(p, WorkflowSpanProcessor)]
+    # query findings are records too: the writer thread stores them
+    detached = [p for p in runtime.derived.processors if isinstance(p, (WorkflowSpanProcessor, QueryAnalyzer))]
     runtime.derived.queue.flush(5)  # spans an earlier test ended still reach its writer
     for processor in detached:
         runtime.derived.remove(processor)

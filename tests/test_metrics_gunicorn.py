@@ -1,4 +1,5 @@
-"""/metrics under real gunicorn with 2 preloaded workers in prometheus_client multiprocess mode."""
+"""Two gunicorn workers, one picture: /metrics (multiprocess mode, the user's directory or e2e-otel's
+own), query-findings/ and debugging_report agree across workers and after a restart."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from io import StringIO
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import BIN_DIR, ServerProcess, free_port, subprocess_env
+from tests.servers import BIN_DIR, ServerProcess, free_port, gunicorn, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -99,3 +104,99 @@ def test_one_scrape_sums_both_workers_and_dead_workers_are_cleaned(server) -> No
     steps = [s for s in _samples(body.decode(), "e2e_otel_steps_total")
              if s.labels.get("layer") == "api" and s.labels.get("component") == "/pid/"]
     assert sum(s.value for s in steps) == requests
+
+
+# --- out of the box: no PROMETHEUS_MULTIPROC_DIR, no gunicorn.conf.py, records in MySQL --------------------
+
+
+def _on_each_worker(server: ServerProcess, call: Callable[[], tuple[int, dict[str, str], bytes]],
+                    per_worker: int = 1) -> dict[int, list[tuple[int, bytes]]]:
+    """``call()`` answered ``per_worker`` times by each of the two workers (``X-Served-By`` says
+    which). Each round keeps one worker busy in ``/pid/?sleep`` so the other one tends to take the
+    call (a sync worker serves one request at a time). Bounded: 30 rounds."""
+    answers: dict[int, list[tuple[int, bytes]]] = {}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for _ in range(30):
+            busy = pool.submit(server.get, "/pid/?sleep=0.3")
+            time.sleep(0.05)
+            status, headers, body = call()
+            answers.setdefault(int(headers["x-served-by"]), []).append((status, body))
+            busy.result()
+            if len(answers) == 2 and all(len(v) >= per_worker for v in answers.values()):
+                break
+    assert len(answers) == 2, f"one worker answered everything: {answers.keys()}\n{server.logs()}"
+    return answers
+
+
+def _n_plus_one_total(text: str) -> float:
+    return sum(s.value for s in _samples(text, "e2e_otel_n_plus_one_total")
+               if s.labels == {"component": "testapp_item"})
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db(transaction=True)
+def test_findings_metrics_and_report_agree_across_workers_and_restarts(tmp_path: Path) -> None:
+    from django.core.management import call_command
+    from django.db import connection
+
+    from e2e_otel.models import QueryFinding
+    from e2e_otel.reports import MAX_GROUPS
+    from tests.testapp.models import Item
+
+    Item.objects.bulk_create([Item(name=f"i{i}") for i in range(6)])  # 6 queries per request: an N+1
+    env = subprocess_env({"DJANGO_SETTINGS_MODULE": "tests.settings_workers", "TMPDIR": str(tmp_path),
+                          "E2E_MYSQL_DATABASE": connection.settings_dict["NAME"]})
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    metrics_base = tmp_path / f"e2e-otel-prometheus-{os.getuid()}"
+    sent: list[str] = []
+
+    def n_plus_one() -> tuple[int, dict[str, str], bytes]:
+        sent.append(str(uuid.uuid4()))
+        return server.get("/items-n-plus-one/", {"X-Correlation-ID": sent[-1]})
+
+    def findings() -> tuple[int, dict[str, str], bytes]:
+        return server.get("/api/v1/debugging/query-findings/?kind=n_plus_one&limit=500",
+                          {"Authorization": "Bearer test-api-key"})
+
+    def metrics() -> tuple[int, dict[str, str], bytes]:
+        return server.get("/metrics")
+
+    def settled(count: int, total: float) -> None:
+        """Every finding stored (record writer) and counted (derive thread) by now."""
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            stored = QueryFinding.objects.filter(correlation_id__in=[uuid.UUID(c) for c in sent]).count()
+            if stored == count and _n_plus_one_total(metrics()[2].decode()) == total:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{stored} of {count} findings stored\n{server.logs()}")
+
+    def agree(expected_ids: set[str], expected_total: float) -> None:
+        for pid, answers in _on_each_worker(server, findings).items():
+            for status, body in answers:
+                assert status == 200, body
+                mine = {f["correlation_id"] for f in json.loads(body)["results"]} & set(sent)
+                assert mine == expected_ids, f"worker {pid} answered {len(mine)} of {len(expected_ids)}"
+        for pid, answers in _on_each_worker(server, metrics).items():
+            assert [_n_plus_one_total(body.decode()) for _, body in answers] == [expected_total] * len(answers), pid
+
+    with gunicorn(env, workers=2) as server:
+        served = _on_each_worker(server, n_plus_one, per_worker=2)  # findings made by both workers
+        assert all(status == 200 for answers in served.values() for status, _ in answers)
+        settled(len(sent), len(sent))
+        agree(set(sent), float(len(sent)))
+        first_run = {p.name for p in metrics_base.iterdir()}
+        assert len(first_run) == 1  # one directory for the master and both workers
+    out = StringIO()
+    call_command("debugging_report", "--since", "1h", "--format", "json", stdout=out)
+    reported = {f["correlation_id"] for f in json.loads(out.getvalue())["query_findings"]}
+    assert len(reported & set(sent)) == min(len(sent), MAX_GROUPS)  # the CLI sees both workers' findings
+
+    before = list(sent)
+    with gunicorn(env, workers=2) as server:
+        # stored findings survive the restart; the new run's counters start from 0, not from the old files
+        agree(set(before), 0.0)
+        assert {p.name for p in metrics_base.iterdir()}.isdisjoint(first_run)
+        n_plus_one()
+        settled(len(sent), 1)
+        agree(set(sent), 1.0)

@@ -141,3 +141,33 @@ def test_internal_traces_are_not_analysed() -> None:
         for _ in range(6):
             _db_span(tracer, "SELECT 1 FROM t WHERE id = %s")
     assert analyzer.findings() == [] and analyzer._traces == {}
+
+
+def test_a_failing_listener_does_not_cost_the_others() -> None:
+    analyzer, tracer = _analyzer()
+    seen: list[object] = []
+
+    def broken(finding: object) -> None:
+        raise RuntimeError("listener bug")
+
+    analyzer.listeners[:] = [broken, seen.append]
+    with tracer.start_as_current_span("GET /x/"):
+        for _ in range(6):
+            _db_span(tracer, "SELECT 1 FROM t WHERE id = %s")
+    assert len(seen) == 1 and seen[0] is analyzer.findings()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_live_findings_are_stored_with_a_stable_fingerprint() -> None:
+    from e2e_otel.findings_store import finding_fingerprint
+    from e2e_otel.models import QueryFinding
+
+    Item.objects.bulk_create([Item(name=f"i{i}") for i in range(6)])
+    client = Client()
+    ids = [client.get("/items-n-plus-one/")["X-Correlation-ID"] for _ in range(2)]
+    runtime = get_runtime()
+    assert runtime is not None and runtime.force_flush(10)
+    rows = list(QueryFinding.objects.filter(correlation_id__in=ids))
+    assert sorted(str(r.correlation_id) for r in rows) == sorted(ids)
+    assert {r.fingerprint for r in rows} == {finding_fingerprint("n_plus_one", rows[0].statement, rows[0].route)}
+    assert all("%s" in r.statement and r.table == "testapp_item" for r in rows)

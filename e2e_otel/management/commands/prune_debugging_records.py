@@ -5,7 +5,8 @@ Rules (settings in ``E2E_OTEL``): workflow sessions older than ``RETENTION_DAYS`
 their session (cascade). Resolved error groups last seen before ``RETENTION_DAYS``; unresolved error
 groups last seen before ``FAILED_RETENTION_DAYS`` (nobody looked at them for that long, and the public
 browser ingestion endpoint can create them, so they must not pile up forever); performance snapshots
-older than ``RETENTION_DAYS``. Age is measured on ``start_time`` for sessions, ``last_seen`` for errors.
+and query findings older than ``RETENTION_DAYS``. Age is measured on ``start_time`` for sessions,
+``last_seen`` for errors, ``created_at`` (detection time) for findings.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from django.db.models import Model, Q, QuerySet
 from django.utils import timezone
 
 from ...conf import get_config
-from ...models import ErrorLog, PerformanceSnapshot, TraceStep, WorkflowSession, WorkflowStatus
+from ...models import ErrorLog, PerformanceSnapshot, QueryFinding, TraceStep, WorkflowSession, WorkflowStatus
 
 
 def _given(value: int | None, default: int) -> int:
@@ -29,7 +30,8 @@ def _given(value: int | None, default: int) -> int:
 class Command(BaseCommand):
     help = ("Delete debugging records older than the retention limits or beyond the session cap: "
             "sessions and resolved errors after RETENTION_DAYS, failed sessions and UNRESOLVED error "
-            "groups (by last_seen) after FAILED_RETENTION_DAYS, snapshots after RETENTION_DAYS.")
+            "groups (by last_seen) after FAILED_RETENTION_DAYS, snapshots and query findings after "
+            "RETENTION_DAYS.")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--dry-run", action="store_true", help="Only count what would be deleted.")
@@ -84,6 +86,9 @@ class Command(BaseCommand):
         )
         counts["performance_snapshots"] = self._delete(
             PerformanceSnapshot.objects.filter(timestamp__lt=cutoff), batch_size, dry_run
+        )
+        counts["query_findings"] = self._delete(
+            QueryFinding.objects.filter(created_at__lt=cutoff), batch_size, dry_run
         )
         verb = "would delete" if dry_run else "deleted"
         for name, number in counts.items():
