@@ -7,7 +7,8 @@ before Django (``opentelemetry-instrument``), W005 a WORKFLOWS rule pattern that
 pattern (``e2e_otel.discovery``), E003 a DATABASE_ALIAS missing from DATABASES, W006 unapplied
 e2e_otel migrations on that alias, W007 an e2e-otel URL shadowed by an earlier pattern of the
 host's URLconf, I001 e2e-otel's URLs not included at all, W009 a database router that sends
-e2e_otel's models away from ``DATABASE_ALIAS`` (``e2e_otel.routers``).
+e2e_otel's models away from ``DATABASE_ALIAS`` (``e2e_otel.routers``), W010 a multi-process server
+whose ``/metrics`` cannot sum its workers (``e2e_otel.metrics_multiprocess``).
 
 E001/E002 are also logged at start-up by ``AppConfig.ready()`` (``settings_messages``), because
 gunicorn and uWSGI run no checks.
@@ -238,6 +239,13 @@ URL_ENDPOINTS: tuple[tuple[str, str, str], ...] = (
     ("metrics", "/metrics", "/metrics"),
 )
 INCLUDE_LINE = 'path("", include("e2e_otel.urls"))'
+
+
+@register(_SETTINGS_TAG)
+def check_metrics_multiprocess(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    from .metrics_multiprocess import check_multiprocess_metrics
+
+    return check_multiprocess_metrics(app_configs, **kwargs)
 
 
 @register(Tags.urls, _SETTINGS_TAG)

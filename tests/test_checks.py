@@ -254,3 +254,15 @@ def test_check_with_the_database_down_neither_fails_nor_hangs() -> None:
     output = _host_manage(["check"], {"HOST_DB": "mysql", "HOST_DB_PORT": "1"})
     assert "W006" not in output and "Traceback" not in output
     assert time.monotonic() - started < 20
+
+
+def test_w010_is_a_registered_check(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``manage.py check`` runs the multiprocess-metrics check (``e2e_otel.metrics_multiprocess``)."""
+    from django.core import checks
+    from django.core.checks import Warning
+
+    import e2e_otel.metrics_multiprocess as mp
+
+    monkeypatch.setattr(mp, "check_multiprocess_metrics",
+                        lambda *a, **k: [Warning("workers cannot be summed", id="e2e_otel.W010")])
+    assert "e2e_otel.W010" in {m.id for m in checks.run_checks(tags=["e2e_otel"])}
