@@ -302,16 +302,17 @@ class WorkflowTracer(_SpanFactory):
         return WorkflowHandle(format_correlation_id(span_trace_id), workflow_type, span)
 
     @_Hybrid
-    def add_trace_step(self, correlation_id: Any = None, layer: str = "", component: str = "",
-                       operation: str = "", metadata: Mapping[str, Any] | None = None, *,
+    def add_trace_step(self, correlation_id: Any = None, layer: str | None = None, component: str | None = None,
+                       operation: str | None = None, metadata: Mapping[str, Any] | None = None, *,
                        workflow_session: Any = None) -> StepHandle:
         """Start a step span (``e2e.layer``/component/operation); end it with ``complete_trace_step``.
 
         The workflow is ``correlation_id`` or ``workflow_session`` (a correlation id, a handle from
         ``start_workflow`` or a WorkflowSession); with neither, the step joins the current trace.
         ``layer``, ``component`` and ``operation`` are required."""
+        # None marks "not given" (keyword callers may leave any out); an empty component is a value
         for name, given in (("layer", layer), ("component", component), ("operation", operation)):
-            if not given:
+            if given is None:
                 raise TypeError(f"add_trace_step() missing required argument: {name!r}")
         if layer not in LAYERS:
             raise ValueError(f"layer must be one of {', '.join(LAYERS)}; got {layer!r}")

@@ -71,7 +71,8 @@ def test_hostile_values_never_stop_the_writer_and_counts_match_rows() -> None:
     raw = provider.get_tracer("hostile")
     non_finite = [0]
 
-    @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=40, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
     @given(workflow_type=NAME, component=TEXT, operation=TEXT, message=TEXT, value=FLOATS, metadata=METADATA,
            attributes=ATTRIBUTES, event=ATTRIBUTES, fail=st.booleans())
     def run(workflow_type: str, component: str, operation: str, message: str, value: float,
