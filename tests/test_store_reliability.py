@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -17,24 +16,12 @@ from typing import Any, cast
 import pytest
 
 from e2e_otel.models import ErrorLog, PerformanceSnapshot, TraceStep, WorkflowSession
-from e2e_otel.sanitize import Sanitizer
 from e2e_otel.spans_to_records import ErrorData, MetricData, StepData, WorkflowHints
-from e2e_otel.store import RecordWriter
-from tests.test_store import config, make_step
+from tests import test_store
+from tests.test_store import make_step
+from tests.test_store_postgresql import require_postgresql
 
-
-@pytest.fixture
-def writers() -> Iterator[Any]:
-    made: list[RecordWriter] = []
-
-    def make(*, start: bool = True, alias: str | None = None, **options: Any) -> RecordWriter:
-        made.append(RecordWriter(config(**options), Sanitizer(), alias=alias, start=start))
-        return made[-1]
-
-    yield make
-    for writer in made:
-        writer.shutdown(2)
-
+writers = test_store.writers  # the same writer fixture (started writers shut down after the test)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -181,12 +168,7 @@ def test_missing_tables_are_one_problem_counted_and_recovered_from(vendor: str) 
     if vendor == "mysql" and connections["default"].vendor != "mysql":
         pytest.skip("needs MariaDB")
     if vendor == "postgresql":
-        psycopg = pytest.importorskip("psycopg", reason="psycopg not installed (the test extra has it)")
-        dsn = os.environ.get("E2E_POSTGRES_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
-        try:
-            psycopg.connect(dsn, connect_timeout=3).close()
-        except psycopg.OperationalError as exc:
-            pytest.skip(f"PostgreSQL unreachable ({dsn}): {exc}")
+        require_postgresql()
     name = os.environ.get("E2E_MYSQL_TEST_DATABASE", "test_e2e_otel")[:40] + "_bare"
     result = _run_check("missing_tables_check.py", vendor, name)
     assert result["before"]["missing_tables"] == 10 and result["per_trace_writes"] == 0
